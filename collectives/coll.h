@@ -1,0 +1,86 @@
+/* Collectives over a loom_group. The backend follows the buffers' device (host memory: MPI;
+ * CUDA memory: NCCL once built, LOOM_ERR_UNSUPPORTED until then), so callers never change.
+ *
+ * Progress model (decided once, here): Open MPI does not advance non-blocking collectives in
+ * the background, so every collective of a context runs on one communication thread, in the
+ * order it was posted on that rank (which is also the matching order MPI needs). A blocking
+ * call runs on the caller's thread when nothing is queued, so it costs what the MPI call
+ * costs. Point-to-point calls bypass the thread (MPI_Isend/Irecv), so a blocking receive can
+ * never wait behind a queued send.
+ *
+ * Conventions (NCCL's, so the device backend slots in): counts are elements of the buffer's
+ * dtype; `_async` calls return when the operation is enqueued, and the caller may touch
+ * neither buffer until loom_wait/loom_test report completion; blocking calls return when it
+ * is complete. In place: allreduce/reduce/alltoall with send.ptr == recv.ptr; allgather with
+ * send.ptr == recv.ptr + rank * send.count; reduce_scatter with recv.ptr == send.ptr + rank *
+ * recv.count. bfloat16 and float16 are reduced in float32. AVG of integers divides the
+ * (wrapping) sum by the group size, truncating toward zero. */
+#ifndef LOOM_COLLECTIVES_COLL_H
+#define LOOM_COLLECTIVES_COLL_H
+
+#include <stddef.h>
+
+#include "runtime/dtype.h"
+#include "runtime/group.h"
+#include "runtime/req.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { LOOM_OP_SUM, LOOM_OP_AVG, LOOM_OP_MAX, LOOM_OP_MIN, LOOM_OP_COUNT } loom_op;
+const char *loom_op_name(loom_op op);
+
+/* Chooses flat, hierarchical or automatic (size threshold) for allreduce, allgather and
+ * reduce_scatter posted on `group` after this returns. Hierarchical needs the group to span
+ * several nodes; where nodes hold uneven member counts, allgather and reduce_scatter fall
+ * back to flat (allreduce goes through node leaders). */
+loom_status loom_group_set_algo(loom_group *group, loom_algo algo);
+
+/* recv.count == send.count on every rank. */
+loom_status loom_allreduce(loom_group *g, loom_buf send, loom_buf recv, loom_op op);
+loom_status loom_allreduce_async(loom_group *g, loom_buf send, loom_buf recv, loom_op op,
+                                 loom_req **req);
+/* buf.count elements from `root` to every member. */
+loom_status loom_broadcast(loom_group *g, loom_buf buf, int root);
+loom_status loom_broadcast_async(loom_group *g, loom_buf buf, int root, loom_req **req);
+/* Result in `recv` on `root` only (recv ignored elsewhere, may be {0}). */
+loom_status loom_reduce(loom_group *g, loom_buf send, loom_buf recv, loom_op op, int root);
+loom_status loom_reduce_async(loom_group *g, loom_buf send, loom_buf recv, loom_op op, int root,
+                              loom_req **req);
+/* recv.count == send.count * size; block r of recv is member r's send. */
+loom_status loom_allgather(loom_group *g, loom_buf send, loom_buf recv);
+loom_status loom_allgather_async(loom_group *g, loom_buf send, loom_buf recv, loom_req **req);
+/* send.count == recv.count * size; member r receives the reduction of block r. */
+loom_status loom_reduce_scatter(loom_group *g, loom_buf send, loom_buf recv, loom_op op);
+loom_status loom_reduce_scatter_async(loom_group *g, loom_buf send, loom_buf recv, loom_op op,
+                                      loom_req **req);
+/* send.count == recv.count == block * size; block r of send goes to member r. */
+loom_status loom_alltoall(loom_group *g, loom_buf send, loom_buf recv);
+loom_status loom_alltoall_async(loom_group *g, loom_buf send, loom_buf recv, loom_req **req);
+/* Per-member counts and displacements in elements ((size) arrays each, copied at post). */
+loom_status loom_alltoallv(loom_group *g, loom_buf send, const size_t *send_counts,
+                           const size_t *send_displs, loom_buf recv, const size_t *recv_counts,
+                           const size_t *recv_displs);
+loom_status loom_alltoallv_async(loom_group *g, loom_buf send, const size_t *send_counts,
+                                 const size_t *send_displs, loom_buf recv,
+                                 const size_t *recv_counts, const size_t *recv_displs,
+                                 loom_req **req);
+/* Point-to-point with a group rank; tags >= 0. Not ordered with collectives. */
+loom_status loom_send(loom_group *g, loom_buf buf, int peer, int tag);
+loom_status loom_send_async(loom_group *g, loom_buf buf, int peer, int tag, loom_req **req);
+loom_status loom_recv(loom_group *g, loom_buf buf, int peer, int tag);
+loom_status loom_recv_async(loom_group *g, loom_buf buf, int peer, int tag, loom_req **req);
+loom_status loom_barrier(loom_group *g);
+loom_status loom_barrier_async(loom_group *g, loom_req **req);
+
+/* Fusion: reduces `count` tensors in place with one allreduce through a flat buffer (all of
+ * one dtype and device). The array is copied at post; the tensors are the caller's. */
+loom_status loom_allreduce_fused(loom_group *g, const loom_buf *bufs, int count, loom_op op);
+loom_status loom_allreduce_fused_async(loom_group *g, const loom_buf *bufs, int count,
+                                       loom_op op, loom_req **req);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

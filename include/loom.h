@@ -1,0 +1,20 @@
+/* loom: a rank-level distributed training runtime. The one header users include; nothing
+ * inside the library includes it. */
+#ifndef LOOM_H
+#define LOOM_H
+
+#define LOOM_VERSION "0.1.0"
+
+#include "runtime/status.h"
+#include "runtime/dtype.h"
+#include "runtime/config.h"
+#include "runtime/log.h"
+#include "runtime/rng.h"
+#include "runtime/req.h"
+#include "runtime/ctx.h"
+#include "runtime/group.h"
+#include "runtime/mesh.h"
+#include "collectives/coll.h"
+#include "collectives/sparse.h"
+
+#endif

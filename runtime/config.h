@@ -1,0 +1,82 @@
+/* Runtime configuration: one struct with defaults, overridden by LOOM_* environment variables,
+ * then by command-line flags, through one table-driven parser that every example, benchmark
+ * and tool shares (tools append their own options to the core table). */
+#ifndef LOOM_RUNTIME_CONFIG_H
+#define LOOM_RUNTIME_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "runtime/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+  LOOM_OPTION_INT,    /* int; bounded by [min, max] unless both are 0 */
+  LOOM_OPTION_UINT64, /* uint64_t; accepts K/M/G/T suffixes (powers of 1024) for sizes */
+  LOOM_OPTION_DOUBLE, /* double; bounded by [min, max] unless both are 0 */
+  LOOM_OPTION_STRING, /* const char *; points into argv or the environment, not copied */
+  LOOM_OPTION_BOOL,   /* int 0/1; "--flag" alone means 1; values 0/1/true/false/yes/no */
+  LOOM_OPTION_CHOICE, /* int index into `choices` ("a|b|c") */
+} loom_option_type;
+
+typedef struct {
+  const char *name; /* flag --name; variable LOOM_NAME (upper case, '-' becomes '_') */
+  loom_option_type type;
+  void *target;
+  const char *help;
+  const char *choices; /* CHOICE only: "error|warn|info|debug" */
+  double min, max;     /* INT/DOUBLE only */
+} loom_option;
+
+typedef enum { LOOM_LOG_ERROR = 0, LOOM_LOG_WARN, LOOM_LOG_INFO, LOOM_LOG_DEBUG } loom_log_level;
+typedef enum { LOOM_ALGO_AUTO = 0, LOOM_ALGO_FLAT, LOOM_ALGO_HIER } loom_algo;
+
+typedef struct {
+  /* mesh: pp x dp x sp ranks, ep divides dp; dp = 0 means world / (pp * sp) */
+  int pp, dp, sp, ep;
+  int log_level;          /* loom_log_level */
+  int ranks_per_node;     /* 0: detect from shared memory; n: simulate nodes of n ranks */
+  int collective_algo;    /* loom_algo for hierarchical-capable collectives */
+  uint64_t hier_threshold_bytes; /* AUTO picks hierarchical at or above this size */
+  double timeout_seconds; /* a peer silent this long is reported as a failure */
+  uint64_t seed;          /* root of every random stream */
+  int help;               /* set by --help: the caller prints loom_config_usage and stops */
+} loom_config;
+
+#define LOOM_CONFIG_INIT                                                                   \
+  {.pp = 1, .dp = 0, .sp = 1, .ep = 1, .log_level = LOOM_LOG_WARN, .ranks_per_node = 0,    \
+   .collective_algo = LOOM_ALGO_AUTO, .hier_threshold_bytes = 1u << 20,                    \
+   .timeout_seconds = 600.0, .seed = 1234, .help = 0}
+
+/* Number of core options, and the core table bound to `config`'s fields (writes
+ * LOOM_CONFIG_OPTION_COUNT entries into `out`). */
+enum { LOOM_CONFIG_OPTION_COUNT = 11 };
+void loom_config_options(loom_config *config, loom_option *out);
+
+/* Applies LOOM_* variables from the environment, then the flags argv[1..argc-1], to `config`
+ * and to the targets of `extra` (a tool's own options, may be NULL). Accepts "--name value"
+ * and "--name=value". An unknown or malformed flag or variable returns LOOM_ERR_ARG with a
+ * one-line message naming it and the accepted values; targets already parsed may have been
+ * written. */
+loom_status loom_config_parse(loom_config *config, const loom_option *extra, int extra_count,
+                              int argc, char **argv);
+
+/* Same, over an explicit environment (NULL-terminated "KEY=VALUE" strings); for tests. */
+loom_status loom_config_parse_env(loom_config *config, const loom_option *extra,
+                                  int extra_count, char **envp, int argc, char **argv);
+
+/* Prints every option with its variable, default (current value) and help. */
+void loom_config_usage(FILE *stream, const char *program, loom_config *config,
+                       const loom_option *extra, int extra_count);
+
+/* The rank the launcher assigned (OMPI_COMM_WORLD_RANK, PMI_RANK, PMIX_RANK, SLURM_PROCID),
+ * or 0 when none is set: lets a program print a pre-init error once, not once per rank. */
+int loom_launcher_rank(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

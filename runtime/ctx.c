@@ -1,0 +1,166 @@
+/* loom_init / loom_finalize: MPI start-up, node layout (real or simulated with
+ * LOOM_RANKS_PER_NODE), launcher detection, the world and node groups and the communication
+ * thread. Invariant: a context that loom_init returned is complete; on failure nothing leaks
+ * and MPI is left as it was found where possible. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/group_impl.h"
+#include "runtime/log.h"
+
+static const char *detect_launcher(void) {
+  if (getenv("OMPI_COMM_WORLD_SIZE")) return getenv("SLURM_JOB_ID") ? "mpirun (Open MPI) in Slurm job" : "mpirun (Open MPI)";
+  if (getenv("SLURM_STEP_ID") && getenv("SLURM_PROCID")) return "srun (Slurm)";
+  if (getenv("PMIX_RANK") || getenv("PMI_RANK")) return "PMI";
+  return "singleton";
+}
+
+static const char *thread_level_name(int level) {
+  switch (level) {
+    case MPI_THREAD_SINGLE: return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED: return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED: return "MPI_THREAD_SERIALIZED";
+    case MPI_THREAD_MULTIPLE: return "MPI_THREAD_MULTIPLE";
+    default: return "unknown";
+  }
+}
+
+static loom_status check_config(const loom_config *c) {
+  if (c->log_level < LOOM_LOG_ERROR || c->log_level > LOOM_LOG_DEBUG)
+    return loom_error_set(LOOM_ERR_ARG, "config log_level=%d; accepted 0..3 (error..debug)",
+                          c->log_level);
+  if (c->ranks_per_node < 0)
+    return loom_error_set(LOOM_ERR_ARG, "config ranks_per_node=%d; must be >= 0 (0 = detect)",
+                          c->ranks_per_node);
+  if (c->collective_algo < LOOM_ALGO_AUTO || c->collective_algo > LOOM_ALGO_HIER)
+    return loom_error_set(LOOM_ERR_ARG, "config collective_algo=%d; accepted auto|flat|hier",
+                          c->collective_algo);
+  if (!(c->timeout_seconds > 0))
+    return loom_error_set(LOOM_ERR_ARG, "config timeout_seconds=%g; must be > 0",
+                          c->timeout_seconds);
+  return LOOM_OK;
+}
+
+/* Sets local rank/size, node and node count, from shared memory or LOOM_RANKS_PER_NODE. */
+static loom_status detect_nodes(loom_ctx *ctx, MPI_Comm world) {
+  int per_node = ctx->config.ranks_per_node;
+  if (per_node > 0) {
+    ctx->node = ctx->rank / per_node;
+    ctx->local_rank = ctx->rank % per_node;
+    ctx->node_count = (ctx->size + per_node - 1) / per_node;
+    int last = ctx->size - (ctx->node_count - 1) * per_node;
+    ctx->local_size = ctx->node == ctx->node_count - 1 ? last : per_node;
+    return LOOM_OK;
+  }
+  MPI_Comm shared;
+  LOOM_MPI_CHECK(ctx, MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, ctx->rank, MPI_INFO_NULL,
+                                          &shared));
+  MPI_Comm_rank(shared, &ctx->local_rank);
+  MPI_Comm_size(shared, &ctx->local_size);
+  /* Node index = number of node leaders (local rank 0) with a lower world rank; the leader
+   * tells the rest of its node. */
+  int leader = ctx->local_rank == 0, leaders_below = 0;
+  int rc = MPI_Exscan(&leader, &leaders_below, 1, MPI_INT, MPI_SUM, world);
+  if (ctx->rank == 0) leaders_below = 0; /* MPI_Exscan leaves rank 0's output undefined */
+  if (rc == MPI_SUCCESS) rc = MPI_Allreduce(&leader, &ctx->node_count, 1, MPI_INT, MPI_SUM, world);
+  if (rc == MPI_SUCCESS) rc = MPI_Bcast(&leaders_below, 1, MPI_INT, 0, shared);
+  MPI_Comm_free(&shared);
+  if (rc != MPI_SUCCESS) return loom_mpi_error(ctx, rc, "node detection (MPI_Exscan/Bcast)");
+  ctx->node = leaders_below;
+  return LOOM_OK;
+}
+
+loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_ctx **out) {
+  if (!out) return loom_error_set(LOOM_ERR_ARG, "loom_init: out is NULL");
+  *out = NULL;
+  loom_config defaults = LOOM_CONFIG_INIT;
+  if (!config) config = &defaults;
+  LOOM_CHECK(check_config(config));
+
+  loom_ctx *ctx = calloc(1, sizeof *ctx);
+  if (!ctx) return loom_error_set(LOOM_ERR_NOMEM, "allocating the loom context");
+  ctx->config = *config;
+  ctx->start_seconds = loom_now();
+  ctx->launcher = detect_launcher();
+  loom_status status = LOOM_OK;
+
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) {
+    int rc = MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &ctx->thread_level);
+    if (rc != MPI_SUCCESS) {
+      free(ctx);
+      return loom_error_set(LOOM_ERR_MPI, "MPI_Init_thread failed (code %d); is the program "
+                            "started by mpirun/srun or a working singleton MPI?", rc);
+    }
+    ctx->owns_mpi = 1;
+  } else {
+    MPI_Query_thread(&ctx->thread_level);
+  }
+  MPI_Comm world;
+  int rc = MPI_Comm_dup(MPI_COMM_WORLD, &world);
+  if (rc != MPI_SUCCESS) {
+    status = loom_mpi_error(ctx, rc, "MPI_Comm_dup(MPI_COMM_WORLD)");
+    goto fail;
+  }
+  MPI_Comm_set_errhandler(world, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(world, &ctx->rank);
+  MPI_Comm_size(world, &ctx->size);
+  status = detect_nodes(ctx, world);
+  if (status < 0) {
+    MPI_Comm_free(&world);
+    goto fail;
+  }
+  LOOM_CHECK_GOTO(loom_group_from_comm(ctx, world, "WORLD", 0, &ctx->world), status, fail);
+  MPI_Comm node_comm;
+  rc = MPI_Comm_split(ctx->world->comm, ctx->node, ctx->rank, &node_comm);
+  if (rc != MPI_SUCCESS) {
+    status = loom_mpi_error(ctx, rc, "MPI_Comm_split (node group)");
+    goto fail;
+  }
+  LOOM_CHECK_GOTO(loom_group_from_comm(ctx, node_comm, "NODE", 0, &ctx->node_group), status,
+                  fail);
+  int threaded = ctx->thread_level == MPI_THREAD_MULTIPLE;
+  LOOM_CHECK_GOTO(loom_executor_create("loom-comm", threaded, &ctx->comm_executor), status, fail);
+
+  loom_log(ctx, LOOM_LOG_INFO, "loom %s: rank %d of %d, node %d of %d (local rank %d of %d%s), "
+           "launcher %s, %s granted", "0.1.0", ctx->rank, ctx->size, ctx->node, ctx->node_count,
+           ctx->local_rank, ctx->local_size, config->ranks_per_node ? ", simulated" : "",
+           ctx->launcher, thread_level_name(ctx->thread_level));
+  if (!threaded && ctx->rank == 0)
+    loom_log(ctx, LOOM_LOG_WARN, "MPI granted %s, not MPI_THREAD_MULTIPLE: non-blocking "
+             "collectives run at post time (no overlap)", thread_level_name(ctx->thread_level));
+  *out = ctx;
+  return LOOM_OK;
+fail:
+  loom_group_free(ctx->node_group);
+  loom_group_free(ctx->world);
+  if (ctx->owns_mpi) MPI_Finalize();
+  free(ctx);
+  return status;
+}
+
+loom_status loom_finalize(loom_ctx *ctx) {
+  if (!ctx) return LOOM_OK;
+  loom_executor_destroy(ctx->comm_executor);
+  loom_group_free(ctx->node_group);
+  loom_group_free(ctx->world);
+  int owns = ctx->owns_mpi;
+  free(ctx);
+  if (owns) {
+    int rc = MPI_Finalize();
+    if (rc != MPI_SUCCESS) return loom_error_set(LOOM_ERR_MPI, "MPI_Finalize failed (code %d)", rc);
+  }
+  return LOOM_OK;
+}
+
+int loom_ctx_rank(const loom_ctx *ctx) { return ctx->rank; }
+int loom_ctx_size(const loom_ctx *ctx) { return ctx->size; }
+int loom_ctx_local_rank(const loom_ctx *ctx) { return ctx->local_rank; }
+int loom_ctx_local_size(const loom_ctx *ctx) { return ctx->local_size; }
+int loom_ctx_node(const loom_ctx *ctx) { return ctx->node; }
+int loom_ctx_node_count(const loom_ctx *ctx) { return ctx->node_count; }
+int loom_ctx_thread_level(const loom_ctx *ctx) { return ctx->thread_level; }
+const char *loom_ctx_launcher(const loom_ctx *ctx) { return ctx->launcher; }
+const loom_config *loom_ctx_config(const loom_ctx *ctx) { return &ctx->config; }
+loom_group *loom_ctx_world(loom_ctx *ctx) { return ctx->world; }

@@ -1,0 +1,37 @@
+/* The context's fields, for the runtime and the modules above it. Private to libloom. */
+#ifndef LOOM_RUNTIME_CTX_IMPL_H
+#define LOOM_RUNTIME_CTX_IMPL_H
+
+#include <mpi.h>
+
+#include "runtime/ctx.h"
+#include "runtime/executor.h"
+
+struct loom_ctx {
+  loom_config config;
+  int rank, size;
+  int local_rank, local_size;
+  int node, node_count;
+  int thread_level;
+  int owns_mpi;          /* loom_init called MPI_Init_thread, so finalize ends MPI */
+  double start_seconds;  /* loom_now() at init; log lines show time since */
+  const char *launcher;
+  loom_group *world;
+  loom_group *node_group;            /* ranks on this node; subgroups use it */
+  loom_executor *comm_executor;      /* runs collectives in posting order */
+};
+
+/* The serial executor every collective of this context goes through. */
+static inline loom_executor *loom_ctx_comm_executor(loom_ctx *ctx) { return ctx->comm_executor; }
+
+/* A one-line MPI error as a loom status: "<what> on rank R: <MPI text>". */
+loom_status loom_mpi_error(const loom_ctx *ctx, int mpi_rc, const char *what);
+
+/* Returns the status of an MPI call, naming the call. */
+#define LOOM_MPI_CHECK(ctx, call)                                                          \
+  do {                                                                                     \
+    int loom_mpi_rc_ = (call);                                                             \
+    if (loom_mpi_rc_ != MPI_SUCCESS) return loom_mpi_error((ctx), loom_mpi_rc_, #call);    \
+  } while (0)
+
+#endif

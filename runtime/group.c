@@ -1,0 +1,157 @@
+/* Groups: an MPI communicator plus its node layout and node-local / cross-node subgroups.
+ * Node ordinals count nodes in order of their first member, so every member computes the same
+ * layout from one allgather of (world rank, node). */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "runtime/group_impl.h"
+#include "runtime/log.h"
+
+loom_status loom_mpi_error(const loom_ctx *ctx, int mpi_rc, const char *what) {
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(mpi_rc, text, &len);
+  return loom_error_set(LOOM_ERR_MPI, "%s failed on rank %d: %s", what, ctx ? ctx->rank : -1,
+                        text);
+}
+
+/* Fills member_node, member_local, node_count and uniform from the members' node ids. */
+static loom_status compute_layout(loom_group *g, const int *pairs /* (size, 2) */) {
+  int *first_member_of_ordinal = malloc(sizeof(int) * (size_t)g->size);
+  int *count_of_ordinal = calloc((size_t)g->size, sizeof(int));
+  if (!first_member_of_ordinal || !count_of_ordinal) {
+    free(first_member_of_ordinal);
+    free(count_of_ordinal);
+    return loom_error_set(LOOM_ERR_NOMEM, "group '%s' layout (%d members)", g->name, g->size);
+  }
+  g->node_count = 0;
+  for (int r = 0; r < g->size; r++) {
+    g->world_ranks[r] = pairs[2 * r];
+    int node = pairs[2 * r + 1], ordinal = -1;
+    for (int o = 0; o < g->node_count; o++)
+      if (pairs[2 * first_member_of_ordinal[o] + 1] == node) ordinal = o;
+    if (ordinal < 0) {
+      ordinal = g->node_count++;
+      first_member_of_ordinal[ordinal] = r;
+    }
+    g->member_node[r] = ordinal;
+    g->member_local[r] = count_of_ordinal[ordinal]++;
+  }
+  g->uniform = 1;
+  for (int o = 1; o < g->node_count; o++)
+    if (count_of_ordinal[o] != count_of_ordinal[0]) g->uniform = 0;
+  free(first_member_of_ordinal);
+  free(count_of_ordinal);
+  return LOOM_OK;
+}
+
+static loom_status split_subgroup(loom_group *g, int color, int key, const char *suffix,
+                                  loom_group **out) {
+  MPI_Comm comm;
+  LOOM_MPI_CHECK(g->ctx, MPI_Comm_split(g->comm, color, key, &comm));
+  char name[sizeof g->name];
+  snprintf(name, sizeof name, "%s.%s", g->name, suffix);
+  return loom_group_from_comm(g->ctx, comm, name, 1, out);
+}
+
+loom_status loom_group_from_comm(loom_ctx *ctx, MPI_Comm comm, const char *name,
+                                 int is_subgroup, loom_group **out) {
+  loom_status status = LOOM_OK;
+  int *pairs = NULL;
+  loom_group *g = calloc(1, sizeof *g);
+  if (!g) {
+    MPI_Comm_free(&comm);
+    return loom_error_set(LOOM_ERR_NOMEM, "allocating group '%s'", name);
+  }
+  g->ctx = ctx;
+  g->comm = comm;
+  g->internal = MPI_COMM_NULL;
+  g->is_subgroup = is_subgroup;
+  g->algo = ctx->config.collective_algo;
+  snprintf(g->name, sizeof g->name, "%s", name);
+  MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(comm, &g->rank);
+  MPI_Comm_size(comm, &g->size);
+  int rc = MPI_Comm_dup(comm, &g->internal);
+  if (rc != MPI_SUCCESS) {
+    status = loom_mpi_error(ctx, rc, "MPI_Comm_dup (group internal channel)");
+    goto fail;
+  }
+  MPI_Comm_set_errhandler(g->internal, MPI_ERRORS_RETURN);
+
+  g->member_node = malloc(sizeof(int) * (size_t)g->size);
+  g->member_local = malloc(sizeof(int) * (size_t)g->size);
+  g->world_ranks = malloc(sizeof(int) * (size_t)g->size);
+  pairs = malloc(sizeof(int) * 2 * (size_t)g->size);
+  if (!g->member_node || !g->member_local || !g->world_ranks || !pairs) {
+    status = loom_error_set(LOOM_ERR_NOMEM, "group '%s' member tables (%d members)", name,
+                            g->size);
+    goto fail;
+  }
+  int mine[2] = {ctx->rank, ctx->node};
+  rc = MPI_Allgather(mine, 2, MPI_INT, pairs, 2, MPI_INT, comm);
+  if (rc != MPI_SUCCESS) {
+    status = loom_mpi_error(ctx, rc, "MPI_Allgather (group layout)");
+    goto fail;
+  }
+  LOOM_CHECK_GOTO(compute_layout(g, pairs), status, fail);
+  if (!is_subgroup) {
+    LOOM_CHECK_GOTO(split_subgroup(g, g->member_node[g->rank], g->rank, "local", &g->node_local),
+                    status, fail);
+    LOOM_CHECK_GOTO(split_subgroup(g, g->member_local[g->rank], g->member_node[g->rank], "cross",
+                                   &g->cross_node),
+                    status, fail);
+  }
+  free(pairs);
+  loom_log(ctx, LOOM_LOG_DEBUG, "group %s: rank %d of %d, %d node(s)%s", g->name, g->rank,
+           g->size, g->node_count, g->uniform ? "" : " (uneven)");
+  *out = g;
+  return LOOM_OK;
+fail:
+  free(pairs);
+  loom_group_free(g);
+  return status;
+}
+
+void loom_group_free(loom_group *g) {
+  if (!g) return;
+  loom_group_free(g->node_local);
+  loom_group_free(g->cross_node);
+  if (g->internal != MPI_COMM_NULL) MPI_Comm_free(&g->internal);
+  if (g->comm != MPI_COMM_NULL) MPI_Comm_free(&g->comm);
+  free(g->member_node);
+  free(g->member_local);
+  free(g->world_ranks);
+  free(g);
+}
+
+loom_status loom_group_create(loom_ctx *ctx, loom_group *parent, int color, int key,
+                              const char *name, loom_group **out) {
+  if (!ctx || !out || !name)
+    return loom_error_set(LOOM_ERR_ARG, "loom_group_create: ctx, name and out must be set");
+  *out = NULL;
+  if (!parent) parent = ctx->world;
+  MPI_Comm comm;
+  LOOM_MPI_CHECK(ctx, MPI_Comm_split(parent->comm, color < 0 ? MPI_UNDEFINED : color, key,
+                                     &comm));
+  if (comm == MPI_COMM_NULL) return LOOM_OK;
+  return loom_group_from_comm(ctx, comm, name, 0, out);
+}
+
+loom_status loom_group_destroy(loom_group *group) {
+  loom_group_free(group);
+  return LOOM_OK;
+}
+
+int loom_group_rank(const loom_group *g) { return g->rank; }
+int loom_group_size(const loom_group *g) { return g->size; }
+const char *loom_group_name(const loom_group *g) { return g->name; }
+loom_ctx *loom_group_ctx(const loom_group *g) { return g->ctx; }
+MPI_Comm loom_group_comm(const loom_group *g) { return g->comm; }
+int loom_group_world_rank(const loom_group *g, int r) {
+  return r >= 0 && r < g->size ? g->world_ranks[r] : -1;
+}
+int loom_group_node_count(const loom_group *g) { return g->node_count; }
+int loom_group_nodes_uniform(const loom_group *g) { return g->uniform; }
+loom_group *loom_group_node_local(const loom_group *g) { return g->node_local; }
+loom_group *loom_group_cross_node(const loom_group *g) { return g->cross_node; }

@@ -1,0 +1,32 @@
+/* The group's fields, for collectives. Private to libloom. */
+#ifndef LOOM_RUNTIME_GROUP_IMPL_H
+#define LOOM_RUNTIME_GROUP_IMPL_H
+
+#include "runtime/ctx_impl.h"
+#include "runtime/group.h"
+
+struct loom_group {
+  loom_ctx *ctx;
+  char name[48];
+  MPI_Comm comm;     /* collectives and user point-to-point */
+  MPI_Comm internal; /* loom's own point-to-point (sparse exchanges), never matches users' */
+  int rank, size;
+  int is_subgroup;
+  loom_group *node_local, *cross_node; /* NULL for subgroups */
+  int node_count;    /* nodes spanned */
+  int uniform;       /* every node holds the same number of members */
+  int *member_node;  /* (size) node ordinal in this group, by first appearance in rank order */
+  int *member_local; /* (size) index among the members on the same node */
+  int *world_ranks;  /* (size) world rank of each member */
+  int algo;          /* loom_algo for hierarchical-capable collectives (config default) */
+  unsigned sparse_round; /* NBX rounds run; alternates the count tag between rounds */
+};
+
+/* Wraps `comm` (adopted: freed with the group) into a group; collective over `comm`.
+ * Subgroups are built unless `is_subgroup`. */
+loom_status loom_group_from_comm(loom_ctx *ctx, MPI_Comm comm, const char *name,
+                                 int is_subgroup, loom_group **out);
+/* Frees the group and its subgroups (collective only through MPI_Comm_free). */
+void loom_group_free(loom_group *group);
+
+#endif

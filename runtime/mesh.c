@@ -1,0 +1,173 @@
+/* Mesh arithmetic and group construction. The mesh is an ordered list of fine axes
+ * (pp, edp, ep, sp), outermost first; every group is the set of fine axes that vary inside
+ * it, so a new axis (tensor parallelism, say) is one more entry in these tables. */
+#include "runtime/mesh.h"
+
+#include <stdlib.h>
+
+#include "runtime/group_impl.h"
+#include "runtime/log.h"
+
+enum { FINE_PP, FINE_EDP, FINE_EP, FINE_SP, FINE_COUNT };
+#define BIT(fine) (1u << (fine))
+
+/* Fine axes varying inside each group (NODE is not a mesh group). */
+static const unsigned varying_axes[LOOM_AXIS_COUNT] = {
+    [LOOM_AXIS_PP] = BIT(FINE_PP),
+    [LOOM_AXIS_DP] = BIT(FINE_EDP) | BIT(FINE_EP),
+    [LOOM_AXIS_SP] = BIT(FINE_SP),
+    [LOOM_AXIS_EP] = BIT(FINE_EP),
+    [LOOM_AXIS_EDP] = BIT(FINE_EDP),
+    [LOOM_AXIS_GRAD] = BIT(FINE_EDP) | BIT(FINE_EP) | BIT(FINE_SP),
+    [LOOM_AXIS_NODE] = 0,
+    [LOOM_AXIS_WORLD] = BIT(FINE_PP) | BIT(FINE_EDP) | BIT(FINE_EP) | BIT(FINE_SP),
+};
+
+static const char *const axis_names[LOOM_AXIS_COUNT] = {"PP",   "DP",   "SP",   "EP",
+                                                        "EDP",  "GRAD", "NODE", "WORLD"};
+
+struct loom_mesh {
+  loom_ctx *ctx;
+  loom_mesh_shape shape;
+  loom_mesh_coords coords;
+  loom_group *groups[LOOM_AXIS_COUNT];
+  int owned[LOOM_AXIS_COUNT]; /* 1: created here; 0: the context's (WORLD, NODE) */
+};
+
+const char *loom_axis_name(loom_axis axis) {
+  return axis >= 0 && axis < LOOM_AXIS_COUNT ? axis_names[axis] : "INVALID";
+}
+
+static void fine_sizes(const loom_mesh_shape *s, int out[FINE_COUNT]) {
+  out[FINE_PP] = s->pp;
+  out[FINE_EDP] = s->dp / s->ep;
+  out[FINE_EP] = s->ep;
+  out[FINE_SP] = s->sp;
+}
+
+static void fine_coords(const loom_mesh_shape *s, int rank, int out[FINE_COUNT]) {
+  int sizes[FINE_COUNT];
+  fine_sizes(s, sizes);
+  for (int a = FINE_COUNT - 1; a >= 0; a--) {
+    out[a] = rank % sizes[a];
+    rank /= sizes[a];
+  }
+}
+
+/* Linear index over the fine axes in `mask`, outermost first. */
+static int linear_index(const int sizes[FINE_COUNT], const int coords[FINE_COUNT], unsigned mask) {
+  int index = 0;
+  for (int a = 0; a < FINE_COUNT; a++)
+    if (mask & BIT(a)) index = index * sizes[a] + coords[a];
+  return index;
+}
+
+loom_status loom_mesh_shape_check(const loom_mesh_shape *s, int world_size) {
+  if (!s) return loom_error_set(LOOM_ERR_ARG, "mesh shape is NULL");
+  if (s->pp <= 0 || s->dp <= 0 || s->sp <= 0 || s->ep <= 0)
+    return loom_error_set(LOOM_ERR_ARG, "mesh sizes must be positive: pp=%d dp=%d sp=%d ep=%d",
+                          s->pp, s->dp, s->sp, s->ep);
+  long long product = (long long)s->pp * s->dp * s->sp;
+  if (product != world_size)
+    return loom_error_set(LOOM_ERR_ARG, "mesh pp*dp*sp = %d*%d*%d = %lld does not equal the %d "
+                          "ranks of the job; change --pp/--dp/--sp or the rank count",
+                          s->pp, s->dp, s->sp, product, world_size);
+  if (s->dp % s->ep != 0)
+    return loom_error_set(LOOM_ERR_ARG, "mesh ep=%d does not divide dp=%d; choose ep among the "
+                          "divisors of dp", s->ep, s->dp);
+  return LOOM_OK;
+}
+
+loom_status loom_mesh_shape_from_config(const loom_config *c, int world_size,
+                                        loom_mesh_shape *out) {
+  loom_mesh_shape s = {c->pp, c->dp, c->sp, c->ep};
+  if (s.dp == 0) {
+    if (s.pp <= 0 || s.sp <= 0 || world_size % (s.pp * s.sp) != 0)
+      return loom_error_set(LOOM_ERR_ARG, "cannot derive dp: %d ranks are not divisible by "
+                            "pp*sp = %d*%d", world_size, s.pp, s.sp);
+    s.dp = world_size / (s.pp * s.sp);
+  }
+  LOOM_CHECK(loom_mesh_shape_check(&s, world_size));
+  *out = s;
+  return LOOM_OK;
+}
+
+loom_mesh_coords loom_mesh_coords_of(const loom_mesh_shape *s, int rank) {
+  int f[FINE_COUNT];
+  fine_coords(s, rank, f);
+  loom_mesh_coords c = {.pp = f[FINE_PP], .dp = f[FINE_EDP] * s->ep + f[FINE_EP],
+                        .sp = f[FINE_SP], .ep = f[FINE_EP], .edp = f[FINE_EDP]};
+  return c;
+}
+
+int loom_mesh_rank_of(const loom_mesh_shape *s, const loom_mesh_coords *c) {
+  int sizes[FINE_COUNT], f[FINE_COUNT] = {c->pp, c->dp / s->ep, c->dp % s->ep, c->sp};
+  fine_sizes(s, sizes);
+  return linear_index(sizes, f, BIT(FINE_PP) | BIT(FINE_EDP) | BIT(FINE_EP) | BIT(FINE_SP));
+}
+
+int loom_mesh_group_members(const loom_mesh_shape *s, loom_axis axis, int rank, int *members) {
+  if (axis < 0 || axis >= LOOM_AXIS_COUNT || axis == LOOM_AXIS_NODE) return -1;
+  int sizes[FINE_COUNT], mine[FINE_COUNT], world = s->pp * s->dp * s->sp, count = 0;
+  unsigned vary = varying_axes[axis];
+  fine_sizes(s, sizes);
+  fine_coords(s, rank, mine);
+  int my_color = linear_index(sizes, mine, ~vary);
+  /* Members in key order: iterate over the varying index space. */
+  for (int other = 0; other < world; other++) {
+    int f[FINE_COUNT];
+    fine_coords(s, other, f);
+    if (linear_index(sizes, f, ~vary) == my_color) members[count++] = other;
+  }
+  /* World rank order and key order agree: both are outermost-first linear orders over the
+   * varying axes once the fixed axes are equal. */
+  return count;
+}
+
+loom_status loom_mesh_create(loom_ctx *ctx, const loom_mesh_shape *shape, loom_mesh **out) {
+  if (!ctx || !shape || !out) return loom_error_set(LOOM_ERR_ARG, "loom_mesh_create: NULL argument");
+  LOOM_CHECK(loom_mesh_shape_check(shape, ctx->size));
+  loom_mesh *mesh = calloc(1, sizeof *mesh);
+  if (!mesh) return loom_error_set(LOOM_ERR_NOMEM, "allocating the mesh");
+  mesh->ctx = ctx;
+  mesh->shape = *shape;
+  mesh->coords = loom_mesh_coords_of(shape, ctx->rank);
+  int sizes[FINE_COUNT], mine[FINE_COUNT];
+  fine_sizes(shape, sizes);
+  fine_coords(shape, ctx->rank, mine);
+  loom_status status = LOOM_OK;
+  for (int axis = 0; axis < LOOM_AXIS_COUNT; axis++) {
+    if (axis == LOOM_AXIS_WORLD || axis == LOOM_AXIS_NODE) {
+      mesh->groups[axis] = axis == LOOM_AXIS_WORLD ? ctx->world : ctx->node_group;
+      continue;
+    }
+    unsigned vary = varying_axes[axis];
+    int color = linear_index(sizes, mine, ~vary), key = linear_index(sizes, mine, vary);
+    LOOM_CHECK_GOTO(loom_group_create(ctx, ctx->world, color, key, axis_names[axis],
+                                      &mesh->groups[axis]),
+                    status, fail);
+    mesh->owned[axis] = 1;
+  }
+  loom_log(ctx, LOOM_LOG_INFO, "mesh pp=%d dp=%d sp=%d ep=%d: coords pp=%d dp=%d sp=%d ep=%d "
+           "edp=%d", shape->pp, shape->dp, shape->sp, shape->ep, mesh->coords.pp,
+           mesh->coords.dp, mesh->coords.sp, mesh->coords.ep, mesh->coords.edp);
+  *out = mesh;
+  return LOOM_OK;
+fail:
+  loom_mesh_destroy(mesh);
+  return status;
+}
+
+loom_status loom_mesh_destroy(loom_mesh *mesh) {
+  if (!mesh) return LOOM_OK;
+  for (int axis = 0; axis < LOOM_AXIS_COUNT; axis++)
+    if (mesh->owned[axis]) loom_group_free(mesh->groups[axis]);
+  free(mesh);
+  return LOOM_OK;
+}
+
+loom_group *loom_mesh_group(const loom_mesh *mesh, loom_axis axis) {
+  return axis >= 0 && axis < LOOM_AXIS_COUNT ? mesh->groups[axis] : NULL;
+}
+loom_mesh_shape loom_mesh_get_shape(const loom_mesh *mesh) { return mesh->shape; }
+loom_mesh_coords loom_mesh_my_coords(const loom_mesh *mesh) { return mesh->coords; }

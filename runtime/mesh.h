@@ -1,0 +1,60 @@
+/* The parallel mesh: world ranks laid out on pp x dp x sp (pp outermost, sp innermost), with
+ * dp further split as edp x ep (ep inner) for expert parallelism. Inner axes are adjacent in
+ * rank order, so the chattiest groups (sp, ep) stay within a node.
+ *
+ *   rank = ((pp_i * edp + edp_i) * ep + ep_i) * sp + sp_i,   dp_i = edp_i * ep + ep_i */
+#ifndef LOOM_RUNTIME_MESH_H
+#define LOOM_RUNTIME_MESH_H
+
+#include "runtime/config.h"
+#include "runtime/group.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+  LOOM_AXIS_PP,    /* pipeline stages */
+  LOOM_AXIS_DP,    /* data-parallel replicas */
+  LOOM_AXIS_SP,    /* sequence-parallel shards */
+  LOOM_AXIS_EP,    /* expert-parallel shards (inside dp) */
+  LOOM_AXIS_EDP,   /* expert data parallel: replicas of one expert shard (dp / ep) */
+  LOOM_AXIS_GRAD,  /* dp x sp: where dense gradients are reduced */
+  LOOM_AXIS_NODE,  /* ranks sharing a (real or simulated) node */
+  LOOM_AXIS_WORLD, /* every rank */
+  LOOM_AXIS_COUNT
+} loom_axis;
+
+typedef struct { int pp, dp, sp, ep; } loom_mesh_shape;
+typedef struct { int pp, dp, sp, ep, edp; } loom_mesh_coords;
+typedef struct loom_mesh loom_mesh;
+
+const char *loom_axis_name(loom_axis axis);
+
+/* LOOM_OK if the shape fits `world_size` ranks; LOOM_ERR_ARG naming the numbers otherwise
+ * (a size <= 0, pp*dp*sp != world size, ep not dividing dp). */
+loom_status loom_mesh_shape_check(const loom_mesh_shape *shape, int world_size);
+/* The shape the configuration asks for, with dp = 0 resolved to world / (pp * sp); checked. */
+loom_status loom_mesh_shape_from_config(const loom_config *config, int world_size,
+                                        loom_mesh_shape *out);
+/* Coordinates of `rank` and back. The shape must be valid. */
+loom_mesh_coords loom_mesh_coords_of(const loom_mesh_shape *shape, int rank);
+int loom_mesh_rank_of(const loom_mesh_shape *shape, const loom_mesh_coords *coords);
+/* World ranks of `rank`'s group along `axis` in group-rank order, written to `members`
+ * (capacity: world size); returns the count. Pure arithmetic, for every axis except NODE
+ * (returns -1). */
+int loom_mesh_group_members(const loom_mesh_shape *shape, loom_axis axis, int rank,
+                            int *members);
+
+/* Creates the groups of every axis; collective over the world. */
+loom_status loom_mesh_create(loom_ctx *ctx, const loom_mesh_shape *shape, loom_mesh **out);
+loom_status loom_mesh_destroy(loom_mesh *mesh);
+/* The group of this rank along `axis` (owned by the mesh or the context). */
+loom_group *loom_mesh_group(const loom_mesh *mesh, loom_axis axis);
+loom_mesh_shape loom_mesh_get_shape(const loom_mesh *mesh);
+loom_mesh_coords loom_mesh_my_coords(const loom_mesh *mesh);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

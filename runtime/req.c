@@ -1,0 +1,100 @@
+/* loom_wait / loom_test over every kind of request. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/req_impl.h"
+
+loom_status loom_req_alloc(loom_req_kind kind, loom_req **out) {
+  loom_req *req = calloc(1, sizeof *req);
+  if (!req) return loom_error_set(LOOM_ERR_NOMEM, "allocating a request (%zu bytes)", sizeof *req);
+  req->kind = kind;
+  req->heap = 1;
+  *out = req;
+  return LOOM_OK;
+}
+
+loom_status loom_req_completed(loom_status status, loom_req **out) {
+  loom_req *req = NULL;
+  LOOM_CHECK(loom_req_alloc(LOOM_REQ_DONE, &req));
+  if (status < 0) loom_req_record_failure(req, status);
+  req->status = status;
+  *out = req;
+  return LOOM_OK;
+}
+
+void loom_req_record_failure(loom_req *req, loom_status status) {
+  req->status = status;
+  free(req->message);
+  req->message = strdup(loom_error_string());
+}
+
+/* Frees the request and returns its status, restoring its message on the calling thread. */
+static loom_status finish(loom_req **handle) {
+  loom_req *req = *handle;
+  loom_status status = req->status;
+  if (status < 0 && req->message) loom_error_restore(req->message);
+  free(req->message);
+  req->message = NULL;
+  if (req->heap) free(req);
+  *handle = NULL;
+  return status;
+}
+
+static loom_status mpi_complete(loom_req *req, int blocking, int *done) {
+  int flag = 1;
+  int rc = blocking ? MPI_Waitall(req->mpi_count, req->mpi_requests, MPI_STATUSES_IGNORE)
+                    : MPI_Testall(req->mpi_count, req->mpi_requests, &flag, MPI_STATUSES_IGNORE);
+  *done = flag;
+  if (rc != MPI_SUCCESS) {
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, text, &len);
+    req->status = loom_error_set(LOOM_ERR_MPI, "%s: %s", req->what ? req->what : "MPI request",
+                                 text);
+    loom_req_record_failure(req, req->status);
+    *done = 1;
+  }
+  return req->status;
+}
+
+loom_status loom_wait(loom_req **handle) {
+  if (!handle) return loom_error_set(LOOM_ERR_ARG, "loom_wait: request handle is NULL");
+  loom_req *req = *handle;
+  if (!req) return LOOM_OK;
+  int done = 0;
+  switch (req->kind) {
+    case LOOM_REQ_DONE: break;
+    case LOOM_REQ_JOB: loom_executor_wait_job(req); break;
+    case LOOM_REQ_MPI: mpi_complete(req, 1, &done); break;
+  }
+  return finish(handle);
+}
+
+loom_status loom_test(loom_req **handle, int *done) {
+  if (!handle || !done) return loom_error_set(LOOM_ERR_ARG, "loom_test: NULL argument");
+  loom_req *req = *handle;
+  *done = 1;
+  if (!req) return LOOM_OK;
+  switch (req->kind) {
+    case LOOM_REQ_DONE: break;
+    case LOOM_REQ_JOB: *done = loom_executor_job_done(req); break;
+    case LOOM_REQ_MPI: mpi_complete(req, 0, done); break;
+  }
+  if (!*done) return LOOM_INPROGRESS;
+  return finish(handle);
+}
+
+loom_status loom_wait_all(loom_req **reqs, int count) {
+  loom_status first = LOOM_OK;
+  char first_message[1024] = "";
+  for (int i = 0; i < count; i++) {
+    loom_status s = loom_wait(&reqs[i]);
+    if (s < 0 && first == LOOM_OK) {
+      first = s;
+      snprintf(first_message, sizeof first_message, "%s", loom_error_string());
+    }
+  }
+  if (first < 0) loom_error_restore(first_message);
+  return first;
+}

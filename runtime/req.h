@@ -1,0 +1,30 @@
+/* loom_req: one in-flight operation, whatever carries it (a job on the communication thread,
+ * MPI requests, later CUDA events). Lifecycle: a non-blocking call creates it; loom_wait or a
+ * loom_test that reports completion frees it and sets the handle to NULL. */
+#ifndef LOOM_RUNTIME_REQ_H
+#define LOOM_RUNTIME_REQ_H
+
+#include "runtime/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct loom_req loom_req;
+
+/* Blocks until the operation completes, returns its status (with the thread's error message
+ * set to the operation's on failure), frees it and sets *req = NULL. A NULL *req is a
+ * completed operation (LOOM_OK). */
+loom_status loom_wait(loom_req **req);
+
+/* Non-blocking: *done = 1 and the operation's status when it has completed (then freed,
+ * *req = NULL); *done = 0 and LOOM_INPROGRESS otherwise. */
+loom_status loom_test(loom_req **req, int *done);
+
+/* Waits for all; returns the first failure, after every request has completed. */
+loom_status loom_wait_all(loom_req **reqs, int count);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

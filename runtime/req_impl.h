@@ -1,0 +1,48 @@
+/* The request object behind loom_req, shared by the executor (jobs) and the MPI
+ * point-to-point path. Private to libloom. */
+#ifndef LOOM_RUNTIME_REQ_IMPL_H
+#define LOOM_RUNTIME_REQ_IMPL_H
+
+#include <mpi.h>
+
+#include "runtime/executor.h"
+#include "runtime/req.h"
+
+typedef enum {
+  LOOM_REQ_DONE, /* completed at creation; status holds the result */
+  LOOM_REQ_JOB,  /* a job of a loom_executor */
+  LOOM_REQ_MPI,  /* up to LOOM_REQ_MPI_MAX MPI requests */
+} loom_req_kind;
+
+enum { LOOM_REQ_MPI_MAX = 2 };
+
+struct loom_req {
+  loom_req_kind kind;
+  loom_status status;
+  char *message; /* copy of the failure message, owned; NULL on success */
+  int heap;      /* 1: freed by wait/test; 0: lives on a blocking caller's stack */
+
+  /* LOOM_REQ_JOB: fields below `done` are guarded by the executor's lock */
+  loom_executor *executor;
+  loom_job_run_fn run;
+  void *arg;
+  loom_job_release_fn release;
+  struct loom_req *next;
+  int done;
+
+  /* LOOM_REQ_MPI */
+  MPI_Request mpi_requests[LOOM_REQ_MPI_MAX];
+  int mpi_count;
+  const char *what; /* the operation, for messages ("send to rank 3 of DP") */
+};
+
+/* A heap request of `kind`, zeroed. */
+loom_status loom_req_alloc(loom_req_kind kind, loom_req **out);
+/* Records a failure message (copies loom_error_string() of the calling thread). */
+void loom_req_record_failure(loom_req *req, loom_status status);
+
+/* Executor side of wait/test for LOOM_REQ_JOB. */
+void loom_executor_wait_job(loom_req *req);
+int loom_executor_job_done(loom_req *req);
+
+#endif
