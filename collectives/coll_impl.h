@@ -42,8 +42,8 @@ loom_status loom_coll_run(void *job);
 
 /* MPI element type used to move `dtype` (16-bit floats move as uint16). */
 MPI_Datatype loom_coll_mpi_type(loom_dtype dtype);
-/* MPI op for SUM/AVG (sum), MAX, MIN. */
-MPI_Op loom_coll_mpi_op(loom_op op);
+/* MPI op for SUM/AVG (sum), MAX, MIN on `dtype` (16-bit floats: their float32 widening). */
+MPI_Op loom_coll_mpi_op(const loom_group *g, loom_op op, loom_dtype dtype);
 
 /* Flat algorithms (one MPI collective each; 16-bit floats through a float32 scratch). */
 loom_status loom_coll_flat_allreduce(loom_group *g, loom_buf send, loom_buf recv, loom_op op);

@@ -19,11 +19,11 @@ MPI_Datatype loom_coll_mpi_type(loom_dtype dtype) {
   }
 }
 
-MPI_Op loom_coll_mpi_op(loom_op op) {
+MPI_Op loom_coll_mpi_op(const loom_group *g, loom_op op, loom_dtype dtype) {
   switch (op) {
     case LOOM_OP_MAX: return MPI_MAX;
     case LOOM_OP_MIN: return MPI_MIN;
-    default: return MPI_SUM;
+    default: return dtype == LOOM_UINT8 ? g->ctx->uint8_sum : MPI_SUM;
   }
 }
 
@@ -79,13 +79,13 @@ loom_status loom_coll_flat_allreduce(loom_group *g, loom_buf send, loom_buf recv
   int in_place = send.ptr == recv.ptr;
   if (loom_coll_is_half(send.dtype)) {
     LOOM_CHECK(loom_coll_widen(send, &wide));
-    MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, wide, (int)send.count, MPI_FLOAT, loom_coll_mpi_op(op),
+    MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, wide, (int)send.count, MPI_FLOAT, loom_coll_mpi_op(g, op, send.dtype),
                              g->comm));
     if (op == LOOM_OP_AVG) loom_coll_divide(loom_buf_host(wide, send.count, LOOM_FLOAT32), g->size);
     loom_coll_narrow(wide, recv);
   } else {
     MPI_TRY(g, MPI_Allreduce(in_place ? MPI_IN_PLACE : send.ptr, recv.ptr, (int)send.count,
-                             loom_coll_mpi_type(send.dtype), loom_coll_mpi_op(op), g->comm));
+                             loom_coll_mpi_type(send.dtype), loom_coll_mpi_op(g, op, send.dtype), g->comm));
     if (op == LOOM_OP_AVG) loom_coll_divide(recv, g->size);
   }
 done:
@@ -100,14 +100,14 @@ static loom_status flat_reduce(loom_group *g, loom_buf send, loom_buf recv, loom
   if (loom_coll_is_half(send.dtype)) {
     LOOM_CHECK(loom_coll_widen(send, &wide));
     MPI_TRY(g, MPI_Reduce(is_root ? MPI_IN_PLACE : wide, is_root ? wide : NULL, (int)send.count,
-                          MPI_FLOAT, loom_coll_mpi_op(op), root, g->comm));
+                          MPI_FLOAT, loom_coll_mpi_op(g, op, send.dtype), root, g->comm));
     if (is_root) {
       if (op == LOOM_OP_AVG) loom_coll_divide(loom_buf_host(wide, send.count, LOOM_FLOAT32), g->size);
       loom_coll_narrow(wide, recv);
     }
   } else {
     MPI_TRY(g, MPI_Reduce(in_place ? MPI_IN_PLACE : send.ptr, is_root ? recv.ptr : NULL,
-                          (int)send.count, loom_coll_mpi_type(send.dtype), loom_coll_mpi_op(op),
+                          (int)send.count, loom_coll_mpi_type(send.dtype), loom_coll_mpi_op(g, op, send.dtype),
                           root, g->comm));
     if (is_root && op == LOOM_OP_AVG) loom_coll_divide(recv, g->size);
   }
@@ -138,20 +138,20 @@ loom_status loom_coll_flat_reduce_scatter(loom_group *g, loom_buf send, loom_buf
     LOOM_CHECK(loom_coll_widen(send, &wide));
     /* The result lands in the first n floats of the widened copy. */
     MPI_TRY(g, MPI_Reduce_scatter_block(MPI_IN_PLACE, wide, (int)n, MPI_FLOAT,
-                                        loom_coll_mpi_op(op), g->comm));
+                                        loom_coll_mpi_op(g, op, send.dtype), g->comm));
     if (op == LOOM_OP_AVG) loom_coll_divide(loom_buf_host(wide, n, LOOM_FLOAT32), g->size);
     loom_coll_narrow(wide, recv);
   } else if (in_place) {
     /* MPI's in-place form reads the whole send buffer and leaves the result at its start;
      * loom's (NCCL's) in-place result sits at block `rank`. */
     MPI_TRY(g, MPI_Reduce_scatter_block(MPI_IN_PLACE, send.ptr, (int)n,
-                                        loom_coll_mpi_type(send.dtype), loom_coll_mpi_op(op),
+                                        loom_coll_mpi_type(send.dtype), loom_coll_mpi_op(g, op, send.dtype),
                                         g->comm));
     memmove(recv.ptr, send.ptr, loom_buf_bytes(recv));
     if (op == LOOM_OP_AVG) loom_coll_divide(recv, g->size);
   } else {
     MPI_TRY(g, MPI_Reduce_scatter_block(send.ptr, recv.ptr, (int)n,
-                                        loom_coll_mpi_type(send.dtype), loom_coll_mpi_op(op),
+                                        loom_coll_mpi_type(send.dtype), loom_coll_mpi_op(g, op, send.dtype),
                                         g->comm));
     if (op == LOOM_OP_AVG) loom_coll_divide(recv, g->size);
   }

@@ -83,7 +83,7 @@ loom_status loom_coll_hier_allreduce(loom_group *g, loom_buf send, loom_buf recv
     float *wide = NULL;
     LOOM_CHECK(loom_coll_widen(send, &wide));
     status = allreduce_in_place(g, wide, send.count, MPI_FLOAT, sizeof(float),
-                                loom_coll_mpi_op(op));
+                                loom_coll_mpi_op(g, op, LOOM_FLOAT32));
     if (status == LOOM_OK) {
       if (op == LOOM_OP_AVG) loom_coll_divide(loom_buf_host(wide, send.count, LOOM_FLOAT32), g->size);
       loom_coll_narrow(wide, recv);
@@ -93,7 +93,7 @@ loom_status loom_coll_hier_allreduce(loom_group *g, loom_buf send, loom_buf recv
   }
   if (send.ptr != recv.ptr) memcpy(recv.ptr, send.ptr, loom_buf_bytes(send));
   LOOM_CHECK(allreduce_in_place(g, recv.ptr, recv.count, loom_coll_mpi_type(recv.dtype),
-                                loom_dtype_size(recv.dtype), loom_coll_mpi_op(op)));
+                                loom_dtype_size(recv.dtype), loom_coll_mpi_op(g, op, recv.dtype)));
   if (op == LOOM_OP_AVG) loom_coll_divide(recv, g->size);
   return LOOM_OK;
 }
@@ -157,7 +157,7 @@ loom_status loom_coll_hier_reduce_scatter(loom_group *g, loom_buf send, loom_buf
   size_t element = loom_dtype_size(work_dtype);
   size_t block_bytes = n * element;
   MPI_Datatype type = loom_coll_mpi_type(work_dtype);
-  MPI_Op mpi_op = loom_coll_mpi_op(op);
+  MPI_Op mpi_op = loom_coll_mpi_op(g, op, work_dtype);
   float *wide = NULL;
   char *input = send.ptr, *ordered = NULL, *partial = NULL, *result = NULL;
   if (half) {

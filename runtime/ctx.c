@@ -2,6 +2,7 @@
  * LOOM_RANKS_PER_NODE), launcher detection, the world and node groups and the communication
  * thread. Invariant: a context that loom_init returned is complete; on failure nothing leaks
  * and MPI is left as it was found where possible. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,6 +71,13 @@ static loom_status detect_nodes(loom_ctx *ctx, MPI_Comm world) {
   return LOOM_OK;
 }
 
+/* MPI user function: modular (wrapping) uint8 addition, element-wise. */
+static void uint8_wrapping_sum(void *in, void *inout, int *len, MPI_Datatype *type) {
+  const uint8_t *a = in;
+  uint8_t *b = inout;
+  for (int i = 0; i < *len; i++) b[i] = (uint8_t)(a[i] + b[i]);
+}
+
 loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_ctx **out) {
   if (!out) return loom_error_set(LOOM_ERR_ARG, "loom_init: out is NULL");
   *out = NULL;
@@ -120,6 +128,11 @@ loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_c
   }
   LOOM_CHECK_GOTO(loom_group_from_comm(ctx, node_comm, "NODE", 0, &ctx->node_group), status,
                   fail);
+  rc = MPI_Op_create(uint8_wrapping_sum, 1, &ctx->uint8_sum);
+  if (rc != MPI_SUCCESS) {
+    status = loom_mpi_error(ctx, rc, "MPI_Op_create (uint8 sum)");
+    goto fail;
+  }
   int threaded = ctx->thread_level == MPI_THREAD_MULTIPLE;
   LOOM_CHECK_GOTO(loom_executor_create("loom-comm", threaded, &ctx->comm_executor), status, fail);
 
@@ -133,6 +146,7 @@ loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_c
   *out = ctx;
   return LOOM_OK;
 fail:
+  if (ctx->uint8_sum != MPI_OP_NULL && ctx->uint8_sum != 0) MPI_Op_free(&ctx->uint8_sum);
   loom_group_free(ctx->node_group);
   loom_group_free(ctx->world);
   if (ctx->owns_mpi) MPI_Finalize();
@@ -143,6 +157,7 @@ fail:
 loom_status loom_finalize(loom_ctx *ctx) {
   if (!ctx) return LOOM_OK;
   loom_executor_destroy(ctx->comm_executor);
+  MPI_Op_free(&ctx->uint8_sum);
   loom_group_free(ctx->node_group);
   loom_group_free(ctx->world);
   int owns = ctx->owns_mpi;

@@ -19,6 +19,9 @@ struct loom_ctx {
   loom_group *world;
   loom_group *node_group;            /* ranks on this node; subgroups use it */
   loom_executor *comm_executor;      /* runs collectives in posting order */
+  /* Wrapping uint8 sum: Open MPI 4.1's vectorised MPI_SUM on MPI_UINT8_T saturates at 255
+   * (op/avx component), so loom brings its own modular addition. */
+  MPI_Op uint8_sum;
 };
 
 /* The serial executor every collective of this context goes through. */
