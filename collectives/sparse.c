@@ -102,9 +102,9 @@ loom_status loom_sparse_plan_set_incoming(loom_sparse_plan *plan, int pair_count
   qsort(list, (size_t)kept, sizeof *list, by_source);
   for (int i = 0; i < kept; i++) {
     if (i > 0 && list[i].source == list[i - 1].source) {
+      int source = list[i].source;
       free(list);
-      return loom_error_set(LOOM_ERR_CORRUPT, "sparse plan: source %d reported twice",
-                            list[i].source);
+      return loom_error_set(LOOM_ERR_CORRUPT, "sparse plan: source %d reported twice", source);
     }
     plan->recv_peers[i] = list[i].source;
     plan->recv_counts[i] = list[i].count;
