@@ -16,5 +16,9 @@
 #include "runtime/mesh.h"
 #include "collectives/coll.h"
 #include "collectives/sparse.h"
+#include "optim/optim.h"
+#include "optim/schedule.h"
+#include "optim/clip.h"
+#include "parallel/ddp.h"
 
 #endif

@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +45,8 @@ static void variable_name(const char *option, char *out, size_t bytes) {
 }
 
 static loom_status parse_uint64(const char *text, uint64_t *out) {
-  if (!*text || *text == '-') return LOOM_ERR_ARG;
+  /* strtoull skips blanks and negates a '-', so " -1" would wrap to 2^64 - 1: digits only */
+  if (!isdigit((unsigned char)*text)) return LOOM_ERR_ARG;
   errno = 0;
   char *end = NULL;
   unsigned long long v = strtoull(text, &end, 0);
@@ -68,8 +70,10 @@ static loom_status parse_uint64(const char *text, uint64_t *out) {
   return LOOM_OK;
 }
 
+static int unbounded(const loom_option *o) { return o->min == 0 && o->max == 0; }
+
 static int bounded(const loom_option *o, double v) {
-  return (o->min == 0 && o->max == 0) || (v >= o->min && v <= o->max);
+  return unbounded(o) || (v >= o->min && v <= o->max);
 }
 
 /* Writes `text` into the option's target; `source` names the flag or variable for messages. */
@@ -79,9 +83,11 @@ static loom_status apply_value(const loom_option *o, const char *text, const cha
     case LOOM_OPTION_INT: {
       errno = 0;
       long v = strtol(text, &end, 10);
-      if (errno || end == text || *end || !bounded(o, (double)v))
-        return loom_error_set(LOOM_ERR_ARG, "%s='%s' is not an integer in [%g, %g]", source,
-                              text, o->min, o->max);
+      /* the range check on long comes first: an unbounded option must not wrap into int */
+      if (errno || end == text || *end || v < INT_MIN || v > INT_MAX || !bounded(o, (double)v))
+        return loom_error_set(LOOM_ERR_ARG, "%s='%s' is not an integer in [%.15g, %.15g]",
+                              source, text, unbounded(o) ? (double)INT_MIN : o->min,
+                              unbounded(o) ? (double)INT_MAX : o->max);
       *(int *)o->target = (int)v;
       return LOOM_OK;
     }
@@ -95,9 +101,12 @@ static loom_status apply_value(const loom_option *o, const char *text, const cha
     case LOOM_OPTION_DOUBLE: {
       errno = 0;
       double v = strtod(text, &end);
-      if (errno || end == text || *end || !isfinite(v) || !bounded(o, v))
-        return loom_error_set(LOOM_ERR_ARG, "%s='%s' is not a number in [%g, %g]", source, text,
-                              o->min, o->max);
+      if (errno || end == text || *end || !isfinite(v) || !bounded(o, v)) {
+        if (unbounded(o))
+          return loom_error_set(LOOM_ERR_ARG, "%s='%s' is not a finite number", source, text);
+        return loom_error_set(LOOM_ERR_ARG, "%s='%s' is not a number in [%.15g, %.15g]", source,
+                              text, o->min, o->max);
+      }
       *(double *)o->target = v;
       return LOOM_OK;
     }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/log.h"
 #include "runtime/req_impl.h"
 
 struct loom_executor {
@@ -24,11 +25,14 @@ struct loom_executor {
 
 /* Runs one job outside the lock and publishes its result. */
 static void run_job(loom_executor *executor, loom_req *req) {
+  req->times.started_at = loom_now();
   loom_status status = req->run(req->arg);
+  double completed_at = loom_now();
   if (status < 0) loom_req_record_failure(req, status);
   if (req->release) req->release(req->arg);
   pthread_mutex_lock(&executor->lock);
   req->status = status;
+  req->times.completed_at = completed_at;
   req->done = 1;
   executor->busy = 0;
   pthread_cond_broadcast(&executor->job_done);

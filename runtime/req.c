@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/log.h"
 #include "runtime/req_impl.h"
 
 loom_status loom_req_alloc(loom_req_kind kind, loom_req **out) {
@@ -10,6 +11,7 @@ loom_status loom_req_alloc(loom_req_kind kind, loom_req **out) {
   if (!req) return loom_error_set(LOOM_ERR_NOMEM, "allocating a request (%zu bytes)", sizeof *req);
   req->kind = kind;
   req->heap = 1;
+  req->times.posted_at = loom_now();
   *out = req;
   return LOOM_OK;
 }
@@ -58,18 +60,28 @@ static loom_status mpi_complete(loom_req *req, int blocking, int *done) {
   return req->status;
 }
 
-loom_status loom_wait(loom_req **handle) {
+loom_status loom_wait_timed(loom_req **handle, loom_req_times *times) {
   if (!handle) return loom_error_set(LOOM_ERR_ARG, "loom_wait: request handle is NULL");
   loom_req *req = *handle;
-  if (!req) return LOOM_OK;
+  if (!req) {
+    if (times) times->posted_at = times->started_at = times->completed_at = loom_now();
+    return LOOM_OK;
+  }
   int done = 0;
   switch (req->kind) {
     case LOOM_REQ_DONE: break;
     case LOOM_REQ_JOB: loom_executor_wait_job(req); break;
     case LOOM_REQ_MPI: mpi_complete(req, 1, &done); break;
   }
+  if (req->kind != LOOM_REQ_JOB) { /* no thread timestamps: it ran under this wait */
+    if (!req->times.started_at) req->times.started_at = req->times.posted_at;
+    req->times.completed_at = loom_now();
+  }
+  if (times) *times = req->times;
   return finish(handle);
 }
+
+loom_status loom_wait(loom_req **handle) { return loom_wait_timed(handle, NULL); }
 
 loom_status loom_test(loom_req **handle, int *done) {
   if (!handle || !done) return loom_error_set(LOOM_ERR_ARG, "loom_test: NULL argument");

@@ -21,6 +21,16 @@ loom_status loom_wait(loom_req **req);
  * *req = NULL); *done = 0 and LOOM_INPROGRESS otherwise. */
 loom_status loom_test(loom_req **req, int *done);
 
+/* When an operation was posted, started running and completed (loom_now() seconds); for jobs
+ * of the communication thread these are the thread's own timestamps, so they show whether
+ * communication overlapped the caller's work. */
+typedef struct {
+  double posted_at, started_at, completed_at;
+} loom_req_times;
+
+/* loom_wait that also reports the operation's timestamps (`times` may be NULL). */
+loom_status loom_wait_timed(loom_req **req, loom_req_times *times);
+
 /* Waits for all; returns the first failure, after every request has completed. */
 loom_status loom_wait_all(loom_req **reqs, int count);
 

@@ -21,6 +21,7 @@ struct loom_req {
   loom_status status;
   char *message; /* copy of the failure message, owned; NULL on success */
   int heap;      /* 1: freed by wait/test; 0: lives on a blocking caller's stack */
+  loom_req_times times;
 
   /* LOOM_REQ_JOB: fields below `done` are guarded by the executor's lock */
   loom_executor *executor;

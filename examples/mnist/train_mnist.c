@@ -1,0 +1,297 @@
+/* Fashion-MNIST with data parallelism: the reference training loop for loom users.
+ *
+ *   mpirun -np 4 ./train_mnist [--epochs 5 --batch 128 --optimizer sgd ...]
+ *
+ * The global batch is the same whatever the rank count: every rank draws the same seeded
+ * permutation of the 60000 training images, and rank r of the data-parallel group takes
+ * slice r of each global batch. Gradients are summed in float64 (see examples/mlp) over the
+ * GRAD group by loom_ddp while backward runs, so 1 and N ranks follow the same trajectory. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../mlp/mlp.h"
+#include "fashion_mnist.h"
+
+typedef struct {
+  const char *data_dir, *metrics_path, *hidden;
+  int epochs, batch, chunk, optimizer, schedule, nesterov, overlap, max_steps, warmup_steps;
+  double lr, momentum, weight_decay, clip;
+  uint64_t bucket_bytes;
+} train_options;
+
+enum { OPT_SGD = 0, OPT_ADAMW = 1 };
+enum { MAX_LAYERS = 16 };
+
+#define TRY(call)                                                                          \
+  do {                                                                                     \
+    loom_status s_ = (call);                                                               \
+    if (s_ != LOOM_OK) {                                                                   \
+      fprintf(stderr, "train_mnist (rank %d): %s\n", rank, loom_error_string());           \
+      code = 1;                                                                            \
+      goto done;                                                                           \
+    }                                                                                      \
+  } while (0)
+
+/* "512,256" -> widths {784, 512, 256, 10}; returns the layer count or -1. */
+static int parse_widths(const char *hidden, int *widths) {
+  int n = 0;
+  widths[n++] = 784;
+  const char *p = hidden;
+  while (p && *p) {
+    char *end = NULL;
+    long w = strtol(p, &end, 10);
+    if (end == p || w < 1 || w > 1 << 16 || n >= MAX_LAYERS) return -1;
+    widths[n++] = (int)w;
+    p = *end == ',' ? end + 1 : end;
+    if (*end && *end != ',') return -1;
+  }
+  widths[n++] = 10;
+  return n - 1;
+}
+
+/* What the hook needs to hand each finished layer to DDP. */
+typedef struct {
+  loom_ddp *ddp;
+  int weight_index[MAX_LAYERS], bias_index[MAX_LAYERS];
+} hook_state;
+
+static loom_status layer_ready(void *user, int layer) {
+  hook_state *h = user;
+  LOOM_CHECK(loom_ddp_grad_ready(h->ddp, h->weight_index[layer]));
+  return loom_ddp_grad_ready(h->ddp, h->bias_index[layer]);
+}
+
+static void shuffle(int *order, int n, uint64_t seed, int epoch) {
+  loom_rng rng;
+  loom_rng_init(&rng, seed, LOOM_RNG_DATA, (uint32_t)epoch);
+  for (int i = 0; i < n; i++) order[i] = i;
+  for (int i = n - 1; i > 0; i--) {
+    int j = (int)loom_rng_below(&rng, (uint64_t)i + 1);
+    int t = order[i];
+    order[i] = order[j];
+    order[j] = t;
+  }
+}
+
+int main(int argc, char **argv) {
+  train_options o = {.data_dir = FASHION_MNIST_DEFAULT_DIR, .metrics_path = NULL,
+                     .hidden = "512,256", .epochs = 5, .batch = 128, .chunk = 32, .optimizer = OPT_SGD,
+                     .schedule = LOOM_SCHEDULE_COSINE, .nesterov = 1, .overlap = 1,
+                     .max_steps = 0, .warmup_steps = 100, .lr = 0.05, .momentum = 0.9,
+                     .weight_decay = 5e-4, .clip = 0, .bucket_bytes = 1u << 20};
+  const loom_option options[] = {
+      {"data-dir", LOOM_OPTION_STRING, &o.data_dir, "directory of the Fashion-MNIST .gz files"},
+      {"epochs", LOOM_OPTION_INT, &o.epochs, "passes over the 60000 training images", NULL, 1, 1000},
+      {"batch", LOOM_OPTION_INT, &o.batch, "global batch (divisible by the dp size)", NULL, 1, 60000},
+      {"chunk", LOOM_OPTION_INT, &o.chunk, "rows per BLAS call; runs whose per-rank batch is a "
+       "multiple of it compute identical per-sample results", NULL, 1, 60000},
+      {"hidden", LOOM_OPTION_STRING, &o.hidden, "hidden layer widths, comma separated"},
+      {"optimizer", LOOM_OPTION_CHOICE, &o.optimizer, "optimizer", "sgd|adamw"},
+      {"lr", LOOM_OPTION_DOUBLE, &o.lr, "peak learning rate", NULL, 0, 10},
+      {"momentum", LOOM_OPTION_DOUBLE, &o.momentum, "SGD momentum", NULL, 0, 0.999},
+      {"nesterov", LOOM_OPTION_BOOL, &o.nesterov, "SGD Nesterov momentum"},
+      {"weight-decay", LOOM_OPTION_DOUBLE, &o.weight_decay, "weight decay", NULL, 0, 1},
+      {"schedule", LOOM_OPTION_CHOICE, &o.schedule, "learning-rate schedule after warm-up",
+       "constant|cosine"},
+      {"warmup-steps", LOOM_OPTION_INT, &o.warmup_steps, "linear warm-up steps", NULL, 0, 1 << 30},
+      {"clip", LOOM_OPTION_DOUBLE, &o.clip, "global gradient-norm clip; 0 = off", NULL, 0, 1e9},
+      {"bucket-bytes", LOOM_OPTION_UINT64, &o.bucket_bytes, "DDP bucket size (K/M suffixes)"},
+      {"overlap", LOOM_OPTION_BOOL, &o.overlap, "reduce buckets during backward (0: after)"},
+      {"max-steps", LOOM_OPTION_INT, &o.max_steps, "steps per epoch cap; 0 = whole epoch", NULL, 0, 1 << 30},
+      {"metrics", LOOM_OPTION_STRING, &o.metrics_path, "JSON-lines metrics file (rank 0)"},
+  };
+  const int option_count = (int)(sizeof options / sizeof options[0]);
+  loom_config config = LOOM_CONFIG_INIT;
+  int rank = loom_launcher_rank(), code = 0;
+  if (loom_config_parse(&config, options, option_count, argc, argv) != LOOM_OK) {
+    if (rank == 0) fprintf(stderr, "train_mnist: %s\n", loom_error_string());
+    return 2;
+  }
+  if (config.help) {
+    if (rank == 0) loom_config_usage(stdout, "train_mnist", &config, options, option_count);
+    return 0;
+  }
+  int widths[MAX_LAYERS + 2];
+  int layers = parse_widths(o.hidden, widths);
+  if (layers < 1) {
+    if (rank == 0) fprintf(stderr, "train_mnist: --hidden '%s' is not a comma-separated list of "
+                           "widths (1..65536, at most %d layers)\n", o.hidden, MAX_LAYERS - 1);
+    return 2;
+  }
+
+  loom_ctx *ctx = NULL;
+  loom_mesh *mesh = NULL;
+  loom_ddp *ddp = NULL;
+  loom_optim *optim = NULL;
+  mlp model = {0};
+  fashion_mnist_split train = {0}, test = {0};
+  float *inputs = NULL, **grad32 = NULL;
+  int *labels = NULL, *order = NULL;
+  FILE *metrics = NULL;
+  if (loom_init(&config, &argc, &argv, &ctx) != LOOM_OK) {
+    fprintf(stderr, "train_mnist: %s\n", loom_error_string());
+    return 1;
+  }
+  rank = loom_ctx_rank(ctx);
+  loom_mesh_shape shape;
+  TRY(loom_mesh_shape_from_config(&config, loom_ctx_size(ctx), &shape));
+  if (shape.pp != 1 || shape.sp != 1)
+    TRY(loom_error_set(LOOM_ERR_ARG, "this example is data-parallel only: --pp and --sp must be 1 "
+                       "(got %d and %d)", shape.pp, shape.sp));
+  if (o.batch % shape.dp != 0)
+    TRY(loom_error_set(LOOM_ERR_ARG, "--batch %d is not divisible by dp=%d; the global batch is "
+                       "split evenly over data-parallel ranks", o.batch, shape.dp));
+  if (o.chunk > o.batch / shape.dp) o.chunk = o.batch / shape.dp;
+  TRY(loom_mesh_create(ctx, &shape, &mesh));
+  loom_group *grad_group = loom_mesh_group(mesh, LOOM_AXIS_GRAD);
+  int dp_rank = loom_mesh_my_coords(mesh).dp, local_rows = o.batch / shape.dp;
+
+  TRY(fashion_mnist_load(o.data_dir, "train", &train));
+  TRY(fashion_mnist_load(o.data_dir, "t10k", &test));
+  TRY(mlp_create(widths, layers, o.chunk, config.seed, &model));
+
+  /* DDP over the GRAD group; optimizer on float32 copies of the reduced gradients. */
+  loom_ddp_params ddp_params = LOOM_DDP_PARAMS_INIT;
+  ddp_params.bucket_bytes = o.bucket_bytes;
+  ddp_params.overlap = o.overlap;
+  ddp_params.op = LOOM_OP_SUM; /* each rank's gradient is already scaled by 1 / global batch */
+  TRY(loom_ddp_create(grad_group, &ddp_params, &ddp));
+  loom_optim_params optim_params = LOOM_OPTIM_PARAMS_INIT;
+  optim_params.kind = o.optimizer == OPT_SGD ? LOOM_OPTIM_SGD : LOOM_OPTIM_ADAMW;
+  optim_params.momentum = o.optimizer == OPT_SGD ? o.momentum : 0;
+  optim_params.nesterov = o.optimizer == OPT_SGD && o.nesterov && o.momentum > 0;
+  optim_params.weight_decay = o.weight_decay;
+  TRY(loom_optim_create(&optim_params, &optim));
+  hook_state hooks = {.ddp = ddp};
+  grad32 = calloc(2 * (size_t)layers, sizeof *grad32);
+  if (!grad32) TRY(loom_error_set(LOOM_ERR_NOMEM, "gradient copies"));
+  for (int l = 0; l < layers; l++) {
+    size_t n_weight = (size_t)widths[l + 1] * widths[l], n_bias = (size_t)widths[l + 1];
+    char name[64];
+    snprintf(name, sizeof name, "layer%d.weight", l);
+    TRY(loom_ddp_register(ddp, name, loom_buf_host(model.weight_grad[l], n_weight, LOOM_FLOAT64),
+                          &hooks.weight_index[l]));
+    grad32[2 * l] = calloc(n_weight, sizeof(float));
+    grad32[2 * l + 1] = calloc(n_bias, sizeof(float));
+    if (!grad32[2 * l] || !grad32[2 * l + 1]) TRY(loom_error_set(LOOM_ERR_NOMEM, "gradient copies"));
+    TRY(loom_optim_add(optim, name, loom_buf_host(model.weight[l], n_weight, LOOM_FLOAT32),
+                       loom_buf_host(grad32[2 * l], n_weight, LOOM_FLOAT32)));
+    snprintf(name, sizeof name, "layer%d.bias", l);
+    TRY(loom_ddp_register(ddp, name, loom_buf_host(model.bias_grad[l], n_bias, LOOM_FLOAT64),
+                          &hooks.bias_index[l]));
+    TRY(loom_optim_add(optim, name, loom_buf_host(model.bias[l], n_bias, LOOM_FLOAT32),
+                       loom_buf_host(grad32[2 * l + 1], n_bias, LOOM_FLOAT32)));
+  }
+
+  int steps_per_epoch = train.count / o.batch;
+  if (o.max_steps > 0 && o.max_steps < steps_per_epoch) steps_per_epoch = o.max_steps;
+  loom_schedule schedule = {.kind = (loom_schedule_kind)o.schedule, .peak = o.lr, .floor = 0,
+                            .warmup_steps = o.warmup_steps,
+                            .total_steps = (int64_t)steps_per_epoch * o.epochs};
+  if (schedule.kind == LOOM_SCHEDULE_COSINE && schedule.total_steps <= schedule.warmup_steps)
+    schedule.warmup_steps = schedule.total_steps / 10;
+  TRY(loom_schedule_check(&schedule));
+  inputs = malloc(sizeof(float) * 784 * (size_t)model.batch_capacity);
+  labels = malloc(sizeof(int) * (size_t)model.batch_capacity);
+  order = malloc(sizeof(int) * (size_t)train.count);
+  if (!inputs || !labels || !order) TRY(loom_error_set(LOOM_ERR_NOMEM, "batch buffers"));
+  if (rank == 0 && o.metrics_path) {
+    metrics = fopen(o.metrics_path, "w");
+    if (!metrics) TRY(loom_error_set(LOOM_ERR_IO, "cannot write metrics file %s", o.metrics_path));
+  }
+  if (rank == 0)
+    printf("train_mnist: %d ranks (dp=%d), model %s (%zu parameters), global batch %d, %d "
+           "steps/epoch, %s lr %g\n", loom_ctx_size(ctx), shape.dp, o.hidden,
+           mlp_parameter_count(&model), o.batch, steps_per_epoch,
+           o.optimizer == OPT_SGD ? "sgd" : "adamw", o.lr);
+
+  double start = loom_now(), train_loss = 0, accuracy = 0;
+  int64_t global_step = 0;
+  for (int epoch = 0; epoch < o.epochs; epoch++) {
+    double epoch_start = loom_now(), loss_sum = 0;
+    shuffle(order, train.count, config.seed, epoch);
+    for (int step = 0; step < steps_per_epoch; step++, global_step++) {
+      const int *batch_order = order + (size_t)step * o.batch + (size_t)dp_rank * local_rows;
+      mlp_zero_grad(&model);
+      TRY(loom_ddp_begin(ddp, 1));
+      /* Chunks of o.chunk rows: the same BLAS shapes whatever the rank count. Gradients are
+       * final after the last chunk's backward, which hands each layer to DDP. */
+      for (int begin = 0; begin < local_rows; begin += o.chunk) {
+        int rows = local_rows - begin < o.chunk ? local_rows - begin : o.chunk;
+        for (int i = 0; i < rows; i++) {
+          fashion_mnist_normalize(&train, batch_order[begin + i], inputs + (size_t)i * 784);
+          labels[i] = train.labels[batch_order[begin + i]];
+        }
+        mlp_forward(&model, inputs, rows);
+        loss_sum += mlp_loss(&model, labels, rows, 1.0 / o.batch);
+        int last = begin + rows >= local_rows;
+        TRY(mlp_backward(&model, rows, last ? layer_ready : NULL, &hooks));
+      }
+      TRY(loom_ddp_finish(ddp));
+      for (int l = 0; l < layers; l++) {
+        size_t n_weight = (size_t)widths[l + 1] * widths[l];
+        for (size_t i = 0; i < n_weight; i++) grad32[2 * l][i] = (float)model.weight_grad[l][i];
+        for (int i = 0; i < widths[l + 1]; i++) grad32[2 * l + 1][i] = (float)model.bias_grad[l][i];
+      }
+      if (o.clip > 0) {
+        loom_buf grads[2 * MAX_LAYERS];
+        for (int l = 0; l < layers; l++) {
+          grads[2 * l] = loom_buf_host(grad32[2 * l], (size_t)widths[l + 1] * widths[l], LOOM_FLOAT32);
+          grads[2 * l + 1] = loom_buf_host(grad32[2 * l + 1], (size_t)widths[l + 1], LOOM_FLOAT32);
+        }
+        /* gradients are replicated after the reduction: no group to sum over */
+        TRY(loom_clip_grad_norm(NULL, grads, 2 * layers, o.clip, NULL));
+      }
+      TRY(loom_optim_step(optim, loom_schedule_lr(&schedule, global_step)));
+    }
+    /* Epoch metrics: mean training loss over the epoch's samples, test accuracy over all 10k
+     * test images (each rank evaluates a slice). */
+    double sums[2] = {loss_sum, 0};
+    int first = (int)((long long)test.count * dp_rank / shape.dp);
+    int last = (int)((long long)test.count * (dp_rank + 1) / shape.dp);
+    for (int begin = first; begin < last; begin += model.batch_capacity) {
+      int rows = last - begin < model.batch_capacity ? last - begin : model.batch_capacity;
+      for (int i = 0; i < rows; i++) {
+        fashion_mnist_normalize(&test, begin + i, inputs + (size_t)i * 784);
+        labels[i] = test.labels[begin + i];
+      }
+      mlp_forward(&model, inputs, rows);
+      sums[1] += mlp_count_correct(&model, labels, rows);
+    }
+    TRY(loom_allreduce(grad_group, loom_buf_host(sums, 2, LOOM_FLOAT64),
+                       loom_buf_host(sums, 2, LOOM_FLOAT64), LOOM_OP_SUM));
+    double epoch_seconds = loom_now() - epoch_start;
+    train_loss = sums[0] / ((double)steps_per_epoch * o.batch);
+    accuracy = sums[1] / test.count;
+    double samples_per_second = (double)steps_per_epoch * o.batch / epoch_seconds;
+    if (rank == 0) {
+      printf("epoch %d/%d  train loss %.6f  test accuracy %.4f  %.0f samples/s  %.1f s\n",
+             epoch + 1, o.epochs, train_loss, accuracy, samples_per_second, loom_now() - start);
+      fflush(stdout);
+      if (metrics) {
+        fprintf(metrics, "{\"epoch\": %d, \"step\": %lld, \"train_loss\": %.9g, \"test_accuracy\": "
+                "%.6f, \"samples_per_s\": %.1f, \"elapsed_s\": %.3f, \"ranks\": %d}\n", epoch + 1,
+                (long long)global_step, train_loss, accuracy, samples_per_second,
+                loom_now() - start, loom_ctx_size(ctx));
+        fflush(metrics);
+      }
+    }
+  }
+  if (rank == 0) printf("final train_loss=%.10g test_accuracy=%.6f\n", train_loss, accuracy);
+
+done:
+  if (metrics) fclose(metrics);
+  for (int l = 0; grad32 && l < 2 * layers; l++) free(grad32[l]);
+  free(grad32), free(inputs), free(labels), free(order);
+  fashion_mnist_free(&train);
+  fashion_mnist_free(&test);
+  mlp_destroy(&model);
+  loom_optim_destroy(optim);
+  loom_ddp_destroy(ddp);
+  loom_mesh_destroy(mesh);
+  if (code != 0 && loom_ctx_size(ctx) > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  loom_finalize(ctx);
+  return code;
+}

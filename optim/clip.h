@@ -1,0 +1,30 @@
+/* Global-norm gradient clipping (Pascanu et al., ICML'13): scale every gradient by
+ * min(1, max_norm / ||g||) where ||g|| is the 2-norm of all gradients together. When the
+ * gradients are spread over a group (pipeline stages, or ZeRO shards over GRAD), the squared
+ * norms are summed over that group first, so every rank applies the same factor. */
+#ifndef LOOM_OPTIM_CLIP_H
+#define LOOM_OPTIM_CLIP_H
+
+#include "runtime/dtype.h"
+#include "runtime/group.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The global 2-norm of `count` float32/float64 gradients (accumulated in double).
+ * `shard_group`: the group whose members hold disjoint parts of the gradients (their squared
+ * norms are summed with an allreduce); NULL when every rank holds all of them (replicated
+ * after a data-parallel allreduce). */
+loom_status loom_grad_norm(loom_group *shard_group, const loom_buf *grads, int count,
+                           double *norm);
+
+/* Computes the norm as above and, if it exceeds max_norm > 0, scales every gradient by
+ * max_norm / (norm + 1e-6). Returns the norm before clipping in *norm (may be NULL). */
+loom_status loom_clip_grad_norm(loom_group *shard_group, const loom_buf *grads, int count,
+                                double max_norm, double *norm);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,147 @@
+/* The optimizer object: a list of (parameter, gradient, state) entries updated by the
+ * kernels of update.c, and the state exposed as named tensors for checkpoints. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "optim/optim.h"
+
+typedef struct {
+  char *name;
+  loom_buf param, grad;
+  float *state[2];         /* SGD: momentum; AdamW: exp_avg, exp_avg_sq */
+  char *state_name[2];
+} entry;
+
+struct loom_optim {
+  loom_optim_params params;
+  entry *entries;
+  int count, capacity;
+  int64_t step; /* optimizer steps taken; exposed as "optim.step" */
+};
+
+static int states_per_param(const loom_optim *o) {
+  if (o->params.kind == LOOM_OPTIM_ADAMW) return 2;
+  return o->params.momentum != 0.0 ? 1 : 0;
+}
+
+loom_status loom_optim_create(const loom_optim_params *p, loom_optim **out) {
+  if (!p || !out) return loom_error_set(LOOM_ERR_ARG, "loom_optim_create: NULL argument");
+  if (p->kind != LOOM_OPTIM_SGD && p->kind != LOOM_OPTIM_ADAMW)
+    return loom_error_set(LOOM_ERR_ARG, "optimizer kind=%d; accepted SGD or ADAMW", (int)p->kind);
+  if (p->momentum < 0 || p->momentum >= 1)
+    return loom_error_set(LOOM_ERR_ARG, "SGD momentum=%g outside [0, 1)", p->momentum);
+  if (p->nesterov && p->momentum == 0)
+    return loom_error_set(LOOM_ERR_ARG, "SGD Nesterov needs momentum > 0 (momentum=%g)",
+                          p->momentum);
+  if (p->beta1 < 0 || p->beta1 >= 1 || p->beta2 < 0 || p->beta2 >= 1)
+    return loom_error_set(LOOM_ERR_ARG, "AdamW betas (%g, %g) outside [0, 1)", p->beta1, p->beta2);
+  if (!(p->eps > 0)) return loom_error_set(LOOM_ERR_ARG, "AdamW eps=%g must be > 0", p->eps);
+  if (p->weight_decay < 0)
+    return loom_error_set(LOOM_ERR_ARG, "weight_decay=%g must be >= 0", p->weight_decay);
+  loom_optim *o = calloc(1, sizeof *o);
+  if (!o) return loom_error_set(LOOM_ERR_NOMEM, "allocating the optimizer");
+  o->params = *p;
+  *out = o;
+  return LOOM_OK;
+}
+
+void loom_optim_destroy(loom_optim *o) {
+  if (!o) return;
+  for (int i = 0; i < o->count; i++) {
+    free(o->entries[i].name);
+    for (int s = 0; s < 2; s++) {
+      free(o->entries[i].state[s]);
+      free(o->entries[i].state_name[s]);
+    }
+  }
+  free(o->entries);
+  free(o);
+}
+
+static char *joined(const char *a, const char *b) {
+  size_t n = strlen(a) + strlen(b) + 2;
+  char *s = malloc(n);
+  if (s) snprintf(s, n, "%s.%s", a, b);
+  return s;
+}
+
+loom_status loom_optim_add(loom_optim *o, const char *name, loom_buf param, loom_buf grad) {
+  if (!o || !name || !*name) return loom_error_set(LOOM_ERR_ARG, "loom_optim_add: optimizer or name missing");
+  if (param.dtype != LOOM_FLOAT32 || grad.dtype != LOOM_FLOAT32)
+    return loom_error_set(LOOM_ERR_ARG, "loom_optim_add '%s': parameter is %s and gradient %s; "
+                          "the CPU optimizer updates float32 with float32 gradients", name,
+                          loom_dtype_name(param.dtype), loom_dtype_name(grad.dtype));
+  if (param.device.kind != LOOM_DEVICE_CPU || grad.device.kind != LOOM_DEVICE_CPU)
+    return loom_error_set(LOOM_ERR_UNSUPPORTED, "loom_optim_add '%s': CUDA tensors need the GPU "
+                          "optimizer kernels, absent from this build", name);
+  if (param.count != grad.count || (param.count && (!param.ptr || !grad.ptr)))
+    return loom_error_set(LOOM_ERR_ARG, "loom_optim_add '%s': parameter has %zu elements, "
+                          "gradient %zu (or a NULL pointer)", name, param.count, grad.count);
+  for (int i = 0; i < o->count; i++)
+    if (strcmp(o->entries[i].name, name) == 0)
+      return loom_error_set(LOOM_ERR_ARG, "loom_optim_add: parameter '%s' added twice", name);
+  if (o->count == o->capacity) {
+    int capacity = o->capacity ? 2 * o->capacity : 16;
+    entry *grown = realloc(o->entries, sizeof *grown * (size_t)capacity);
+    if (!grown) return loom_error_set(LOOM_ERR_NOMEM, "optimizer entries (%d)", capacity);
+    o->entries = grown;
+    o->capacity = capacity;
+  }
+  entry e = {.name = strdup(name), .param = param, .grad = grad};
+  static const char *const sgd_names[] = {"momentum"}, *const adam_names[] = {"exp_avg", "exp_avg_sq"};
+  int states = states_per_param(o);
+  int ok = e.name != NULL;
+  for (int s = 0; s < states && ok; s++) {
+    e.state[s] = calloc(param.count ? param.count : 1, sizeof(float));
+    e.state_name[s] = joined(name, o->params.kind == LOOM_OPTIM_ADAMW ? adam_names[s] : sgd_names[s]);
+    ok = e.state[s] && e.state_name[s];
+  }
+  if (!ok) {
+    free(e.name);
+    for (int s = 0; s < 2; s++) free(e.state[s]), free(e.state_name[s]);
+    return loom_error_set(LOOM_ERR_NOMEM, "optimizer state for '%s' (%zu elements)", name,
+                          param.count);
+  }
+  o->entries[o->count++] = e;
+  return LOOM_OK;
+}
+
+loom_status loom_optim_step(loom_optim *o, double lr) {
+  if (!o) return loom_error_set(LOOM_ERR_ARG, "loom_optim_step: optimizer is NULL");
+  if (!(lr >= 0)) return loom_error_set(LOOM_ERR_ARG, "loom_optim_step: lr=%g must be >= 0", lr);
+  const loom_optim_params *p = &o->params;
+  o->step++;
+  for (int i = 0; i < o->count; i++) {
+    entry *e = &o->entries[i];
+    if (p->kind == LOOM_OPTIM_SGD)
+      loom_sgd_update(e->param.count, e->param.ptr, e->grad.ptr, e->state[0], (float)lr,
+                      (float)p->momentum, (float)p->weight_decay, p->nesterov, o->step == 1);
+    else
+      loom_adamw_update(e->param.count, e->param.ptr, e->grad.ptr, e->state[0], e->state[1],
+                        o->step, (float)lr, (float)p->beta1, (float)p->beta2, (float)p->eps,
+                        (float)p->weight_decay);
+  }
+  return LOOM_OK;
+}
+
+int64_t loom_optim_step_count(const loom_optim *o) { return o->step; }
+
+int loom_optim_state_count(const loom_optim *o) { return 1 + o->count * states_per_param(o); }
+
+loom_status loom_optim_state_at(const loom_optim *o, int index, const char **name, loom_buf *buf) {
+  int per = states_per_param(o);
+  if (index < 0 || index >= loom_optim_state_count(o))
+    return loom_error_set(LOOM_ERR_ARG, "optimizer state index %d outside [0, %d)", index,
+                          loom_optim_state_count(o));
+  if (index == 0) {
+    *name = "optim.step";
+    *buf = loom_buf_host((void *)&o->step, 1, LOOM_INT64);
+    return LOOM_OK;
+  }
+  const entry *e = &o->entries[(index - 1) / per];
+  int s = (index - 1) % per;
+  *name = e->state_name[s];
+  *buf = loom_buf_host(e->state[s], e->param.count, LOOM_FLOAT32);
+  return LOOM_OK;
+}
