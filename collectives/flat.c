@@ -3,6 +3,7 @@
  * reductions and moved as uint16 otherwise. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "collectives/coll_impl.h"
 
@@ -64,6 +65,21 @@ void loom_coll_divide(loom_buf b, int divisor) {
   }
 }
 
+int loom_coll_polled(const loom_group *g) {
+  return g->ctx->comm_poll_us > 0 && loom_executor_on_thread(g->ctx->comm_executor);
+}
+
+loom_status loom_coll_wait_polled(const loom_group *g, MPI_Request *request, const char *what) {
+  struct timespec pause = {0, 1000L * g->ctx->comm_poll_us};
+  for (;;) {
+    int flag = 0;
+    int rc = MPI_Test(request, &flag, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) return loom_mpi_error(g->ctx, rc, what);
+    if (flag) return LOOM_OK;
+    nanosleep(&pause, NULL);
+  }
+}
+
 #define MPI_TRY(g, call)                                                                   \
   do {                                                                                     \
     int rc_ = (call);                                                                      \
@@ -79,13 +95,18 @@ loom_status loom_coll_flat_allreduce(loom_group *g, loom_buf send, loom_buf recv
   int in_place = send.ptr == recv.ptr;
   if (loom_coll_is_half(send.dtype)) {
     LOOM_CHECK(loom_coll_widen(send, &wide));
-    MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, wide, (int)send.count, MPI_FLOAT, loom_coll_mpi_op(g, op, send.dtype),
-                             g->comm));
+    MPI_Op mpi_op = loom_coll_mpi_op(g, op, LOOM_FLOAT32);
+    LOOM_COLL_MPI(g, MPI_Allreduce(MPI_IN_PLACE, wide, (int)send.count, MPI_FLOAT, mpi_op, g->comm),
+                  MPI_Iallreduce(MPI_IN_PLACE, wide, (int)send.count, MPI_FLOAT, mpi_op, g->comm,
+                                 &rq_));
     if (op == LOOM_OP_AVG) loom_coll_divide(loom_buf_host(wide, send.count, LOOM_FLOAT32), g->size);
     loom_coll_narrow(wide, recv);
   } else {
-    MPI_TRY(g, MPI_Allreduce(in_place ? MPI_IN_PLACE : send.ptr, recv.ptr, (int)send.count,
-                             loom_coll_mpi_type(send.dtype), loom_coll_mpi_op(g, op, send.dtype), g->comm));
+    const void *source = in_place ? MPI_IN_PLACE : send.ptr;
+    MPI_Datatype type = loom_coll_mpi_type(send.dtype);
+    MPI_Op mpi_op = loom_coll_mpi_op(g, op, send.dtype);
+    LOOM_COLL_MPI(g, MPI_Allreduce(source, recv.ptr, (int)send.count, type, mpi_op, g->comm),
+                  MPI_Iallreduce(source, recv.ptr, (int)send.count, type, mpi_op, g->comm, &rq_));
     if (op == LOOM_OP_AVG) loom_coll_divide(recv, g->size);
   }
 done:
@@ -122,8 +143,10 @@ loom_status loom_coll_flat_allgather(loom_group *g, loom_buf send, loom_buf recv
   size_t block_bytes = loom_buf_bytes(send);
   int in_place = (char *)send.ptr == (char *)recv.ptr + (size_t)g->rank * block_bytes;
   MPI_Datatype type = loom_coll_mpi_type(send.dtype);
-  MPI_TRY(g, MPI_Allgather(in_place ? MPI_IN_PLACE : send.ptr, (int)send.count, type, recv.ptr,
-                           (int)send.count, type, g->comm));
+  const void *source = in_place ? MPI_IN_PLACE : send.ptr;
+  int n = (int)send.count;
+  LOOM_COLL_MPI(g, MPI_Allgather(source, n, type, recv.ptr, n, type, g->comm),
+                MPI_Iallgather(source, n, type, recv.ptr, n, type, g->comm, &rq_));
 done:
   return status;
 }
@@ -133,26 +156,23 @@ loom_status loom_coll_flat_reduce_scatter(loom_group *g, loom_buf send, loom_buf
   loom_status status = LOOM_OK;
   float *wide = NULL;
   size_t n = recv.count;
+  int half = loom_coll_is_half(send.dtype);
   int in_place = (char *)recv.ptr == (char *)send.ptr + (size_t)g->rank * loom_buf_bytes(recv);
-  if (loom_coll_is_half(send.dtype)) {
-    LOOM_CHECK(loom_coll_widen(send, &wide));
-    /* The result lands in the first n floats of the widened copy. */
-    MPI_TRY(g, MPI_Reduce_scatter_block(MPI_IN_PLACE, wide, (int)n, MPI_FLOAT,
-                                        loom_coll_mpi_op(g, op, send.dtype), g->comm));
+  /* 16-bit floats reduce in a widened copy, in place (result in its first n floats). MPI's
+   * in-place form also leaves the result at the start of the buffer, while loom's (NCCL's)
+   * in-place result sits at block `rank`: moved there afterwards. */
+  if (half) LOOM_CHECK(loom_coll_widen(send, &wide));
+  const void *source = half || in_place ? MPI_IN_PLACE : send.ptr;
+  void *target = half ? (void *)wide : in_place ? send.ptr : recv.ptr;
+  MPI_Datatype type = loom_coll_mpi_type(half ? LOOM_FLOAT32 : send.dtype);
+  MPI_Op mpi_op = loom_coll_mpi_op(g, op, half ? LOOM_FLOAT32 : send.dtype);
+  LOOM_COLL_MPI(g, MPI_Reduce_scatter_block(source, target, (int)n, type, mpi_op, g->comm),
+                MPI_Ireduce_scatter_block(source, target, (int)n, type, mpi_op, g->comm, &rq_));
+  if (half) {
     if (op == LOOM_OP_AVG) loom_coll_divide(loom_buf_host(wide, n, LOOM_FLOAT32), g->size);
     loom_coll_narrow(wide, recv);
-  } else if (in_place) {
-    /* MPI's in-place form reads the whole send buffer and leaves the result at its start;
-     * loom's (NCCL's) in-place result sits at block `rank`. */
-    MPI_TRY(g, MPI_Reduce_scatter_block(MPI_IN_PLACE, send.ptr, (int)n,
-                                        loom_coll_mpi_type(send.dtype), loom_coll_mpi_op(g, op, send.dtype),
-                                        g->comm));
-    memmove(recv.ptr, send.ptr, loom_buf_bytes(recv));
-    if (op == LOOM_OP_AVG) loom_coll_divide(recv, g->size);
   } else {
-    MPI_TRY(g, MPI_Reduce_scatter_block(send.ptr, recv.ptr, (int)n,
-                                        loom_coll_mpi_type(send.dtype), loom_coll_mpi_op(g, op, send.dtype),
-                                        g->comm));
+    if (in_place) memmove(recv.ptr, send.ptr, loom_buf_bytes(recv));
     if (op == LOOM_OP_AVG) loom_coll_divide(recv, g->size);
   }
 done:
@@ -211,10 +231,13 @@ loom_status loom_coll_run(void *opaque) {
     case LOOM_COLL_ALLREDUCE:
       return job->algo == LOOM_ALGO_HIER ? loom_coll_hier_allreduce(g, job->send, job->recv, job->op)
                                          : loom_coll_flat_allreduce(g, job->send, job->recv, job->op);
-    case LOOM_COLL_BROADCAST:
-      MPI_TRY(g, MPI_Bcast(job->send.ptr, (int)job->send.count,
-                           loom_coll_mpi_type(job->send.dtype), job->root, g->comm));
+    case LOOM_COLL_BROADCAST: {
+      int n = (int)job->send.count;
+      MPI_Datatype type = loom_coll_mpi_type(job->send.dtype);
+      LOOM_COLL_MPI(g, MPI_Bcast(job->send.ptr, n, type, job->root, g->comm),
+                    MPI_Ibcast(job->send.ptr, n, type, job->root, g->comm, &rq_));
       break;
+    }
     case LOOM_COLL_REDUCE: return flat_reduce(g, job->send, job->recv, job->op, job->root);
     case LOOM_COLL_ALLGATHER:
       return job->algo == LOOM_ALGO_HIER ? loom_coll_hier_allgather(g, job->send, job->recv)

@@ -30,6 +30,9 @@ void loom_config_options(loom_config *c, loom_option *out) {
        "bytes at or above which 'auto' goes hierarchical across nodes", NULL, 0, 0},
       {"timeout", LOOM_OPTION_DOUBLE, &c->timeout_seconds,
        "seconds before a silent peer is reported as failed", NULL, 1e-3, 1e9},
+      {"comm-poll-us", LOOM_OPTION_INT, &c->comm_poll_us,
+       "communication thread: -1 auto, 0 block in MPI, n = sleep n us between polls", NULL, -1,
+       1000000},
       {"seed", LOOM_OPTION_UINT64, &c->seed, "root seed of every random stream", NULL, 0, 0},
       {"help", LOOM_OPTION_BOOL, &c->help, "print the options and exit", NULL, 0, 0},
   };

@@ -22,6 +22,7 @@ struct loom_ctx {
   /* Wrapping uint8 sum: Open MPI 4.1's vectorised MPI_SUM on MPI_UINT8_T saturates at 255
    * (op/avx component), so loom brings its own modular addition. */
   MPI_Op uint8_sum;
+  int comm_poll_us; /* resolved config.comm_poll_us: 0 = block in MPI on the thread */
 };
 
 /* The serial executor every collective of this context goes through. */

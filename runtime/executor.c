@@ -164,3 +164,7 @@ int loom_executor_job_done(loom_req *req) {
   pthread_mutex_unlock(&executor->lock);
   return done;
 }
+
+int loom_executor_on_thread(const loom_executor *executor) {
+  return executor->threaded && pthread_equal(pthread_self(), executor->thread);
+}

@@ -33,6 +33,9 @@ loom_status loom_executor_post(loom_executor *executor, loom_job_run_fn run, voi
  * caller's (may be on its stack). */
 loom_status loom_executor_run(loom_executor *executor, loom_job_run_fn run, void *arg);
 
+/* 1 when called from the executor's own background thread. */
+int loom_executor_on_thread(const loom_executor *executor);
+
 /* A request that is already complete with `status` (for operations that finished inline). */
 loom_status loom_req_completed(loom_status status, loom_req **out);
 
