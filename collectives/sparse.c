@@ -82,6 +82,9 @@ static int by_source(const void *a, const void *b) {
 
 loom_status loom_sparse_plan_set_incoming(loom_sparse_plan *plan, int pair_count,
                                           const int *sources, const size_t *counts) {
+  if (!plan || (pair_count > 0 && (!sources || !counts)))
+    return loom_error_set(LOOM_ERR_ARG, "sparse plan: %d incoming pairs with a NULL plan, "
+                          "sources or counts", pair_count);
   free(plan->recv_peers);
   free(plan->recv_counts);
   free(plan->recv_displs);
@@ -99,6 +102,12 @@ loom_status loom_sparse_plan_set_incoming(loom_sparse_plan *plan, int pair_count
   int kept = 0;
   for (int i = 0; i < pair_count; i++)
     if (counts[i] > 0) list[kept++] = (incoming){sources[i], counts[i]};
+  for (int i = 0; i < kept; i++)
+    if (list[i].source < 0) {
+      int source = list[i].source;
+      free(list);
+      return loom_error_set(LOOM_ERR_CORRUPT, "sparse plan: incoming source %d is negative", source);
+    }
   qsort(list, (size_t)kept, sizeof *list, by_source);
   for (int i = 0; i < kept; i++) {
     if (i > 0 && list[i].source == list[i - 1].source) {

@@ -52,7 +52,7 @@ static loom_status parse_uint64(const char *text, uint64_t *out) {
   if (!isdigit((unsigned char)*text)) return LOOM_ERR_ARG;
   errno = 0;
   char *end = NULL;
-  unsigned long long v = strtoull(text, &end, 0);
+  unsigned long long v = strtoull(text, &end, 10);
   if (errno || end == text) return LOOM_ERR_ARG;
   uint64_t scale = 1;
   if (*end) {

@@ -109,8 +109,15 @@ void loom_dtype_store(void *ptr, loom_dtype dtype, size_t index, double value) {
     case LOOM_FLOAT64: ((double *)ptr)[index] = value; break;
     case LOOM_BFLOAT16: ((uint16_t *)ptr)[index] = loom_float_to_bf16((float)value); break;
     case LOOM_FLOAT16: ((uint16_t *)ptr)[index] = loom_float_to_fp16((float)value); break;
-    case LOOM_INT32: ((int32_t *)ptr)[index] = (int32_t)value; break;
-    case LOOM_INT64: ((int64_t *)ptr)[index] = (int64_t)value; break;
+    /* Out-of-range values saturate (a C conversion of them would be undefined). */
+    case LOOM_INT32:
+      ((int32_t *)ptr)[index] = value >= 2147483647.0 ? INT32_MAX
+                                : value <= -2147483648.0 ? INT32_MIN : (int32_t)value;
+      break;
+    case LOOM_INT64:
+      ((int64_t *)ptr)[index] = value >= 9223372036854775807.0 ? INT64_MAX
+                                : value <= -9223372036854775808.0 ? INT64_MIN : (int64_t)value;
+      break;
     case LOOM_UINT8: {
       double wrapped = fmod(value, 256.0);
       if (wrapped < 0) wrapped += 256.0;
