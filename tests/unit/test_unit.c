@@ -288,7 +288,7 @@ static void test_config_defaults_and_flags(void) {
     uint64_t bytes;
   } sizes[] = {{"4M", 4194304}, {"4m", 4194304}, {"4MiB", 4194304}, {"4MB", 4194304},
                {"512", 512},    {"3K", 3072},    {"2G", 2ull << 30}, {"5T", 5ull << 40},
-               {"0x10", 16},    {"0", 0}};
+               {"010", 10},     {"0", 0}}; /* decimal only: a leading 0 is not octal */
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     char flags[64];
     snprintf(flags, sizeof flags, "--hier-threshold %s", sizes[i].text);
