@@ -201,10 +201,16 @@ static loom_status fused_allreduce(loom_coll_job *job) {
   loom_dtype dtype = job->bufs[0].dtype;
   size_t element = loom_dtype_size(dtype), total = 0;
   for (int i = 0; i < job->buf_count; i++) total += job->bufs[i].count;
-  char *flat = malloc(total * element + 1);
-  if (!flat)
-    return loom_error_set(LOOM_ERR_NOMEM, "fusion buffer of %zu bytes on group %s",
-                          total * element, job->group->name);
+  loom_ctx *ctx = job->group->ctx;
+  if (ctx->comm_scratch_bytes < total * element) {
+    void *grown = realloc(ctx->comm_scratch, total * element);
+    if (!grown)
+      return loom_error_set(LOOM_ERR_NOMEM, "fusion buffer of %zu bytes on group %s",
+                            total * element, job->group->name);
+    ctx->comm_scratch = grown;
+    ctx->comm_scratch_bytes = total * element;
+  }
+  char *flat = ctx->comm_scratch;
   size_t offset = 0;
   for (int i = 0; i < job->buf_count; i++) {
     memcpy(flat + offset, job->bufs[i].ptr, loom_buf_bytes(job->bufs[i]));
@@ -219,7 +225,6 @@ static loom_status fused_allreduce(loom_coll_job *job) {
     memcpy(job->bufs[i].ptr, flat + offset, loom_buf_bytes(job->bufs[i]));
     offset += loom_buf_bytes(job->bufs[i]);
   }
-  free(flat);
   return status;
 }
 

@@ -33,6 +33,9 @@ void loom_config_options(loom_config *c, loom_option *out) {
       {"comm-poll-us", LOOM_OPTION_INT, &c->comm_poll_us,
        "communication thread: -1 auto, 0 block in MPI, n = sleep n us between polls", NULL, -1,
        1000000},
+      {"sparse-nbx-min-ranks", LOOM_OPTION_INT, &c->sparse_nbx_min_ranks,
+       "sparse all-to-all plans use NBX from this group size on, a count exchange below", NULL,
+       1, 1 << 30},
       {"seed", LOOM_OPTION_UINT64, &c->seed, "root seed of every random stream", NULL, 0, 0},
       {"help", LOOM_OPTION_BOOL, &c->help, "print the options and exit", NULL, 0, 0},
   };

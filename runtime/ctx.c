@@ -163,6 +163,7 @@ fail:
 loom_status loom_finalize(loom_ctx *ctx) {
   if (!ctx) return LOOM_OK;
   loom_executor_destroy(ctx->comm_executor);
+  free(ctx->comm_scratch);
   MPI_Op_free(&ctx->uint8_sum);
   loom_group_free(ctx->node_group);
   loom_group_free(ctx->world);

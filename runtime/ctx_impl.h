@@ -23,6 +23,10 @@ struct loom_ctx {
    * (op/avx component), so loom brings its own modular addition. */
   MPI_Op uint8_sum;
   int comm_poll_us; /* resolved config.comm_poll_us: 0 = block in MPI on the thread */
+  /* Scratch memory of the job running on comm_executor (fusion's flat buffer); safe to share
+   * because the executor runs one job at a time. Grows, freed at finalize. */
+  void *comm_scratch;
+  size_t comm_scratch_bytes;
 };
 
 /* The serial executor every collective of this context goes through. */

@@ -145,7 +145,9 @@ loom_status loom_executor_run(loom_executor *executor, loom_job_run_fn run, void
   loom_status status = run(arg);
   pthread_mutex_lock(&executor->lock);
   executor->busy = 0;
-  pthread_cond_broadcast(&executor->work_posted);
+  /* Wake the thread only if jobs queued up meanwhile: a wake-up per blocking call would cost
+   * a context switch each time on a busy core. */
+  if (executor->head) pthread_cond_signal(&executor->work_posted);
   pthread_mutex_unlock(&executor->lock);
   return status;
 }
