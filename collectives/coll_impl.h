@@ -62,35 +62,6 @@ loom_status loom_coll_sparse_discover(loom_group *g, loom_sparse_plan *plan);
 loom_status loom_coll_sparse_exchange(loom_group *g, const loom_sparse_plan *plan, loom_buf send,
                                       loom_buf recv);
 
-/* Progress on the communication thread. Open MPI advances a collective only inside MPI
- * calls, and a thread blocked in one spins on a core. Where cores are oversubscribed
- * (ctx->comm_poll_us > 0) the thread instead posts the non-blocking twin of the call and
- * polls it, sleeping between polls, so the compute thread keeps the core. Calls run inline
- * on a caller's thread always use the blocking form (lowest latency, tuned algorithms). */
-int loom_coll_polled(const loom_group *g);
-loom_status loom_coll_wait_polled(const loom_group *g, MPI_Request *request, const char *what);
-
-/* `blocking` normally; `nonblocking` (which writes MPI_Request rq_) + polling when polled.
- * Needs `loom_status status` and a `done:` label in the caller. */
-#define LOOM_COLL_MPI(g, blocking, nonblocking)                                            \
-  do {                                                                                     \
-    int rc_;                                                                               \
-    if (loom_coll_polled(g)) {                                                             \
-      MPI_Request rq_ = MPI_REQUEST_NULL;                                                  \
-      rc_ = (nonblocking);                                                                 \
-      if (rc_ == MPI_SUCCESS) {                                                            \
-        status = loom_coll_wait_polled((g), &rq_, #nonblocking);                           \
-        if (status < 0) goto done;                                                         \
-      }                                                                                    \
-    } else {                                                                               \
-      rc_ = (blocking);                                                                    \
-    }                                                                                      \
-    if (rc_ != MPI_SUCCESS) {                                                              \
-      status = loom_mpi_error((g)->ctx, rc_, #blocking);                                   \
-      goto done;                                                                           \
-    }                                                                                      \
-  } while (0)
-
 /* Divides every element by `divisor` (AVG after SUM), in the buffer's dtype. */
 void loom_coll_divide(loom_buf buf, int divisor);
 /* A float32 copy of a 16-bit float buffer (count elements) and back. */

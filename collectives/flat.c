@@ -3,7 +3,6 @@
  * reductions and moved as uint16 otherwise. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "collectives/coll_impl.h"
 
@@ -65,21 +64,6 @@ void loom_coll_divide(loom_buf b, int divisor) {
   }
 }
 
-int loom_coll_polled(const loom_group *g) {
-  return g->ctx->comm_poll_us > 0 && loom_executor_on_thread(g->ctx->comm_executor);
-}
-
-loom_status loom_coll_wait_polled(const loom_group *g, MPI_Request *request, const char *what) {
-  struct timespec pause = {0, 1000L * g->ctx->comm_poll_us};
-  for (;;) {
-    int flag = 0;
-    int rc = MPI_Test(request, &flag, MPI_STATUS_IGNORE);
-    if (rc != MPI_SUCCESS) return loom_mpi_error(g->ctx, rc, what);
-    if (flag) return LOOM_OK;
-    nanosleep(&pause, NULL);
-  }
-}
-
 #define MPI_TRY(g, call)                                                                   \
   do {                                                                                     \
     int rc_ = (call);                                                                      \
@@ -96,17 +80,14 @@ loom_status loom_coll_flat_allreduce(loom_group *g, loom_buf send, loom_buf recv
   if (loom_coll_is_half(send.dtype)) {
     LOOM_CHECK(loom_coll_widen(send, &wide));
     MPI_Op mpi_op = loom_coll_mpi_op(g, op, LOOM_FLOAT32);
-    LOOM_COLL_MPI(g, MPI_Allreduce(MPI_IN_PLACE, wide, (int)send.count, MPI_FLOAT, mpi_op, g->comm),
-                  MPI_Iallreduce(MPI_IN_PLACE, wide, (int)send.count, MPI_FLOAT, mpi_op, g->comm,
-                                 &rq_));
+    MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, wide, (int)send.count, MPI_FLOAT, mpi_op, g->comm));
     if (op == LOOM_OP_AVG) loom_coll_divide(loom_buf_host(wide, send.count, LOOM_FLOAT32), g->size);
     loom_coll_narrow(wide, recv);
   } else {
     const void *source = in_place ? MPI_IN_PLACE : send.ptr;
     MPI_Datatype type = loom_coll_mpi_type(send.dtype);
     MPI_Op mpi_op = loom_coll_mpi_op(g, op, send.dtype);
-    LOOM_COLL_MPI(g, MPI_Allreduce(source, recv.ptr, (int)send.count, type, mpi_op, g->comm),
-                  MPI_Iallreduce(source, recv.ptr, (int)send.count, type, mpi_op, g->comm, &rq_));
+    MPI_TRY(g, MPI_Allreduce(source, recv.ptr, (int)send.count, type, mpi_op, g->comm));
     if (op == LOOM_OP_AVG) loom_coll_divide(recv, g->size);
   }
 done:
@@ -145,8 +126,7 @@ loom_status loom_coll_flat_allgather(loom_group *g, loom_buf send, loom_buf recv
   MPI_Datatype type = loom_coll_mpi_type(send.dtype);
   const void *source = in_place ? MPI_IN_PLACE : send.ptr;
   int n = (int)send.count;
-  LOOM_COLL_MPI(g, MPI_Allgather(source, n, type, recv.ptr, n, type, g->comm),
-                MPI_Iallgather(source, n, type, recv.ptr, n, type, g->comm, &rq_));
+  MPI_TRY(g, MPI_Allgather(source, n, type, recv.ptr, n, type, g->comm));
 done:
   return status;
 }
@@ -166,8 +146,7 @@ loom_status loom_coll_flat_reduce_scatter(loom_group *g, loom_buf send, loom_buf
   void *target = half ? (void *)wide : in_place ? send.ptr : recv.ptr;
   MPI_Datatype type = loom_coll_mpi_type(half ? LOOM_FLOAT32 : send.dtype);
   MPI_Op mpi_op = loom_coll_mpi_op(g, op, half ? LOOM_FLOAT32 : send.dtype);
-  LOOM_COLL_MPI(g, MPI_Reduce_scatter_block(source, target, (int)n, type, mpi_op, g->comm),
-                MPI_Ireduce_scatter_block(source, target, (int)n, type, mpi_op, g->comm, &rq_));
+  MPI_TRY(g, MPI_Reduce_scatter_block(source, target, (int)n, type, mpi_op, g->comm));
   if (half) {
     if (op == LOOM_OP_AVG) loom_coll_divide(loom_buf_host(wide, n, LOOM_FLOAT32), g->size);
     loom_coll_narrow(wide, recv);
@@ -239,8 +218,7 @@ loom_status loom_coll_run(void *opaque) {
     case LOOM_COLL_BROADCAST: {
       int n = (int)job->send.count;
       MPI_Datatype type = loom_coll_mpi_type(job->send.dtype);
-      LOOM_COLL_MPI(g, MPI_Bcast(job->send.ptr, n, type, job->root, g->comm),
-                    MPI_Ibcast(job->send.ptr, n, type, job->root, g->comm, &rq_));
+      MPI_TRY(g, MPI_Bcast(job->send.ptr, n, type, job->root, g->comm));
       break;
     }
     case LOOM_COLL_REDUCE: return flat_reduce(g, job->send, job->recv, job->op, job->root);

@@ -44,8 +44,6 @@ typedef struct {
   double timeout_seconds; /* a peer silent this long is reported as a failure */
   int sparse_nbx_min_ranks; /* sparse plans: NBX discovery from this group size on, a dense
                              * count exchange below it (cheaper for few ranks) */
-  int comm_poll_us;       /* communication thread: -1 auto, 0 block in MPI, n: sleep n us
-                           * between progress polls (frees the core on oversubscribed hosts) */
   uint64_t seed;          /* root of every random stream */
   int help;               /* set by --help: the caller prints loom_config_usage and stops */
 } loom_config;
@@ -53,11 +51,11 @@ typedef struct {
 #define LOOM_CONFIG_INIT                                                                   \
   {.pp = 1, .dp = 0, .sp = 1, .ep = 1, .log_level = LOOM_LOG_WARN, .ranks_per_node = 0,    \
    .collective_algo = LOOM_ALGO_AUTO, .hier_threshold_bytes = 1u << 20,                    \
-   .timeout_seconds = 600.0, .comm_poll_us = -1, .sparse_nbx_min_ranks = 32, .seed = 1234, .help = 0}
+   .timeout_seconds = 600.0, .sparse_nbx_min_ranks = 32, .seed = 1234, .help = 0}
 
 /* Number of core options, and the core table bound to `config`'s fields (writes
  * LOOM_CONFIG_OPTION_COUNT entries into `out`). */
-enum { LOOM_CONFIG_OPTION_COUNT = 13 };
+enum { LOOM_CONFIG_OPTION_COUNT = 12 };
 void loom_config_options(loom_config *config, loom_option *out);
 
 /* Applies LOOM_* variables from the environment, then the flags argv[1..argc-1], to `config`

@@ -5,7 +5,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "runtime/group_impl.h"
 #include "runtime/log.h"
@@ -134,18 +133,13 @@ loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_c
     status = loom_mpi_error(ctx, rc, "MPI_Op_create (uint8 sum)");
     goto fail;
   }
-  /* Auto: when this node's compute threads and communication threads outnumber its cores, a
-   * communication thread spinning inside MPI steals the core from compute; poll instead. */
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  ctx->comm_poll_us = config->comm_poll_us >= 0 ? config->comm_poll_us
-                      : (2L * ctx->local_size > cores ? 50 : 0);
   int threaded = ctx->thread_level == MPI_THREAD_MULTIPLE;
   LOOM_CHECK_GOTO(loom_executor_create("loom-comm", threaded, &ctx->comm_executor), status, fail);
 
   loom_log(ctx, LOOM_LOG_INFO, "loom %s: rank %d of %d, node %d of %d (local rank %d of %d%s), "
-           "launcher %s, %s granted, comm thread polls every %d us (0 = blocks)", "0.1.0", ctx->rank, ctx->size, ctx->node, ctx->node_count,
+           "launcher %s, %s granted", "0.1.0", ctx->rank, ctx->size, ctx->node, ctx->node_count,
            ctx->local_rank, ctx->local_size, config->ranks_per_node ? ", simulated" : "",
-           ctx->launcher, thread_level_name(ctx->thread_level), ctx->comm_poll_us);
+           ctx->launcher, thread_level_name(ctx->thread_level));
   if (!threaded && ctx->rank == 0)
     loom_log(ctx, LOOM_LOG_WARN, "MPI granted %s, not MPI_THREAD_MULTIPLE: non-blocking "
              "collectives run at post time (no overlap)", thread_level_name(ctx->thread_level));

@@ -22,7 +22,6 @@ struct loom_ctx {
   /* Wrapping uint8 sum: Open MPI 4.1's vectorised MPI_SUM on MPI_UINT8_T saturates at 255
    * (op/avx component), so loom brings its own modular addition. */
   MPI_Op uint8_sum;
-  int comm_poll_us; /* resolved config.comm_poll_us: 0 = block in MPI on the thread */
   /* Scratch memory of the job running on comm_executor (fusion's flat buffer); safe to share
    * because the executor runs one job at a time. Grows, freed at finalize. */
   void *comm_scratch;

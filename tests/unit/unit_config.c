@@ -34,7 +34,7 @@ static int config_equal(const loom_config *a, const loom_config *b) {
          a->log_level == b->log_level && a->ranks_per_node == b->ranks_per_node &&
          a->collective_algo == b->collective_algo &&
          a->hier_threshold_bytes == b->hier_threshold_bytes &&
-         a->timeout_seconds == b->timeout_seconds && a->comm_poll_us == b->comm_poll_us &&
+         a->timeout_seconds == b->timeout_seconds &&
          a->sparse_nbx_min_ranks == b->sparse_nbx_min_ranks &&
          a->seed == b->seed && a->help == b->help;
 }
@@ -91,12 +91,9 @@ static void test_config_defaults_and_flags(void) {
     CHECK(config.log_level == level, "%s gave %d", flags, config.log_level);
   }
   CHECK(LOOM_LOG_DEBUG == 3, "LOOM_LOG_DEBUG is %d", LOOM_LOG_DEBUG);
-  CHECK(parse_flags(&config, NULL, 0, no_env, &args, "--comm-poll-us -1") == LOOM_OK &&
-            config.comm_poll_us == -1,
-        "comm-poll-us %d", config.comm_poll_us);
-  CHECK(parse_flags(&config, NULL, 0, no_env, &args, "--comm-poll-us=250") == LOOM_OK &&
-            config.comm_poll_us == 250,
-        "comm-poll-us %d", config.comm_poll_us);
+  CHECK(parse_flags(&config, NULL, 0, no_env, &args, "--sparse-nbx-min-ranks=250") == LOOM_OK &&
+            config.sparse_nbx_min_ranks == 250,
+        "sparse-nbx-min-ranks %d", config.sparse_nbx_min_ranks);
   CHECK(parse_flags(&config, NULL, 0, no_env, &args, "--coll-algo hier") == LOOM_OK &&
             config.collective_algo == LOOM_ALGO_HIER,
         "coll-algo %d", config.collective_algo);
@@ -248,7 +245,7 @@ static void test_config_rejections(void) {
       {"-dp 2", NULL, {"-dp"}},
       {"--", NULL, {"--"}},
       {"--timeout 0", NULL, {"--timeout", "0"}},
-      {"--comm-poll-us -2", NULL, {"--comm-poll-us", "-2", "1000000"}},
+      {"--sparse-nbx-min-ranks 0", NULL, {"--sparse-nbx-min-ranks", "0", "1073741824"}},
       {"--timeout nan", NULL, {"--timeout", "nan"}},
       {"--timeout 2e9", NULL, {"--timeout", "2e9"}},
       {"--hier-threshold 5X", NULL, {"--hier-threshold", "5X"}},
