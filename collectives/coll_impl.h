@@ -37,6 +37,11 @@ typedef struct {
   loom_sparse_plan *plan; /* sparse: the caller's plan */
 } loom_coll_job;
 
+/* LOOM_OK for host memory, or device memory on the GPU this rank drives with NCCL built;
+ * LOOM_ERR_UNSUPPORTED / LOOM_ERR_ARG naming the call and buffer otherwise. */
+loom_status loom_coll_check_device(const loom_group *g, const char *call, const char *which,
+                                   loom_buf b);
+
 /* The communication thread's entry point: runs one job to completion. */
 loom_status loom_coll_run(void *job);
 

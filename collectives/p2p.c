@@ -4,6 +4,7 @@
 #include <limits.h>
 
 #include "collectives/coll_impl.h"
+#include "collectives/nccl.h"
 #include "runtime/req_impl.h"
 
 static loom_status check_p2p(loom_group *g, const char *call, loom_buf b, int peer, int tag) {
@@ -16,9 +17,7 @@ static loom_status check_p2p(loom_group *g, const char *call, loom_buf b, int pe
   if (b.dtype < 0 || b.dtype >= LOOM_DTYPE_COUNT)
     return loom_error_set(LOOM_ERR_ARG, "%s on group %s: dtype=%d is not a loom_dtype", call,
                           g->name, (int)b.dtype);
-  if (b.device.kind != LOOM_DEVICE_CPU)
-    return loom_error_set(LOOM_ERR_UNSUPPORTED, "%s on group %s: CUDA buffer without an NCCL "
-                          "backend in this build", call, g->name);
+  LOOM_CHECK(loom_coll_check_device(g, call, "buf", b));
   if (b.count > (size_t)INT_MAX || (b.count && !b.ptr))
     return loom_error_set(LOOM_ERR_ARG, "%s on group %s: %zu elements at %p (NULL, or over "
                           "2^31-1)", call, g->name, b.count, b.ptr);
@@ -30,6 +29,7 @@ static loom_status post(loom_group *g, loom_buf b, int peer, int tag, int is_sen
   const char *call = is_send ? "loom_send" : "loom_recv";
   LOOM_CHECK(check_p2p(g, call, b, peer, tag));
   if (!out) return loom_error_set(LOOM_ERR_ARG, "%s_async: req is NULL", call);
+  if (b.device.kind == LOOM_DEVICE_CUDA) return loom_nccl_p2p(g, b, peer, is_send, out);
   loom_req *req = NULL;
   LOOM_CHECK(loom_req_alloc(LOOM_REQ_MPI, &req));
   req->what = call;

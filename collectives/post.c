@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "collectives/coll_impl.h"
+#include "collectives/nccl.h"
+#include "runtime/device.h"
 #include "runtime/log.h"
 
 const char *loom_op_name(loom_op op) {
@@ -34,10 +36,7 @@ static loom_status check_buf(const loom_group *g, const char *call, const char *
   if (b.dtype < 0 || b.dtype >= LOOM_DTYPE_COUNT)
     return loom_error_set(LOOM_ERR_ARG, "%s on group %s: %s dtype=%d is not a loom_dtype", call,
                           g->name, which, (int)b.dtype);
-  if (b.device.kind != LOOM_DEVICE_CPU)
-    return loom_error_set(LOOM_ERR_UNSUPPORTED, "%s on group %s: %s is a CUDA buffer, and this "
-                          "build has no NCCL backend; pass host memory or rebuild with -Dnccl=enabled",
-                          call, g->name, which);
+  LOOM_CHECK(loom_coll_check_device(g, call, which, b));
   if (b.count != expected)
     return loom_error_set(LOOM_ERR_ARG, "%s on group %s (rank %d of %d): %s has %zu elements, "
                           "expected %zu", call, g->name, g->rank, g->size, which, b.count,
@@ -51,7 +50,30 @@ static loom_status check_buf(const loom_group *g, const char *call, const char *
   return LOOM_OK;
 }
 
+loom_status loom_coll_check_device(const loom_group *g, const char *call, const char *which,
+                                   loom_buf b) {
+  if (b.device.kind == LOOM_DEVICE_CPU) return LOOM_OK;
+  if (b.device.kind != LOOM_DEVICE_CUDA)
+    return loom_error_set(LOOM_ERR_ARG, "%s on group %s: %s has device kind %d", call, g->name,
+                          which, (int)b.device.kind);
+  if (!loom_build_has_nccl() || g->ctx->device.kind != LOOM_DEVICE_CUDA)
+    return loom_error_set(LOOM_ERR_UNSUPPORTED, "%s on group %s: %s is a CUDA buffer, but %s; pass "
+                          "host memory, or run with --device cuda on a GPU build with NCCL", call,
+                          g->name, which, !loom_build_has_nccl() ? "this build has no NCCL backend"
+                          : "this rank computes on the CPU");
+  if (b.device.ordinal != g->ctx->device.ordinal)
+    return loom_error_set(LOOM_ERR_ARG, "%s on group %s: %s lives on GPU %d but rank %d drives GPU "
+                          "%d", call, g->name, which, b.device.ordinal, g->ctx->rank,
+                          g->ctx->device.ordinal);
+  return LOOM_OK;
+}
+
 static loom_status check_same_dtype(const loom_group *g, const char *call, loom_buf a, loom_buf b) {
+  if (a.device.kind != b.device.kind)
+    return loom_error_set(LOOM_ERR_ARG, "%s on group %s: send is in %s memory but recv in %s; "
+                          "host and device buffers cannot be mixed in one call", call, g->name,
+                          a.device.kind == LOOM_DEVICE_CPU ? "host" : "device",
+                          b.device.kind == LOOM_DEVICE_CPU ? "host" : "device");
   if (a.dtype != b.dtype)
     return loom_error_set(LOOM_ERR_ARG, "%s on group %s: send is %s but recv is %s", call,
                           g->name, loom_dtype_name(a.dtype), loom_dtype_name(b.dtype));
@@ -90,8 +112,20 @@ static void release_job(void *opaque) {
 
 /* Blocking (req == NULL): runs the stack job in order. Async: copies it to the heap and
  * queues it; the job's arrays become the queued job's. */
+static int on_device(const loom_coll_job *job) {
+  if (job->kind == LOOM_COLL_FUSED_ALLREDUCE)
+    return job->buf_count > 0 && job->bufs[0].device.kind == LOOM_DEVICE_CUDA;
+  return job->send.device.kind == LOOM_DEVICE_CUDA;
+}
+
 static loom_status submit(loom_coll_job *job, loom_req **req) {
   loom_executor *executor = loom_ctx_comm_executor(job->group->ctx);
+  if (on_device(job)) { /* stream-ordered through NCCL; arrays are used before return */
+    loom_status status = loom_nccl_post(job, req);
+    free(job->counts);
+    free(job->bufs);
+    return status;
+  }
   if (!req) {
     loom_status status = loom_executor_run(executor, loom_coll_run, job);
     free(job->counts);
@@ -301,6 +335,10 @@ static loom_status allreduce_fused(loom_group *g, const loom_buf *bufs, int coun
   size_t total = 0;
   for (int i = 0; i < count; i++) {
     LOOM_CHECK(check_buf(g, call, "tensor", bufs[i], bufs[i].count));
+    if (bufs[i].device.kind != bufs[0].device.kind)
+      return loom_error_set(LOOM_ERR_ARG, "%s on group %s: tensor %d and tensor 0 are in different "
+                            "memories (host/device); fuse tensors of one device per call", call,
+                            g->name, i);
     if (bufs[i].dtype != bufs[0].dtype)
       return loom_error_set(LOOM_ERR_ARG, "%s on group %s: tensor %d is %s but tensor 0 is %s; "
                             "fuse tensors of one dtype per call", call, g->name, i,

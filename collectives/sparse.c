@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "collectives/coll_impl.h"
+#include "collectives/nccl.h"
 
 enum { TAG_COUNTS_EVEN = 0x10c0, TAG_COUNTS_ODD = 0x10c1, TAG_DATA = 0x10d0 };
 
@@ -285,9 +286,11 @@ wait:;
 static loom_status check_plan_buffers(loom_group *g, const loom_sparse_plan *plan, loom_buf send,
                                       loom_buf recv) {
   if (!g || !plan) return loom_error_set(LOOM_ERR_ARG, "loom_alltoall_sparse: group or plan NULL");
-  if (send.device.kind != LOOM_DEVICE_CPU || recv.device.kind != LOOM_DEVICE_CPU)
-    return loom_error_set(LOOM_ERR_UNSUPPORTED, "loom_alltoall_sparse on group %s: CUDA buffers "
-                          "need the NCCL backend, absent from this build", g->name);
+  LOOM_CHECK(loom_coll_check_device(g, "loom_alltoall_sparse", "send", send));
+  LOOM_CHECK(loom_coll_check_device(g, "loom_alltoall_sparse", "recv", recv));
+  if (send.device.kind != recv.device.kind)
+    return loom_error_set(LOOM_ERR_ARG, "loom_alltoall_sparse on group %s: host and device "
+                          "buffers cannot be mixed in one call", g->name);
   if (send.dtype != plan->dtype || recv.dtype != plan->dtype)
     return loom_error_set(LOOM_ERR_ARG, "loom_alltoall_sparse on group %s: buffers are %s/%s but "
                           "the plan is %s", g->name, loom_dtype_name(send.dtype),
@@ -326,6 +329,11 @@ loom_status loom_alltoall_sparse_async(loom_group *g, const loom_sparse_plan *pl
                                        loom_buf send, loom_buf recv, loom_req **req) {
   LOOM_CHECK(check_plan_buffers(g, plan, send, recv));
   if (!req) return loom_error_set(LOOM_ERR_ARG, "loom_alltoall_sparse_async: req is NULL");
+  if (send.device.kind == LOOM_DEVICE_CUDA) {
+    loom_coll_job device_job = {.kind = LOOM_COLL_SPARSE_EXCHANGE, .group = g, .send = send,
+                                .recv = recv, .plan = (loom_sparse_plan *)plan};
+    return loom_nccl_post(&device_job, req);
+  }
   loom_coll_job *job = malloc(sizeof *job);
   if (!job) return loom_error_set(LOOM_ERR_NOMEM, "queuing a sparse exchange");
   *job = (loom_coll_job){.kind = LOOM_COLL_SPARSE_EXCHANGE, .group = g, .send = send,
@@ -338,5 +346,6 @@ loom_status loom_alltoall_sparse(loom_group *g, const loom_sparse_plan *plan, lo
   LOOM_CHECK(check_plan_buffers(g, plan, send, recv));
   loom_coll_job job = {.kind = LOOM_COLL_SPARSE_EXCHANGE, .group = g, .send = send, .recv = recv,
                        .plan = (loom_sparse_plan *)plan};
+  if (send.device.kind == LOOM_DEVICE_CUDA) return loom_nccl_post(&job, NULL);
   return loom_executor_run(loom_ctx_comm_executor(g->ctx), loom_coll_run, &job);
 }

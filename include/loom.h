@@ -14,6 +14,7 @@
 #include "runtime/ctx.h"
 #include "runtime/group.h"
 #include "runtime/mesh.h"
+#include "runtime/device.h"
 #include "collectives/coll.h"
 #include "collectives/sparse.h"
 #include "optim/optim.h"

@@ -33,6 +33,9 @@ void loom_config_options(loom_config *c, loom_option *out) {
       {"sparse-nbx-min-ranks", LOOM_OPTION_INT, &c->sparse_nbx_min_ranks,
        "sparse all-to-all plans use NBX from this group size on, a count exchange below", NULL,
        1, 1 << 30},
+      {"device", LOOM_OPTION_CHOICE, &c->device, "where this rank computes", "auto|cpu|cuda", 0, 0},
+      {"share-gpus", LOOM_OPTION_BOOL, &c->share_gpus,
+       "allow more ranks per host than visible GPUs (they share GPUs)", NULL, 0, 0},
       {"seed", LOOM_OPTION_UINT64, &c->seed, "root seed of every random stream", NULL, 0, 0},
       {"help", LOOM_OPTION_BOOL, &c->help, "print the options and exit", NULL, 0, 0},
   };

@@ -42,6 +42,8 @@ typedef struct {
   int collective_algo;    /* loom_algo for hierarchical-capable collectives */
   uint64_t hier_threshold_bytes; /* AUTO picks hierarchical at or above this size */
   double timeout_seconds; /* a peer silent this long is reported as a failure */
+  int device;             /* 0 auto, 1 cpu, 2 cuda (see runtime/device.h) */
+  int share_gpus;         /* allow more ranks on a host than visible GPUs */
   int sparse_nbx_min_ranks; /* sparse plans: NBX discovery from this group size on, a dense
                              * count exchange below it (cheaper for few ranks) */
   uint64_t seed;          /* root of every random stream */
@@ -51,11 +53,11 @@ typedef struct {
 #define LOOM_CONFIG_INIT                                                                   \
   {.pp = 1, .dp = 0, .sp = 1, .ep = 1, .log_level = LOOM_LOG_WARN, .ranks_per_node = 0,    \
    .collective_algo = LOOM_ALGO_AUTO, .hier_threshold_bytes = 1u << 20,                    \
-   .timeout_seconds = 600.0, .sparse_nbx_min_ranks = 32, .seed = 1234, .help = 0}
+   .timeout_seconds = 600.0, .sparse_nbx_min_ranks = 32, .device = 0, .share_gpus = 0, .seed = 1234, .help = 0}
 
 /* Number of core options, and the core table bound to `config`'s fields (writes
  * LOOM_CONFIG_OPTION_COUNT entries into `out`). */
-enum { LOOM_CONFIG_OPTION_COUNT = 12 };
+enum { LOOM_CONFIG_OPTION_COUNT = 14 };
 void loom_config_options(loom_config *config, loom_option *out);
 
 /* Applies LOOM_* variables from the environment, then the flags argv[1..argc-1], to `config`

@@ -44,30 +44,34 @@ static loom_status check_config(const loom_config *c) {
 
 /* Sets local rank/size, node and node count, from shared memory or LOOM_RANKS_PER_NODE. */
 static loom_status detect_nodes(loom_ctx *ctx, MPI_Comm world) {
+  /* The real host layout, always: GPUs are chosen by it. */
+  MPI_Comm shared;
+  LOOM_MPI_CHECK(ctx, MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, ctx->rank, MPI_INFO_NULL,
+                                          &shared));
+  MPI_Comm_rank(shared, &ctx->host_local_rank);
+  MPI_Comm_size(shared, &ctx->host_local_size);
+  /* Node index = number of host leaders (local rank 0) with a lower world rank; the leader
+   * tells the rest of its host. */
+  int leader = ctx->host_local_rank == 0, leaders_below = 0, hosts = 0;
+  int rc = MPI_Exscan(&leader, &leaders_below, 1, MPI_INT, MPI_SUM, world);
+  if (ctx->rank == 0) leaders_below = 0; /* MPI_Exscan leaves rank 0's output undefined */
+  if (rc == MPI_SUCCESS) rc = MPI_Allreduce(&leader, &hosts, 1, MPI_INT, MPI_SUM, world);
+  if (rc == MPI_SUCCESS) rc = MPI_Bcast(&leaders_below, 1, MPI_INT, 0, shared);
+  MPI_Comm_free(&shared);
+  if (rc != MPI_SUCCESS) return loom_mpi_error(ctx, rc, "node detection (MPI_Exscan/Bcast)");
   int per_node = ctx->config.ranks_per_node;
-  if (per_node > 0) {
+  if (per_node > 0) { /* simulated nodes of per_node consecutive ranks */
     ctx->node = ctx->rank / per_node;
     ctx->local_rank = ctx->rank % per_node;
     ctx->node_count = (ctx->size + per_node - 1) / per_node;
     int last = ctx->size - (ctx->node_count - 1) * per_node;
     ctx->local_size = ctx->node == ctx->node_count - 1 ? last : per_node;
-    return LOOM_OK;
+  } else {
+    ctx->node = leaders_below;
+    ctx->node_count = hosts;
+    ctx->local_rank = ctx->host_local_rank;
+    ctx->local_size = ctx->host_local_size;
   }
-  MPI_Comm shared;
-  LOOM_MPI_CHECK(ctx, MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, ctx->rank, MPI_INFO_NULL,
-                                          &shared));
-  MPI_Comm_rank(shared, &ctx->local_rank);
-  MPI_Comm_size(shared, &ctx->local_size);
-  /* Node index = number of node leaders (local rank 0) with a lower world rank; the leader
-   * tells the rest of its node. */
-  int leader = ctx->local_rank == 0, leaders_below = 0;
-  int rc = MPI_Exscan(&leader, &leaders_below, 1, MPI_INT, MPI_SUM, world);
-  if (ctx->rank == 0) leaders_below = 0; /* MPI_Exscan leaves rank 0's output undefined */
-  if (rc == MPI_SUCCESS) rc = MPI_Allreduce(&leader, &ctx->node_count, 1, MPI_INT, MPI_SUM, world);
-  if (rc == MPI_SUCCESS) rc = MPI_Bcast(&leaders_below, 1, MPI_INT, 0, shared);
-  MPI_Comm_free(&shared);
-  if (rc != MPI_SUCCESS) return loom_mpi_error(ctx, rc, "node detection (MPI_Exscan/Bcast)");
-  ctx->node = leaders_below;
   return LOOM_OK;
 }
 
@@ -133,22 +137,26 @@ loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_c
     status = loom_mpi_error(ctx, rc, "MPI_Op_create (uint8 sum)");
     goto fail;
   }
+  LOOM_CHECK_GOTO(loom_device_select(ctx), status, fail);
   int threaded = ctx->thread_level == MPI_THREAD_MULTIPLE;
   LOOM_CHECK_GOTO(loom_executor_create("loom-comm", threaded, &ctx->comm_executor), status, fail);
 
   loom_log(ctx, LOOM_LOG_INFO, "loom %s: rank %d of %d, node %d of %d (local rank %d of %d%s), "
-           "launcher %s, %s granted", "0.1.0", ctx->rank, ctx->size, ctx->node, ctx->node_count,
+           "launcher %s, %s granted, device %s %d", "0.1.0", ctx->rank, ctx->size, ctx->node, ctx->node_count,
            ctx->local_rank, ctx->local_size, config->ranks_per_node ? ", simulated" : "",
-           ctx->launcher, thread_level_name(ctx->thread_level));
+           ctx->launcher, thread_level_name(ctx->thread_level),
+           ctx->device.kind == LOOM_DEVICE_CUDA ? "cuda" : "cpu", ctx->device.ordinal);
   if (!threaded && ctx->rank == 0)
     loom_log(ctx, LOOM_LOG_WARN, "MPI granted %s, not MPI_THREAD_MULTIPLE: non-blocking "
              "collectives run at post time (no overlap)", thread_level_name(ctx->thread_level));
   *out = ctx;
   return LOOM_OK;
 fail:
+  loom_executor_destroy(ctx->comm_executor);
   if (ctx->uint8_sum != MPI_OP_NULL && ctx->uint8_sum != 0) MPI_Op_free(&ctx->uint8_sum);
   loom_group_free(ctx->node_group);
   loom_group_free(ctx->world);
+  loom_device_release(ctx);
   if (ctx->owns_mpi) MPI_Finalize();
   free(ctx);
   return status;
@@ -161,6 +169,7 @@ loom_status loom_finalize(loom_ctx *ctx) {
   MPI_Op_free(&ctx->uint8_sum);
   loom_group_free(ctx->node_group);
   loom_group_free(ctx->world);
+  loom_device_release(ctx); /* after the groups: their NCCL communicators use the GPU */
   int owns = ctx->owns_mpi;
   free(ctx);
   if (owns) {

@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include "runtime/ctx.h"
+#include "runtime/dtype.h"
 #include "runtime/executor.h"
 
 struct loom_ctx {
@@ -12,6 +13,9 @@ struct loom_ctx {
   int rank, size;
   int local_rank, local_size;
   int node, node_count;
+  int host_local_rank, host_local_size; /* on the real host, whatever LOOM_RANKS_PER_NODE says */
+  loom_device device;  /* where this rank computes */
+  void *stream;        /* cudaStream_t compute stream; NULL on CPU */
   int thread_level;
   int owns_mpi;          /* loom_init called MPI_Init_thread, so finalize ends MPI */
   double start_seconds;  /* loom_now() at init; log lines show time since */
@@ -30,6 +34,10 @@ struct loom_ctx {
 
 /* The serial executor every collective of this context goes through. */
 static inline loom_executor *loom_ctx_comm_executor(loom_ctx *ctx) { return ctx->comm_executor; }
+
+/* Chooses the device from the configuration and creates the compute stream (device.c). */
+loom_status loom_device_select(loom_ctx *ctx);
+void loom_device_release(loom_ctx *ctx);
 
 /* A one-line MPI error as a loom status: "<what> on rank R: <MPI text>". */
 loom_status loom_mpi_error(const loom_ctx *ctx, int mpi_rc, const char *what);

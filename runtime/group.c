@@ -115,6 +115,7 @@ fail:
 
 void loom_group_free(loom_group *g) {
   if (!g) return;
+  if (g->nccl && g->nccl_free) g->nccl_free(g);
   loom_group_free(g->node_local);
   loom_group_free(g->cross_node);
   if (g->internal != MPI_COMM_NULL) MPI_Comm_free(&g->internal);

@@ -20,6 +20,10 @@ struct loom_group {
   int *world_ranks;  /* (size) world rank of each member */
   int algo;          /* loom_algo for hierarchical-capable collectives (config default) */
   unsigned sparse_round; /* NBX rounds run; alternates the count tag between rounds */
+  /* NCCL state of the device backend (collectives/nccl.c), created on first use; freed by
+   * nccl_free when the group goes. */
+  void *nccl;
+  void (*nccl_free)(loom_group *group);
 };
 
 /* Wraps `comm` (adopted: freed with the group) into a group; collective over `comm`.

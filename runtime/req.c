@@ -1,4 +1,5 @@
 /* loom_wait / loom_test over every kind of request. */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,20 @@ static loom_status finish(loom_req **handle) {
   return status;
 }
 
+/* Polls a LOOM_REQ_POLL request once (or until done when blocking). */
+static void poll_complete(loom_req *req, int blocking, int *done) {
+  loom_status status;
+  do {
+    status = req->poll(req->poll_state, done);
+    if (!*done && blocking) sched_yield();
+  } while (blocking && !*done);
+  if (!*done) return;
+  if (status < 0) loom_req_record_failure(req, status);
+  req->status = status;
+  if (req->poll_release) req->poll_release(req->poll_state);
+  req->poll_release = NULL;
+}
+
 static loom_status mpi_complete(loom_req *req, int blocking, int *done) {
   int flag = 1;
   int rc = blocking ? MPI_Waitall(req->mpi_count, req->mpi_requests, MPI_STATUSES_IGNORE)
@@ -72,6 +87,7 @@ loom_status loom_wait_timed(loom_req **handle, loom_req_times *times) {
     case LOOM_REQ_DONE: break;
     case LOOM_REQ_JOB: loom_executor_wait_job(req); break;
     case LOOM_REQ_MPI: mpi_complete(req, 1, &done); break;
+    case LOOM_REQ_POLL: poll_complete(req, 1, &done); break;
   }
   if (req->kind != LOOM_REQ_JOB) { /* no thread timestamps: it ran under this wait */
     if (!req->times.started_at) req->times.started_at = req->times.posted_at;
@@ -92,6 +108,7 @@ loom_status loom_test(loom_req **handle, int *done) {
     case LOOM_REQ_DONE: break;
     case LOOM_REQ_JOB: *done = loom_executor_job_done(req); break;
     case LOOM_REQ_MPI: mpi_complete(req, 0, done); break;
+    case LOOM_REQ_POLL: poll_complete(req, 0, done); break;
   }
   if (!*done) return LOOM_INPROGRESS;
   return finish(handle);

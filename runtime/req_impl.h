@@ -12,7 +12,12 @@ typedef enum {
   LOOM_REQ_DONE, /* completed at creation; status holds the result */
   LOOM_REQ_JOB,  /* a job of a loom_executor */
   LOOM_REQ_MPI,  /* up to LOOM_REQ_MPI_MAX MPI requests */
+  LOOM_REQ_POLL, /* completion polled through a backend's function (CUDA events, NCCL) */
 } loom_req_kind;
+
+/* LOOM_REQ_POLL: sets *done; when done, returns the operation's status (message set). Owns
+ * the timeout: a poll past its deadline reports LOOM_ERR_TIMEOUT and is done. */
+typedef loom_status (*loom_req_poll_fn)(void *state, int *done);
 
 enum { LOOM_REQ_MPI_MAX = 2 };
 
@@ -30,6 +35,11 @@ struct loom_req {
   loom_job_release_fn release;
   struct loom_req *next;
   int done;
+
+  /* LOOM_REQ_POLL: state freed by poll_release after completion */
+  loom_req_poll_fn poll;
+  void (*poll_release)(void *state);
+  void *poll_state;
 
   /* LOOM_REQ_MPI */
   MPI_Request mpi_requests[LOOM_REQ_MPI_MAX];

@@ -13,6 +13,7 @@ typedef struct {
   int rank, size;
   uint64_t seed; /* advanced per case so every case sees fresh inputs */
   long checks, failures;
+  int device_mode; /* buffers live on the GPU (--device cuda) */
 } check_state;
 
 /* Stop the program on a loom failure: tests want the message, not a cascade. */

@@ -9,13 +9,69 @@
 static const size_t sizes[] = {0, 1, 2, 7, 13, 97, 1031};
 enum { SIZE_COUNT = sizeof sizes / sizeof sizes[0] };
 
+/* Device mode (--device cuda): every test buffer is allocated on the host and mirrored on
+ * the GPU; B() maps a host pointer inside a mirrored allocation to the device address at the
+ * same offset, so in-place layouts carry over. push() uploads every mirror before a call,
+ * pull() downloads them after, so the host-side checks (and poisoned, unwritten elements)
+ * work unchanged. */
+enum { MAX_MIRRORS = 64 };
+static struct {
+  char *host;
+  char *device;
+  size_t bytes;
+} mirrors[MAX_MIRRORS];
+static check_state *state; /* the one state of this process, for the mirror helpers */
+
 static void *alloc_bytes(size_t bytes) {
-  void *p = malloc(bytes + 16);
+  char *p = malloc(bytes + 16);
   if (!p) {
     fprintf(stderr, "out of memory\n");
     MPI_Abort(MPI_COMM_WORLD, 4);
   }
+  if (state->device_mode) {
+    int slot = 0;
+    while (slot < MAX_MIRRORS && mirrors[slot].host) slot++;
+    if (slot == MAX_MIRRORS) MPI_Abort(MPI_COMM_WORLD, 5);
+    void *device = NULL;
+    CHECK_OK(state, loom_device_alloc(state->ctx, bytes + 16, &device));
+    mirrors[slot].host = p;
+    mirrors[slot].device = device;
+    mirrors[slot].bytes = bytes + 16;
+  }
   return p;
+}
+
+static void release(void *p) {
+  for (int i = 0; i < MAX_MIRRORS; i++)
+    if (mirrors[i].host && mirrors[i].host == p) {
+      loom_device_free(state->ctx, mirrors[i].device);
+      mirrors[i].host = NULL;
+    }
+  free(p);
+}
+
+static loom_buf B(void *host, size_t count, loom_dtype dtype) {
+  if (!state->device_mode) return loom_buf_host(host, count, dtype);
+  for (int i = 0; i < MAX_MIRRORS; i++)
+    if (mirrors[i].host && (char *)host >= mirrors[i].host &&
+        (char *)host < mirrors[i].host + mirrors[i].bytes)
+      return loom_buf_device(state->ctx, mirrors[i].device + ((char *)host - mirrors[i].host),
+                             count, dtype);
+  fprintf(stderr, "test bug: %p is not a mirrored allocation\n", host);
+  MPI_Abort(MPI_COMM_WORLD, 6);
+  return loom_buf_host(host, count, dtype);
+}
+
+static void push(void) {
+  for (int i = 0; state->device_mode && i < MAX_MIRRORS; i++)
+    if (mirrors[i].host)
+      CHECK_OK(state, loom_device_upload(state->ctx, mirrors[i].device, mirrors[i].host, mirrors[i].bytes));
+}
+
+static void pull(void) {
+  for (int i = 0; state->device_mode && i < MAX_MIRRORS; i++)
+    if (mirrors[i].host)
+      CHECK_OK(state, loom_device_download(state->ctx, mirrors[i].host, mirrors[i].device, mirrors[i].bytes));
 }
 
 static void label(char *out, size_t bytes, const char *coll, const loom_group *g, loom_dtype dt,
@@ -32,7 +88,9 @@ static void test_allreduce(check_state *st, loom_group *g, loom_dtype dt, loom_o
   void *send = alloc_bytes(n * es), *recv = in_place ? send : alloc_bytes(n * es);
   fill_input(loom_buf_host(send, n, dt), seed, me, 0);
   if (!in_place) poison(recv, n * es);
-  CHECK_OK(st, loom_allreduce(g, loom_buf_host(send, n, dt), loom_buf_host(recv, n, dt), op));
+  push();
+  CHECK_OK(st, loom_allreduce(g, B(send, n, dt), B(recv, n, dt), op));
+  pull();
   char what[160];
   label(what, sizeof what, "allreduce", g, dt, loom_op_name(op), n, in_place);
   for (size_t i = 0; i < n; i++) {
@@ -40,8 +98,8 @@ static void test_allreduce(check_state *st, loom_group *g, loom_dtype dt, loom_o
     reference_reduction(dt, op, seed, size, i, &expected, &tolerance);
     expect_near(st, what, i, loom_dtype_load(recv, dt, i), expected, tolerance);
   }
-  if (!in_place) free(recv);
-  free(send);
+  if (!in_place) release(recv);
+  release(send);
 }
 
 static void test_reduce(check_state *st, loom_group *g, loom_dtype dt, loom_op op, size_t n,
@@ -53,7 +111,9 @@ static void test_reduce(check_state *st, loom_group *g, loom_dtype dt, loom_op o
   void *send = alloc_bytes(n * es), *recv = use_in_place ? send : alloc_bytes(n * es);
   fill_input(loom_buf_host(send, n, dt), seed, me, 0);
   if (!use_in_place) poison(recv, n * es);
-  CHECK_OK(st, loom_reduce(g, loom_buf_host(send, n, dt), loom_buf_host(recv, n, dt), op, root));
+  push();
+  CHECK_OK(st, loom_reduce(g, B(send, n, dt), B(recv, n, dt), op, root));
+  pull();
   char what[160];
   label(what, sizeof what, "reduce", g, dt, loom_op_name(op), n, in_place);
   for (size_t i = 0; me == root && i < n; i++) {
@@ -65,8 +125,8 @@ static void test_reduce(check_state *st, loom_group *g, loom_dtype dt, loom_op o
   for (size_t i = 0; me != root && i < n; i++)
     expect_near(st, "reduce keeps send", i, loom_dtype_load(send, dt, i),
                 input_value(dt, seed, me, i), 0);
-  if (!use_in_place) free(recv);
-  free(send);
+  if (!use_in_place) release(recv);
+  release(send);
 }
 
 static void test_broadcast(check_state *st, loom_group *g, loom_dtype dt, size_t n, int root) {
@@ -76,12 +136,14 @@ static void test_broadcast(check_state *st, loom_group *g, loom_dtype dt, size_t
   void *buf = alloc_bytes(n * es);
   if (me == root) fill_input(loom_buf_host(buf, n, dt), seed, root, 0);
   else poison(buf, n * es);
-  CHECK_OK(st, loom_broadcast(g, loom_buf_host(buf, n, dt), root));
+  push();
+  CHECK_OK(st, loom_broadcast(g, B(buf, n, dt), root));
+  pull();
   char what[160];
   label(what, sizeof what, "broadcast", g, dt, "-", n, 1);
   for (size_t i = 0; i < n; i++)
     expect_near(st, what, i, loom_dtype_load(buf, dt, i), input_value(dt, seed, root, i), 0);
-  free(buf);
+  release(buf);
 }
 
 static void test_allgather(check_state *st, loom_group *g, loom_dtype dt, size_t n, int in_place) {
@@ -92,15 +154,17 @@ static void test_allgather(check_state *st, loom_group *g, loom_dtype dt, size_t
   poison(recv, total * es);
   char *send = in_place ? recv + (size_t)me * n * es : alloc_bytes(n * es);
   fill_input(loom_buf_host(send, n, dt), seed, me, 0);
-  CHECK_OK(st, loom_allgather(g, loom_buf_host(send, n, dt), loom_buf_host(recv, total, dt)));
+  push();
+  CHECK_OK(st, loom_allgather(g, B(send, n, dt), B(recv, total, dt)));
+  pull();
   char what[160];
   label(what, sizeof what, "allgather", g, dt, "-", n, in_place);
   for (int r = 0; r < size; r++)
     for (size_t i = 0; i < n; i++)
       expect_near(st, what, (size_t)r * n + i, loom_dtype_load(recv, dt, (size_t)r * n + i),
                   input_value(dt, seed, r, i), 0);
-  if (!in_place) free(send);
-  free(recv);
+  if (!in_place) release(send);
+  release(recv);
 }
 
 static void test_reduce_scatter(check_state *st, loom_group *g, loom_dtype dt, loom_op op,
@@ -112,8 +176,10 @@ static void test_reduce_scatter(check_state *st, loom_group *g, loom_dtype dt, l
   fill_input(loom_buf_host(send, total, dt), seed, me, 0);
   char *recv = in_place ? send + (size_t)me * n * es : alloc_bytes(n * es);
   if (!in_place) poison(recv, n * es);
-  CHECK_OK(st, loom_reduce_scatter(g, loom_buf_host(send, total, dt), loom_buf_host(recv, n, dt),
+  push();
+  CHECK_OK(st, loom_reduce_scatter(g, B(send, total, dt), B(recv, n, dt),
                                    op));
+  pull();
   char what[160];
   label(what, sizeof what, "reduce_scatter", g, dt, loom_op_name(op), n, in_place);
   for (size_t i = 0; i < n; i++) {
@@ -121,8 +187,8 @@ static void test_reduce_scatter(check_state *st, loom_group *g, loom_dtype dt, l
     reference_reduction(dt, op, seed, size, (size_t)me * n + i, &expected, &tolerance);
     expect_near(st, what, i, loom_dtype_load(recv, dt, i), expected, tolerance);
   }
-  if (!in_place) free(recv);
-  free(send);
+  if (!in_place) release(recv);
+  release(send);
 }
 
 static void test_alltoall(check_state *st, loom_group *g, loom_dtype dt, size_t n, int in_place) {
@@ -132,15 +198,17 @@ static void test_alltoall(check_state *st, loom_group *g, loom_dtype dt, size_t 
   char *send = alloc_bytes(total * es), *recv = in_place ? send : alloc_bytes(total * es);
   fill_input(loom_buf_host(send, total, dt), seed, me, 0);
   if (!in_place) poison(recv, total * es);
-  CHECK_OK(st, loom_alltoall(g, loom_buf_host(send, total, dt), loom_buf_host(recv, total, dt)));
+  push();
+  CHECK_OK(st, loom_alltoall(g, B(send, total, dt), B(recv, total, dt)));
+  pull();
   char what[160];
   label(what, sizeof what, "alltoall", g, dt, "-", n, in_place);
   for (int r = 0; r < size; r++)
     for (size_t i = 0; i < n; i++)
       expect_near(st, what, (size_t)r * n + i, loom_dtype_load(recv, dt, (size_t)r * n + i),
                   input_value(dt, seed, r, (size_t)me * n + i), 0);
-  if (!in_place) free(recv);
-  free(send);
+  if (!in_place) release(recv);
+  release(send);
 }
 
 /* Elements member s sends member d in the alltoallv case: 0..5, many zeros. */
@@ -168,8 +236,10 @@ static void test_alltoallv(check_state *st, loom_group *g, loom_dtype dt) {
   char *send = alloc_bytes(send_total * es), *recv = alloc_bytes(recv_total * es);
   fill_input(loom_buf_host(send, send_total, dt), seed, me, 0);
   poison(recv, recv_total * es);
-  CHECK_OK(st, loom_alltoallv(g, loom_buf_host(send, send_total, dt), sc, sd,
-                              loom_buf_host(recv, recv_total, dt), rc, rd));
+  push();
+  CHECK_OK(st, loom_alltoallv(g, B(send, send_total, dt), sc, sd,
+                              B(recv, recv_total, dt), rc, rd));
+  pull();
   char what[160];
   label(what, sizeof what, "alltoallv", g, dt, "-", recv_total, 0);
   for (int s = 0; s < size; s++) {
@@ -179,7 +249,7 @@ static void test_alltoallv(check_state *st, loom_group *g, loom_dtype dt) {
       expect_near(st, what, rd[s] + i, loom_dtype_load(recv, dt, rd[s] + i),
                   input_value(dt, seed, s, offset + i), 0);
   }
-  free(send), free(recv), free(sc), free(sd), free(rc), free(rd);
+  release(send), release(recv), free(sc), free(sd), free(rc), free(rd);
 }
 
 static void test_send_recv(check_state *st, loom_group *g, loom_dtype dt, size_t n) {
@@ -191,13 +261,15 @@ static void test_send_recv(check_state *st, loom_group *g, loom_dtype dt, size_t
   fill_input(loom_buf_host(send, n, dt), seed, me, 0);
   poison(recv, n * es);
   loom_req *reqs[2] = {NULL, NULL};
-  CHECK_OK(st, loom_recv_async(g, loom_buf_host(recv, n, dt), from, 7, &reqs[0]));
-  CHECK_OK(st, loom_send_async(g, loom_buf_host(send, n, dt), to, 7, &reqs[1]));
+  push();
+  CHECK_OK(st, loom_recv_async(g, B(recv, n, dt), from, 7, &reqs[0]));
+  CHECK_OK(st, loom_send_async(g, B(send, n, dt), to, 7, &reqs[1]));
   CHECK_OK(st, loom_wait_all(reqs, 2));
+  pull();
   for (size_t i = 0; i < n; i++)
     expect_near(st, "send/recv ring", i, loom_dtype_load(recv, dt, i),
                 input_value(dt, seed, from, i), 0);
-  free(send), free(recv);
+  release(send), release(recv);
 }
 
 /* Several tensors of one dtype reduced by one fused call. */
@@ -213,7 +285,11 @@ static void test_fused(check_state *st, loom_group *g, loom_dtype dt, loom_op op
     bufs[t] = loom_buf_host(alloc_bytes(counts[t] * es), counts[t], dt);
     fill_input(bufs[t], seeds[t], me, 0);
   }
-  CHECK_OK(st, loom_allreduce_fused(g, bufs, TENSORS, op));
+  loom_buf mapped[TENSORS];
+  for (int t = 0; t < TENSORS; t++) mapped[t] = B(bufs[t].ptr, counts[t], dt);
+  push();
+  CHECK_OK(st, loom_allreduce_fused(g, mapped, TENSORS, op));
+  pull();
   char what[160];
   label(what, sizeof what, "allreduce_fused", g, dt, loom_op_name(op), TENSORS, 1);
   for (int t = 0; t < TENSORS; t++) {
@@ -222,7 +298,7 @@ static void test_fused(check_state *st, loom_group *g, loom_dtype dt, loom_op op
       reference_reduction(dt, op, seeds[t], size, i, &expected, &tolerance);
       expect_near(st, what, i, loom_dtype_load(bufs[t].ptr, dt, i), expected, tolerance);
     }
-    free(bufs[t].ptr);
+    release(bufs[t].ptr);
   }
 }
 
@@ -237,16 +313,17 @@ static void test_async(check_state *st, loom_group *g) {
     seeds[k] = ++st->seed;
     bufs[k] = alloc_bytes(N * sizeof(float));
     fill_input(loom_buf_host(bufs[k], N, LOOM_FLOAT32), seeds[k], me, 0);
-    CHECK_OK(st, loom_allreduce_async(g, loom_buf_host(bufs[k], N, LOOM_FLOAT32),
-                                      loom_buf_host(bufs[k], N, LOOM_FLOAT32), LOOM_OP_SUM,
-                                      &reqs[k]));
   }
   uint64_t gather_seed = ++st->seed;
-  double mine = input_value(LOOM_FLOAT64, gather_seed, me, 0);
+  double *mine = alloc_bytes(sizeof(double));
+  *mine = input_value(LOOM_FLOAT64, gather_seed, me, 0);
   double *gathered = alloc_bytes(sizeof(double) * (size_t)size);
-  CHECK_OK(st, loom_allgather_async(g, loom_buf_host(&mine, 1, LOOM_FLOAT64),
-                                    loom_buf_host(gathered, (size_t)size, LOOM_FLOAT64),
-                                    &reqs[OPS]));
+  push(); /* once: uploads must not touch buffers of operations in flight */
+  for (int k = 0; k < OPS; k++)
+    CHECK_OK(st, loom_allreduce_async(g, B(bufs[k], N, LOOM_FLOAT32), B(bufs[k], N, LOOM_FLOAT32),
+                                      LOOM_OP_SUM, &reqs[k]));
+  CHECK_OK(st, loom_allgather_async(g, B(mine, 1, LOOM_FLOAT64),
+                                    B(gathered, (size_t)size, LOOM_FLOAT64), &reqs[OPS]));
   CHECK_OK(st, loom_barrier_async(g, &reqs[OPS + 1]));
   /* loom_test until done, on one of them, then wait for the rest */
   int done = 0;
@@ -255,18 +332,20 @@ static void test_async(check_state *st, loom_group *g) {
     if (s < 0) CHECK_OK(st, s);
   }
   CHECK_OK(st, loom_wait_all(reqs, OPS + 1));
+  pull();
   for (int k = 0; k < OPS; k++) {
     for (size_t i = 0; i < N; i++) {
       double expected, tolerance;
       reference_reduction(LOOM_FLOAT32, LOOM_OP_SUM, seeds[k], size, i, &expected, &tolerance);
       expect_near(st, "allreduce_async", i, bufs[k][i], expected, tolerance);
     }
-    free(bufs[k]);
+    release(bufs[k]);
   }
   for (int r = 0; r < size; r++)
     expect_near(st, "allgather_async", (size_t)r, gathered[r],
                 input_value(LOOM_FLOAT64, gather_seed, r, 0), 0);
-  free(gathered);
+  release(gathered);
+  release(mine);
 }
 
 /* Bad arguments fail with LOOM_ERR_ARG / LOOM_ERR_UNSUPPORTED before any communication. */
@@ -289,8 +368,16 @@ static void test_bad_arguments(check_state *st, loom_group *g) {
   expect_near(st, "allgather recv size -> ERR_ARG", 0, s, LOOM_ERR_ARG, 0);
   loom_buf device = loom_buf_host(a, 4, LOOM_FLOAT32);
   device.device.kind = LOOM_DEVICE_CUDA;
-  s = loom_allreduce(g, device, device, LOOM_OP_SUM);
-  expect_near(st, "CUDA buffer without NCCL -> ERR_UNSUPPORTED", 0, s, LOOM_ERR_UNSUPPORTED, 0);
+  if (st->device_mode) { /* a GPU this rank does not drive */
+    device.device.ordinal = loom_ctx_device(st->ctx).ordinal + 1;
+    s = loom_allreduce(g, device, device, LOOM_OP_SUM);
+    expect_near(st, "buffer on another GPU -> ERR_ARG", 0, s, LOOM_ERR_ARG, 0);
+  } else {
+    s = loom_allreduce(g, device, device, LOOM_OP_SUM);
+    expect_near(st, "CUDA buffer on a CPU rank -> ERR_UNSUPPORTED", 0, s, LOOM_ERR_UNSUPPORTED, 0);
+  }
+  s = loom_allreduce(g, loom_buf_host(a, 4, LOOM_FLOAT32), device, LOOM_OP_SUM);
+  expect_near(st, "host and device mixed -> error", 0, s < 0, 1, 0);
   expect_near(st, "message names the call", 0, strstr(loom_error_string(), "loom_allreduce") != NULL,
               1, 0);
   s = loom_send(g, loom_buf_host(a, 4, LOOM_FLOAT32), -1, 0);
@@ -351,11 +438,17 @@ int main(int argc, char **argv) {
     return 2;
   }
   check_state st = {0};
+  state = &st;
   loom_status s = loom_init(&config, &argc, &argv, &st.ctx);
+  if (s == LOOM_ERR_UNSUPPORTED && config.device == 2) {
+    fprintf(stderr, "skipped: %s\n", loom_error_string());
+    return 77; /* no GPU here */
+  }
   if (s != LOOM_OK) {
     fprintf(stderr, "loom_init: %s\n", loom_error_string());
     return 1;
   }
+  st.device_mode = loom_ctx_device(st.ctx).kind == LOOM_DEVICE_CUDA;
   st.rank = loom_ctx_rank(st.ctx);
   st.size = loom_ctx_size(st.ctx);
   st.seed = config.seed * 1000003u;

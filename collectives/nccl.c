@@ -1,0 +1,507 @@
+/* NCCL backend: every collective on device buffers. Each group gets, on first use, an NCCL
+ * communicator (unique id from group rank 0, broadcast over the group's MPI communicator;
+ * non-blocking configuration) and a communication stream. A call records an event on the
+ * context's compute stream, makes the communication stream wait for it, enqueues the NCCL
+ * operation(s), records a completion event, and makes the compute stream wait for that, so
+ * kernels before and after the call see the right data without host synchronisation.
+ * Failures are never silent hangs: waits poll the event and ncclCommGetAsyncError, and at
+ * the context's timeout (LOOM_TIMEOUT) or on a remote error the communicator is aborted and
+ * the group is marked broken; every later call on it fails at once. */
+#include "collectives/nccl.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/log.h"
+#include "runtime/req_impl.h"
+
+#ifdef LOOM_HAVE_NCCL
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+typedef struct {
+  ncclComm_t comm;
+  cudaStream_t stream;  /* communication stream */
+  cudaEvent_t ready;    /* compute stream -> communication stream edge (reused) */
+  cudaEvent_t joined;   /* communication stream -> compute stream edge (reused) */
+  int broken;           /* aborted after a timeout or error */
+  void *scratch;        /* device scratch (fusion, in-place all-to-all), grows */
+  size_t scratch_bytes;
+} nccl_state;
+
+static const char *const kind_names[] = {
+    [LOOM_COLL_ALLREDUCE] = "loom_allreduce", [LOOM_COLL_BROADCAST] = "loom_broadcast",
+    [LOOM_COLL_REDUCE] = "loom_reduce", [LOOM_COLL_ALLGATHER] = "loom_allgather",
+    [LOOM_COLL_REDUCE_SCATTER] = "loom_reduce_scatter", [LOOM_COLL_ALLTOALL] = "loom_alltoall",
+    [LOOM_COLL_ALLTOALLV] = "loom_alltoallv", [LOOM_COLL_BARRIER] = "loom_barrier",
+    [LOOM_COLL_FUSED_ALLREDUCE] = "loom_allreduce_fused",
+    [LOOM_COLL_SPARSE_PLAN] = "loom_sparse_plan_create",
+    [LOOM_COLL_SPARSE_EXCHANGE] = "loom_alltoall_sparse"};
+
+/* "group DP (rank 1 of 4; world ranks 0 2 4 6)" */
+static void describe(const loom_group *g, char *out, size_t bytes) {
+  int used = snprintf(out, bytes, "group %s (rank %d of %d; world ranks", g->name, g->rank, g->size);
+  for (int r = 0; r < g->size && used < (int)bytes - 16; r++)
+    used += snprintf(out + used, bytes - (size_t)used, " %d", g->world_ranks[r]);
+  if (g->size > 0 && used < (int)bytes - 2) snprintf(out + used, bytes - (size_t)used, ")");
+}
+
+static loom_status nccl_failure(const loom_group *g, const char *what, ncclResult_t r,
+                                ncclComm_t comm) {
+  char where[256];
+  describe(g, where, sizeof where);
+  const char *detail = comm ? ncclGetLastError(comm) : "";
+  return loom_error_set(LOOM_ERR_NCCL, "%s on %s: %s%s%s", what, where, ncclGetErrorString(r),
+                        detail && *detail ? ": " : "", detail ? detail : "");
+}
+
+static loom_status cuda_failure(const loom_group *g, const char *what, cudaError_t e) {
+  char where[256];
+  describe(g, where, sizeof where);
+  return loom_error_set(LOOM_ERR_CUDA, "%s on %s: %s", what, where, cudaGetErrorString(e));
+}
+
+#define CUDA_TRY(g, call)                                                                  \
+  do {                                                                                     \
+    cudaError_t e_ = (call);                                                               \
+    if (e_ != cudaSuccess) return cuda_failure((g), #call, e_);                            \
+  } while (0)
+
+/* Aborts the communicator: the operation in flight ends, later calls fail at once. */
+static void abort_comm(loom_group *g, nccl_state *st) {
+  if (st->broken) return;
+  st->broken = 1;
+  ncclCommAbort(st->comm);
+  st->comm = NULL;
+  loom_log(g->ctx, LOOM_LOG_ERROR, "NCCL communicator of group %s aborted", g->name);
+}
+
+/* Polls the non-blocking communicator until it is no longer in progress. */
+static loom_status settle(loom_group *g, nccl_state *st, const char *what, ncclResult_t r,
+                          double deadline) {
+  while (r == ncclInProgress) {
+    if (loom_now() > deadline) {
+      abort_comm(g, st);
+      char where[256];
+      describe(g, where, sizeof where);
+      return loom_error_set(LOOM_ERR_TIMEOUT, "%s on %s: still in progress after %g s "
+                            "(LOOM_TIMEOUT); communicator aborted", what, where,
+                            g->ctx->config.timeout_seconds);
+    }
+    ncclCommGetAsyncError(st->comm, &r);
+  }
+  if (r != ncclSuccess) {
+    loom_status s = nccl_failure(g, what, r, st->comm);
+    abort_comm(g, st);
+    return s;
+  }
+  return LOOM_OK;
+}
+
+static void free_state(loom_group *g) {
+  nccl_state *st = g->nccl;
+  if (st->comm && !st->broken) {
+    double deadline = loom_now() + 10.0;
+    ncclResult_t r = ncclCommFinalize(st->comm);
+    if (settle(g, st, "ncclCommFinalize", r, deadline) == LOOM_OK) ncclCommDestroy(st->comm);
+  }
+  if (st->stream) cudaStreamDestroy(st->stream);
+  if (st->ready) cudaEventDestroy(st->ready);
+  if (st->joined) cudaEventDestroy(st->joined);
+  if (st->scratch) cudaFree(st->scratch);
+  free(st);
+  g->nccl = NULL;
+}
+
+/* The group's NCCL state, created on first use (collective over the group). */
+static loom_status ensure(loom_group *g, nccl_state **out) {
+  nccl_state *st = g->nccl;
+  if (st) {
+    if (st->broken) {
+      char where[256];
+      describe(g, where, sizeof where);
+      return loom_error_set(LOOM_ERR_STATE, "the NCCL communicator of %s was aborted after an "
+                            "earlier failure; restart the job", where);
+    }
+    *out = st;
+    return LOOM_OK;
+  }
+  st = calloc(1, sizeof *st);
+  if (!st) return loom_error_set(LOOM_ERR_NOMEM, "NCCL state of group %s", g->name);
+  g->nccl = st;
+  g->nccl_free = free_state;
+  ncclUniqueId id;
+  if (g->rank == 0) {
+    ncclResult_t r = ncclGetUniqueId(&id);
+    if (r != ncclSuccess) memset(&id, 0, sizeof id); /* peers fail at init, naming NCCL */
+  }
+  LOOM_MPI_CHECK(g->ctx, MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, g->comm));
+  CUDA_TRY(g, cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking));
+  CUDA_TRY(g, cudaEventCreateWithFlags(&st->ready, cudaEventDisableTiming));
+  CUDA_TRY(g, cudaEventCreateWithFlags(&st->joined, cudaEventDisableTiming));
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  double deadline = loom_now() + g->ctx->config.timeout_seconds;
+  ncclResult_t r = ncclCommInitRankConfig(&st->comm, g->size, id, g->rank, &config);
+  if (r != ncclSuccess && r != ncclInProgress) {
+    loom_status s = nccl_failure(g, "ncclCommInitRankConfig", r, NULL);
+    st->broken = 1;
+    return s;
+  }
+  LOOM_CHECK(settle(g, st, "ncclCommInitRankConfig", ncclInProgress, deadline));
+  loom_log(g->ctx, LOOM_LOG_DEBUG, "NCCL communicator for group %s: %d ranks", g->name, g->size);
+  *out = st;
+  return LOOM_OK;
+}
+
+static ncclDataType_t nccl_type(loom_dtype dtype) {
+  switch (dtype) {
+    case LOOM_FLOAT32: return ncclFloat32;
+    case LOOM_FLOAT64: return ncclFloat64;
+    case LOOM_BFLOAT16: return ncclBfloat16;
+    case LOOM_FLOAT16: return ncclFloat16;
+    case LOOM_INT32: return ncclInt32;
+    case LOOM_INT64: return ncclInt64;
+    default: return ncclUint8;
+  }
+}
+
+static ncclRedOp_t nccl_op(loom_op op) {
+  switch (op) {
+    case LOOM_OP_AVG: return ncclAvg;
+    case LOOM_OP_MAX: return ncclMax;
+    case LOOM_OP_MIN: return ncclMin;
+    default: return ncclSum;
+  }
+}
+
+/* Device scratch of at least `bytes` (used only on this group's communication stream). */
+static loom_status scratch(loom_group *g, nccl_state *st, size_t bytes, void **out) {
+  if (st->scratch_bytes < bytes) {
+    if (st->scratch) {
+      CUDA_TRY(g, cudaStreamSynchronize(st->stream)); /* the old buffer may still be in use */
+      cudaFree(st->scratch);
+      st->scratch = NULL;
+      st->scratch_bytes = 0;
+    }
+    cudaError_t e = cudaMalloc(&st->scratch, bytes);
+    if (e != cudaSuccess)
+      return loom_error_set(LOOM_ERR_NOMEM, "device scratch of %zu bytes for group %s: %s", bytes,
+                            g->name, cudaGetErrorString(e));
+    st->scratch_bytes = bytes;
+  }
+  *out = st->scratch;
+  return LOOM_OK;
+}
+
+/* Checks an enqueue's result: in progress settles, failure aborts. */
+#define NCCL_TRY(g, st, call, deadline)                                                    \
+  do {                                                                                     \
+    ncclResult_t r_ = (call);                                                              \
+    if (r_ != ncclSuccess) LOOM_CHECK(settle((g), (st), #call, r_, (deadline)));           \
+  } while (0)
+
+/* Grouped point-to-point exchange: block r of `send` (send_counts[r] elements at
+ * send_displs[r]) to member r, and the same for receives. */
+static loom_status exchange(loom_group *g, nccl_state *st, loom_dtype dtype, const char *send,
+                            const size_t *send_counts, const size_t *send_displs, char *recv,
+                            const size_t *recv_counts, const size_t *recv_displs, double deadline) {
+  size_t element = loom_dtype_size(dtype);
+  ncclDataType_t type = nccl_type(dtype);
+  NCCL_TRY(g, st, ncclGroupStart(), deadline);
+  for (int r = 0; r < g->size; r++) {
+    if (send_counts[r])
+      NCCL_TRY(g, st, ncclSend(send + send_displs[r] * element, send_counts[r], type, r, st->comm,
+                               st->stream), deadline);
+    if (recv_counts[r])
+      NCCL_TRY(g, st, ncclRecv(recv + recv_displs[r] * element, recv_counts[r], type, r, st->comm,
+                               st->stream), deadline);
+  }
+  NCCL_TRY(g, st, ncclGroupEnd(), deadline);
+  return LOOM_OK;
+}
+
+/* A premultiplied sum by 1/size (AVG in phases that only sum); floats only. */
+static loom_status premul_avg(loom_group *g, nccl_state *st, loom_dtype dtype, int divisor,
+                              ncclRedOp_t *op) {
+  unsigned char scalar[8];
+  loom_dtype_store(scalar, dtype, 0, 1.0 / divisor);
+  ncclResult_t r = ncclRedOpCreatePreMulSum(op, scalar, nccl_type(dtype), ncclScalarHostImmediate,
+                                            st->comm);
+  if (r != ncclSuccess) return nccl_failure(g, "ncclRedOpCreatePreMulSum", r, st->comm);
+  return LOOM_OK;
+}
+
+/* Hierarchical allreduce of `buf` in place, enqueued on `stream` (the parent's). Uniform
+ * nodes and a count divisible by the node size: reduce-scatter in node, allreduce across
+ * nodes, allgather in node. Otherwise: reduce to the node leader, allreduce across leaders,
+ * broadcast in node. AVG divides once, in the first phase (premultiplied sum). */
+static loom_status hier_allreduce(loom_group *g, nccl_state *st, loom_buf buf, loom_op op,
+                                  double deadline) {
+  loom_group *local = g->node_local, *cross = g->cross_node;
+  nccl_state *lst = NULL, *xst = NULL;
+  LOOM_CHECK(ensure(local, &lst));
+  LOOM_CHECK(ensure(cross, &xst));
+  ncclDataType_t type = nccl_type(buf.dtype);
+  ncclRedOp_t first = nccl_op(op), rest = nccl_op(op);
+  int premul = op == LOOM_OP_AVG;
+  if (premul) {
+    LOOM_CHECK(premul_avg(g, lst, buf.dtype, g->size, &first));
+    rest = ncclSum;
+  }
+  size_t element = loom_dtype_size(buf.dtype);
+  char *base = buf.ptr;
+  loom_status status = LOOM_OK;
+  if (g->uniform && buf.count % (size_t)local->size == 0) {
+    size_t piece = buf.count / (size_t)local->size;
+    char *mine = base + (size_t)local->rank * piece * element;
+    ncclResult_t r = ncclReduceScatter(base, mine, piece, type, first, lst->comm, st->stream);
+    if (r == ncclSuccess) r = ncclAllReduce(mine, mine, piece, type, rest, xst->comm, st->stream);
+    if (r == ncclSuccess) r = ncclAllGather(mine, base, piece, type, lst->comm, st->stream);
+    if (r != ncclSuccess) status = settle(g, st, "hierarchical allreduce (ncclReduceScatter/"
+                                          "AllReduce/AllGather)", r, deadline);
+  } else {
+    ncclResult_t r = ncclReduce(base, base, buf.count, type, first, 0, lst->comm, st->stream);
+    if (r == ncclSuccess && local->rank == 0)
+      r = ncclAllReduce(base, base, buf.count, type, rest, xst->comm, st->stream);
+    if (r == ncclSuccess) r = ncclBroadcast(base, base, buf.count, type, 0, lst->comm, st->stream);
+    if (r != ncclSuccess) status = settle(g, st, "hierarchical allreduce (ncclReduce/AllReduce/"
+                                          "Broadcast)", r, deadline);
+  }
+  if (premul) ncclRedOpDestroy(first, lst->comm);
+  return status;
+}
+
+/* Enqueues the job's NCCL work on st->stream. */
+static loom_status enqueue(loom_coll_job *job, nccl_state *st, double deadline) {
+  loom_group *g = job->group;
+  loom_buf send = job->send, recv = job->recv;
+  ncclDataType_t type = nccl_type(send.dtype);
+  size_t element = loom_dtype_size(send.dtype);
+  switch (job->kind) {
+    case LOOM_COLL_ALLREDUCE:
+      if (job->algo == LOOM_ALGO_HIER && g->node_local && g->node_count > 1 &&
+          (loom_dtype_is_float(send.dtype) || job->op != LOOM_OP_AVG)) {
+        if (send.ptr != recv.ptr)
+          CUDA_TRY(g, cudaMemcpyAsync(recv.ptr, send.ptr, loom_buf_bytes(send),
+                                      cudaMemcpyDeviceToDevice, st->stream));
+        return hier_allreduce(g, st, recv, job->op, deadline);
+      }
+      NCCL_TRY(g, st, ncclAllReduce(send.ptr, recv.ptr, send.count, type, nccl_op(job->op),
+                                    st->comm, st->stream), deadline);
+      return LOOM_OK;
+    case LOOM_COLL_BROADCAST:
+      NCCL_TRY(g, st, ncclBroadcast(send.ptr, send.ptr, send.count, type, job->root, st->comm,
+                                    st->stream), deadline);
+      return LOOM_OK;
+    case LOOM_COLL_REDUCE:
+      NCCL_TRY(g, st, ncclReduce(send.ptr, g->rank == job->root ? recv.ptr : send.ptr, send.count,
+                                 type, nccl_op(job->op), job->root, st->comm, st->stream), deadline);
+      return LOOM_OK;
+    case LOOM_COLL_ALLGATHER:
+      NCCL_TRY(g, st, ncclAllGather(send.ptr, recv.ptr, send.count, type, st->comm, st->stream),
+               deadline);
+      return LOOM_OK;
+    case LOOM_COLL_REDUCE_SCATTER:
+      NCCL_TRY(g, st, ncclReduceScatter(send.ptr, recv.ptr, recv.count, type, nccl_op(job->op),
+                                        st->comm, st->stream), deadline);
+      return LOOM_OK;
+    case LOOM_COLL_ALLTOALL: {
+      size_t n = (size_t)g->size, block = send.count / n;
+      const char *source = send.ptr;
+      if (send.ptr == recv.ptr) { /* in place: send from a copy */
+        void *copy = NULL;
+        LOOM_CHECK(scratch(g, st, loom_buf_bytes(send), &copy));
+        CUDA_TRY(g, cudaMemcpyAsync(copy, send.ptr, loom_buf_bytes(send), cudaMemcpyDeviceToDevice,
+                                    st->stream));
+        source = copy;
+      }
+      size_t *counts = malloc(2 * n * sizeof *counts);
+      if (!counts) return loom_error_set(LOOM_ERR_NOMEM, "alltoall counts (%zu)", n);
+      for (size_t r = 0; r < n; r++) {
+        counts[r] = block;
+        counts[n + r] = r * block;
+      }
+      loom_status s = exchange(g, st, send.dtype, source, counts, counts + n, recv.ptr, counts,
+                               counts + n, deadline);
+      free(counts);
+      return s;
+    }
+    case LOOM_COLL_ALLTOALLV: {
+      size_t n = (size_t)g->size;
+      return exchange(g, st, send.dtype, send.ptr, job->counts, job->counts + n, recv.ptr,
+                      job->counts + 2 * n, job->counts + 3 * n, deadline);
+    }
+    case LOOM_COLL_FUSED_ALLREDUCE: {
+      if (job->buf_count == 0) return LOOM_OK;
+      loom_dtype dtype = job->bufs[0].dtype;
+      size_t total = 0;
+      for (int i = 0; i < job->buf_count; i++) total += loom_buf_bytes(job->bufs[i]);
+      char *flat = NULL;
+      LOOM_CHECK(scratch(g, st, total ? total : 1, (void **)&flat));
+      size_t offset = 0;
+      for (int i = 0; i < job->buf_count; i++) {
+        size_t bytes = loom_buf_bytes(job->bufs[i]);
+        if (bytes)
+          CUDA_TRY(g, cudaMemcpyAsync(flat + offset, job->bufs[i].ptr, bytes,
+                                      cudaMemcpyDeviceToDevice, st->stream));
+        offset += bytes;
+      }
+      NCCL_TRY(g, st, ncclAllReduce(flat, flat, total / loom_dtype_size(dtype), nccl_type(dtype),
+                                    nccl_op(job->op), st->comm, st->stream), deadline);
+      offset = 0;
+      for (int i = 0; i < job->buf_count; i++) {
+        size_t bytes = loom_buf_bytes(job->bufs[i]);
+        if (bytes)
+          CUDA_TRY(g, cudaMemcpyAsync(job->bufs[i].ptr, flat + offset, bytes,
+                                      cudaMemcpyDeviceToDevice, st->stream));
+        offset += bytes;
+      }
+      return LOOM_OK;
+    }
+    case LOOM_COLL_SPARSE_EXCHANGE: {
+      const loom_sparse_plan *plan = job->plan;
+      size_t n = (size_t)g->size;
+      size_t *counts = calloc(4 * n, sizeof *counts);
+      if (!counts) return loom_error_set(LOOM_ERR_NOMEM, "sparse exchange counts (%zu)", n);
+      for (int i = 0; i < plan->send_count; i++) {
+        counts[plan->send_peers[i]] = plan->send_counts[i];
+        counts[n + plan->send_peers[i]] = plan->send_displs[i];
+      }
+      for (int i = 0; i < plan->recv_count; i++) {
+        counts[2 * n + plan->recv_peers[i]] = plan->recv_counts[i];
+        counts[3 * n + plan->recv_peers[i]] = plan->recv_displs[i];
+      }
+      loom_status s = exchange(g, st, plan->dtype, send.ptr, counts, counts + n, recv.ptr,
+                               counts + 2 * n, counts + 3 * n, deadline);
+      free(counts);
+      return s;
+    }
+    default:
+      (void)element;
+      return loom_error_set(LOOM_ERR_INTERNAL, "NCCL backend: collective kind %d has no device "
+                            "form", (int)job->kind);
+  }
+}
+
+typedef struct {
+  loom_group *group;
+  nccl_state *st;
+  cudaEvent_t done;
+  double deadline;
+  const char *what;
+} pending;
+
+/* One look at a pending operation: done, failed remotely, or past its deadline. */
+static loom_status poll_pending(void *opaque, int *done) {
+  pending *p = opaque;
+  loom_group *g = p->group;
+  *done = 1;
+  if (p->st->broken)
+    return loom_error_set(LOOM_ERR_STATE, "%s on group %s: communicator already aborted", p->what,
+                          g->name);
+  cudaError_t e = cudaEventQuery(p->done);
+  if (e == cudaSuccess) return LOOM_OK;
+  if (e != cudaErrorNotReady) return cuda_failure(g, p->what, e);
+  ncclResult_t async = ncclSuccess;
+  ncclCommGetAsyncError(p->st->comm, &async);
+  if (async != ncclSuccess && async != ncclInProgress) {
+    loom_status s = nccl_failure(g, p->what, async, p->st->comm);
+    abort_comm(g, p->st);
+    return s;
+  }
+  if (loom_now() > p->deadline) {
+    char where[256];
+    describe(g, where, sizeof where);
+    abort_comm(g, p->st);
+    return loom_error_set(LOOM_ERR_TIMEOUT, "%s on %s did not complete within %g s (LOOM_TIMEOUT):"
+                          " a peer did not join or stopped; the communicator was aborted so the "
+                          "job can be restarted", p->what, where, g->ctx->config.timeout_seconds);
+  }
+  *done = 0;
+  return LOOM_INPROGRESS;
+}
+
+static void release_pending(void *opaque) {
+  pending *p = opaque;
+  cudaEventDestroy(p->done);
+  free(p);
+}
+
+/* Orders st->stream after the compute stream. */
+static loom_status join_in(loom_group *g, nccl_state *st) {
+  cudaStream_t compute = g->ctx->stream;
+  CUDA_TRY(g, cudaEventRecord(st->ready, compute));
+  CUDA_TRY(g, cudaStreamWaitEvent(st->stream, st->ready, 0));
+  return LOOM_OK;
+}
+
+/* Orders the compute stream after st->stream; completes through a request or a wait. */
+static loom_status join_out(loom_group *g, nccl_state *st, const char *what, double deadline,
+                            loom_req **req) {
+  pending *p = calloc(1, sizeof *p);
+  if (!p) return loom_error_set(LOOM_ERR_NOMEM, "pending NCCL operation");
+  *p = (pending){.group = g, .st = st, .deadline = deadline, .what = what};
+  cudaError_t e = cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming);
+  if (e == cudaSuccess) e = cudaEventRecord(p->done, st->stream);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, p->done, 0);
+  if (e != cudaSuccess) {
+    loom_status s = cuda_failure(g, what, e);
+    if (p->done) cudaEventDestroy(p->done);
+    free(p);
+    return s;
+  }
+  loom_req *r = NULL;
+  loom_status s = loom_req_alloc(LOOM_REQ_POLL, &r);
+  if (s < 0) {
+    release_pending(p);
+    return s;
+  }
+  r->poll = poll_pending;
+  r->poll_release = release_pending;
+  r->poll_state = p;
+  r->what = what;
+  if (req) {
+    *req = r;
+    return LOOM_OK;
+  }
+  return loom_wait(&r);
+}
+
+loom_status loom_nccl_post(loom_coll_job *job, loom_req **req) {
+  loom_group *g = job->group;
+  nccl_state *st = NULL;
+  LOOM_CHECK(ensure(g, &st));
+  double deadline = loom_now() + g->ctx->config.timeout_seconds;
+  LOOM_CHECK(join_in(g, st));
+  LOOM_CHECK(enqueue(job, st, deadline));
+  return join_out(g, st, kind_names[job->kind], deadline, req);
+}
+
+loom_status loom_nccl_p2p(loom_group *g, loom_buf buf, int peer, int is_send, loom_req **req) {
+  nccl_state *st = NULL;
+  LOOM_CHECK(ensure(g, &st));
+  double deadline = loom_now() + g->ctx->config.timeout_seconds;
+  LOOM_CHECK(join_in(g, st));
+  ncclDataType_t type = nccl_type(buf.dtype);
+  if (is_send)
+    NCCL_TRY(g, st, ncclSend(buf.ptr, buf.count, type, peer, st->comm, st->stream), deadline);
+  else
+    NCCL_TRY(g, st, ncclRecv(buf.ptr, buf.count, type, peer, st->comm, st->stream), deadline);
+  return join_out(g, st, is_send ? "loom_send" : "loom_recv", deadline, req);
+}
+
+#else /* no NCCL in this build */
+
+static loom_status no_nccl(const loom_group *g) {
+  return loom_error_set(LOOM_ERR_UNSUPPORTED, "device buffers on group %s: this build has no NCCL "
+                        "backend; rebuild where NCCL and CUDA are installed (-Dnccl=enabled)",
+                        g->name);
+}
+loom_status loom_nccl_post(loom_coll_job *job, loom_req **req) { return no_nccl(job->group); }
+loom_status loom_nccl_p2p(loom_group *g, loom_buf buf, int peer, int is_send, loom_req **req) {
+  return no_nccl(g);
+}
+
+#endif
