@@ -28,6 +28,8 @@ typedef struct {
   int broken;           /* aborted after a timeout or error */
   void *scratch;        /* device scratch (fusion, in-place all-to-all), grows */
   size_t scratch_bytes;
+  cudaEvent_t spare_events[32]; /* completion events of finished requests, for reuse */
+  int spare_count;
 } nccl_state;
 
 static const char *const kind_names[] = {
@@ -110,6 +112,7 @@ static void free_state(loom_group *g) {
   if (st->ready) cudaEventDestroy(st->ready);
   if (st->joined) cudaEventDestroy(st->joined);
   if (st->scratch) cudaFree(st->scratch);
+  for (int i = 0; i < st->spare_count; i++) cudaEventDestroy(st->spare_events[i]);
   free(st);
   g->nccl = NULL;
 }
@@ -425,7 +428,10 @@ static loom_status poll_pending(void *opaque, int *done) {
 
 static void release_pending(void *opaque) {
   pending *p = opaque;
-  cudaEventDestroy(p->done);
+  if (p->st->spare_count < (int)(sizeof p->st->spare_events / sizeof p->st->spare_events[0]))
+    p->st->spare_events[p->st->spare_count++] = p->done;
+  else
+    cudaEventDestroy(p->done);
   free(p);
 }
 
@@ -443,7 +449,9 @@ static loom_status join_out(loom_group *g, nccl_state *st, const char *what, dou
   pending *p = calloc(1, sizeof *p);
   if (!p) return loom_error_set(LOOM_ERR_NOMEM, "pending NCCL operation");
   *p = (pending){.group = g, .st = st, .deadline = deadline, .what = what};
-  cudaError_t e = cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming);
+  cudaError_t e = cudaSuccess;
+  if (st->spare_count > 0) p->done = st->spare_events[--st->spare_count];
+  else e = cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming);
   if (e == cudaSuccess) e = cudaEventRecord(p->done, st->stream);
   if (e == cudaSuccess) e = cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, p->done, 0);
   if (e != cudaSuccess) {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# On the GPU machine, in one call: build loom with CUDA and NCCL, run the GPU tests at 1, 2
+# and 4 GPUs (as many as the machine has), then the device benchmarks (loom vs raw NCCL vs
+# torch.distributed). Logs go to $OUT (or /tmp/loom-gpu); a short summary is printed last.
+#   bash tests/gpu/run.sh [tests|bench|all]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+what=${1:-all}
+out=${OUT:-/tmp/loom-gpu}
+mkdir -p "$out"
+# CUnit (and ISA-L) are not installed there: unpack the Debian packages carried along.
+if [ -d .device-debs ]; then
+  mkdir -p /opt/deps && for f in .device-debs/*.deb; do dpkg -x "$f" /opt/deps; done
+  sed -i 's|^prefix=/usr|prefix=/opt/deps/usr|' /opt/deps/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc
+  export PKG_CONFIG_PATH=/opt/deps/usr/lib/x86_64-linux-gnu/pkgconfig
+  export LD_LIBRARY_PATH=/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+fi
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+summary="$out/summary.txt"
+: >"$summary"
+note() { echo "$*" | tee -a "$summary"; }
+
+if ! meson setup build-gpu -Dcuda=enabled -Dnccl=enabled -Dexamples=auto >"$out/setup.log" 2>&1; then
+  tail -40 "$out/setup.log"; exit 1
+fi
+if ! ninja -C build-gpu >"$out/build.log" 2>&1; then
+  grep -E "error|Error" -A3 "$out/build.log" | head -60; exit 1
+fi
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+note "GPUs: $gpus ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)); $(date -u +%F)"
+mpi=(mpirun --bind-to none --mca btl self,vader)
+failures=0
+check() { # name, command...
+  local name=$1; shift
+  if "$@" >"$out/$name.log" 2>&1; then note "PASS $name: $(tail -1 "$out/$name.log")"
+  else failures=$((failures + 1)); note "FAIL $name (exit $?)"; tail -15 "$out/$name.log"; fi
+}
+
+if [ "$what" != bench ]; then
+  for np in 1 2 4; do
+    [ "$np" -le "$gpus" ] || continue
+    check "collectives-gpu-np$np" "${mpi[@]}" -np $np -x LOOM_DEVICE=cuda build-gpu/tests/mpi/test_collectives
+    check "sparse-gpu-np$np" "${mpi[@]}" -np $np -x LOOM_DEVICE=cuda build-gpu/tests/mpi/test_sparse
+  done
+  if [ "$gpus" -ge 4 ]; then
+    check "collectives-gpu-np4-hier" "${mpi[@]}" -np 4 -x LOOM_DEVICE=cuda -x LOOM_RANKS_PER_NODE=2 build-gpu/tests/mpi/test_collectives
+  fi
+  [ "$gpus" -ge 2 ] && check "timeout-gpu-np2" "${mpi[@]}" -np 2 build-gpu/tests/mpi/test_timeout
+fi
+
+if [ "$what" != tests ]; then
+  for np in 2 4; do
+    [ "$np" -le "$gpus" ] || continue
+    "${mpi[@]}" -np $np build-gpu/bench/loom-nccl-bench --max-bytes 1G >"$out/nccl-bench-np$np.txt" 2>&1
+    cat "$out/nccl-bench-np$np.txt"
+    if python3 -c "import torch" 2>/dev/null; then
+      torchrun --standalone --nproc_per_node $np bench/peers/torch_collectives.py $((1 << 30)) \
+        >"$out/torch-np$np.txt" 2>"$out/torch-np$np.err"
+      cat "$out/torch-np$np.txt"
+    fi
+  done
+fi
+note "failures: $failures"
+exit $((failures > 0))
