@@ -66,7 +66,9 @@ loom_status loom_alltoallv_async(loom_group *g, loom_buf send, const size_t *sen
                                  const size_t *send_displs, loom_buf recv,
                                  const size_t *recv_counts, const size_t *recv_displs,
                                  loom_req **req);
-/* Point-to-point with a group rank; tags >= 0. Not ordered with collectives. */
+/* Point-to-point with a group rank; tags >= 0. Host buffers: MPI, not ordered with
+ * collectives. Device buffers: NCCL, stream-ordered, tags ignored (matching is by order), and
+ * not with oneself. */
 loom_status loom_send(loom_group *g, loom_buf buf, int peer, int tag);
 loom_status loom_send_async(loom_group *g, loom_buf buf, int peer, int tag, loom_req **req);
 loom_status loom_recv(loom_group *g, loom_buf buf, int peer, int tag);

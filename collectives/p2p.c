@@ -29,7 +29,13 @@ static loom_status post(loom_group *g, loom_buf b, int peer, int tag, int is_sen
   const char *call = is_send ? "loom_send" : "loom_recv";
   LOOM_CHECK(check_p2p(g, call, b, peer, tag));
   if (!out) return loom_error_set(LOOM_ERR_ARG, "%s_async: req is NULL", call);
-  if (b.device.kind == LOOM_DEVICE_CUDA) return loom_nccl_p2p(g, b, peer, is_send, out);
+  if (b.device.kind == LOOM_DEVICE_CUDA) {
+    if (peer == g->rank) /* NCCL matches a self send only inside one group call */
+      return loom_error_set(LOOM_ERR_UNSUPPORTED, "%s on group %s: device point-to-point with "
+                            "oneself (rank %d) is not supported; copy with cudaMemcpyAsync",
+                            call, g->name, peer);
+    return loom_nccl_p2p(g, b, peer, is_send, out);
+  }
   loom_req *req = NULL;
   LOOM_CHECK(loom_req_alloc(LOOM_REQ_MPI, &req));
   req->what = call;
