@@ -53,9 +53,21 @@ static void run_case(check_state *st, loom_group *g, loom_dtype dt, int permille
     for (size_t i = 0; i < plan.send_counts[k]; i++)
       loom_dtype_store(send, dt, plan.send_displs[k] + i,
                        block_value(dt, seed, me, plan.send_peers[k], i));
+  /* Device mode: the exchange runs on GPU copies of the buffers. */
+  void *dsend = NULL, *drecv = NULL;
+  if (st->device_mode) {
+    CHECK_OK(st, loom_device_alloc(st->ctx, plan.send_total * es + 1, &dsend));
+    CHECK_OK(st, loom_device_alloc(st->ctx, plan.recv_total * es + 1, &drecv));
+    CHECK_OK(st, loom_device_upload(st->ctx, dsend, send, plan.send_total * es));
+  }
   for (int round = 0; round < 2; round++) { /* the same plan twice */
     poison(recv, plan.recv_total * es);
     loom_buf sb = loom_buf_host(send, plan.send_total, dt), rb = loom_buf_host(recv, plan.recv_total, dt);
+    if (st->device_mode) {
+      CHECK_OK(st, loom_device_upload(st->ctx, drecv, recv, plan.recv_total * es));
+      sb = loom_buf_device(st->ctx, dsend, plan.send_total, dt);
+      rb = loom_buf_device(st->ctx, drecv, plan.recv_total, dt);
+    }
     if (async) {
       loom_req *req = NULL;
       CHECK_OK(st, loom_alltoall_sparse_async(g, &plan, sb, rb, &req));
@@ -63,6 +75,8 @@ static void run_case(check_state *st, loom_group *g, loom_dtype dt, int permille
     } else {
       CHECK_OK(st, loom_alltoall_sparse(g, &plan, sb, rb));
     }
+    if (st->device_mode)
+      CHECK_OK(st, loom_device_download(st->ctx, recv, drecv, plan.recv_total * es));
     for (int k = 0; k < plan.recv_count; k++)
       for (size_t i = 0; i < plan.recv_counts[k]; i++)
         expect_near(st, what, plan.recv_displs[k] + i,
@@ -70,6 +84,8 @@ static void run_case(check_state *st, loom_group *g, loom_dtype dt, int permille
                     block_value(dt, seed, plan.recv_peers[k], me, i), 0);
   }
   free(send), free(recv), free(peers), free(counts);
+  loom_device_free(st->ctx, dsend);
+  loom_device_free(st->ctx, drecv);
   loom_sparse_plan_free(&plan);
 }
 
@@ -80,10 +96,16 @@ int main(int argc, char **argv) {
     return 2;
   }
   check_state st = {0};
-  if (loom_init(&config, &argc, &argv, &st.ctx) != LOOM_OK) {
+  loom_status s = loom_init(&config, &argc, &argv, &st.ctx);
+  if (s == LOOM_ERR_UNSUPPORTED && config.device == 2) {
+    fprintf(stderr, "skipped: %s\n", loom_error_string());
+    return 77; /* no GPU here */
+  }
+  if (s != LOOM_OK) {
     fprintf(stderr, "loom_init: %s\n", loom_error_string());
     return 1;
   }
+  st.device_mode = loom_ctx_device(st.ctx).kind == LOOM_DEVICE_CUDA;
   st.rank = loom_ctx_rank(st.ctx);
   st.size = loom_ctx_size(st.ctx);
   st.seed = config.seed * 7919u;
@@ -111,7 +133,7 @@ int main(int argc, char **argv) {
   int bad_peers[2] = {0, st.size};
   size_t bad_counts[2] = {1, 1};
   loom_sparse_plan plan;
-  loom_status s = loom_sparse_plan_init(&plan, LOOM_FLOAT32, st.size, 2, bad_peers, bad_counts);
+  s = loom_sparse_plan_init(&plan, LOOM_FLOAT32, st.size, 2, bad_peers, bad_counts);
   expect_near(&st, "sparse peer out of range -> ERR_ARG", 0, s, LOOM_ERR_ARG, 0);
   bad_peers[1] = 0;
   s = loom_sparse_plan_init(&plan, LOOM_FLOAT32, st.size, 2, bad_peers, bad_counts);
