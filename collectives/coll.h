@@ -67,8 +67,10 @@ loom_status loom_alltoallv_async(loom_group *g, loom_buf send, const size_t *sen
                                  const size_t *recv_counts, const size_t *recv_displs,
                                  loom_req **req);
 /* Point-to-point with a group rank; tags >= 0. Host buffers: MPI, not ordered with
- * collectives. Device buffers: NCCL, stream-ordered, tags ignored (matching is by order), and
- * not with oneself. */
+ * collectives. Device buffers: NCCL, tags ignored (matching is by order), not with oneself;
+ * the _async calls of a group are issued together (one NCCL group) at the next wait, test or
+ * collective, so a ring of send/recv pairs cannot deadlock; a blocking device send or
+ * receive is issued alone and waits for its peer. */
 loom_status loom_send(loom_group *g, loom_buf buf, int peer, int tag);
 loom_status loom_send_async(loom_group *g, loom_buf buf, int peer, int tag, loom_req **req);
 loom_status loom_recv(loom_group *g, loom_buf buf, int peer, int tag);

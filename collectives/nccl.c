@@ -30,7 +30,23 @@ typedef struct {
   size_t scratch_bytes;
   cudaEvent_t spare_events[32]; /* completion events of finished requests, for reuse */
   int spare_count;
+  /* Point-to-point calls wait here and are issued together in one NCCL group at the next
+   * wait, test or collective: separate ncclSend/ncclRecv calls on one stream would serialise
+   * and deadlock a ring (every rank's receive waiting behind its own send). */
+  struct pending *p2p[64];
+  int p2p_count;
 } nccl_state;
+
+typedef struct pending {
+  loom_group *group;
+  nccl_state *st;
+  cudaEvent_t done;
+  double deadline;
+  const char *what;
+  int issued;      /* 0: a point-to-point operation still waiting for its group flush */
+  loom_buf buf;    /* point-to-point only */
+  int peer, is_send;
+} pending;
 
 static const char *const kind_names[] = {
     [LOOM_COLL_ALLREDUCE] = "loom_allreduce", [LOOM_COLL_BROADCAST] = "loom_broadcast",
@@ -388,19 +404,15 @@ static loom_status enqueue(loom_coll_job *job, nccl_state *st, double deadline) 
   }
 }
 
-typedef struct {
-  loom_group *group;
-  nccl_state *st;
-  cudaEvent_t done;
-  double deadline;
-  const char *what;
-} pending;
 
 /* One look at a pending operation: done, failed remotely, or past its deadline. */
+static loom_status flush_p2p(loom_group *g, nccl_state *st);
+
 static loom_status poll_pending(void *opaque, int *done) {
   pending *p = opaque;
   loom_group *g = p->group;
   *done = 1;
+  if (!p->issued) LOOM_CHECK(flush_p2p(g, p->st));
   if (p->st->broken)
     return loom_error_set(LOOM_ERR_STATE, "%s on group %s: communicator already aborted", p->what,
                           g->name);
@@ -448,7 +460,7 @@ static loom_status join_out(loom_group *g, nccl_state *st, const char *what, dou
                             loom_req **req) {
   pending *p = calloc(1, sizeof *p);
   if (!p) return loom_error_set(LOOM_ERR_NOMEM, "pending NCCL operation");
-  *p = (pending){.group = g, .st = st, .deadline = deadline, .what = what};
+  *p = (pending){.group = g, .st = st, .deadline = deadline, .what = what, .issued = 1};
   cudaError_t e = cudaSuccess;
   if (st->spare_count > 0) p->done = st->spare_events[--st->spare_count];
   else e = cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming);
@@ -481,23 +493,71 @@ loom_status loom_nccl_post(loom_coll_job *job, loom_req **req) {
   loom_group *g = job->group;
   nccl_state *st = NULL;
   LOOM_CHECK(ensure(g, &st));
+  LOOM_CHECK(flush_p2p(g, st)); /* keep the posting order */
   double deadline = loom_now() + g->ctx->config.timeout_seconds;
   LOOM_CHECK(join_in(g, st));
   LOOM_CHECK(enqueue(job, st, deadline));
   return join_out(g, st, kind_names[job->kind], deadline, req);
 }
 
+/* Issues every waiting point-to-point operation of the group in one NCCL group call. */
+static loom_status flush_p2p(loom_group *g, nccl_state *st) {
+  if (st->p2p_count == 0) return LOOM_OK;
+  int count = st->p2p_count;
+  st->p2p_count = 0;
+  double deadline = st->p2p[0]->deadline;
+  LOOM_CHECK(join_in(g, st));
+  NCCL_TRY(g, st, ncclGroupStart(), deadline);
+  for (int i = 0; i < count; i++) {
+    pending *p = st->p2p[i];
+    ncclDataType_t type = nccl_type(p->buf.dtype);
+    if (p->is_send)
+      NCCL_TRY(g, st, ncclSend(p->buf.ptr, p->buf.count, type, p->peer, st->comm, st->stream), deadline);
+    else
+      NCCL_TRY(g, st, ncclRecv(p->buf.ptr, p->buf.count, type, p->peer, st->comm, st->stream), deadline);
+  }
+  NCCL_TRY(g, st, ncclGroupEnd(), deadline);
+  for (int i = 0; i < count; i++) {
+    CUDA_TRY(g, cudaEventRecord(st->p2p[i]->done, st->stream));
+    st->p2p[i]->issued = 1;
+  }
+  CUDA_TRY(g, cudaEventRecord(st->joined, st->stream));
+  CUDA_TRY(g, cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, st->joined, 0));
+  return LOOM_OK;
+}
+
 loom_status loom_nccl_p2p(loom_group *g, loom_buf buf, int peer, int is_send, loom_req **req) {
   nccl_state *st = NULL;
   LOOM_CHECK(ensure(g, &st));
-  double deadline = loom_now() + g->ctx->config.timeout_seconds;
-  LOOM_CHECK(join_in(g, st));
-  ncclDataType_t type = nccl_type(buf.dtype);
-  if (is_send)
-    NCCL_TRY(g, st, ncclSend(buf.ptr, buf.count, type, peer, st->comm, st->stream), deadline);
-  else
-    NCCL_TRY(g, st, ncclRecv(buf.ptr, buf.count, type, peer, st->comm, st->stream), deadline);
-  return join_out(g, st, is_send ? "loom_send" : "loom_recv", deadline, req);
+  const char *what = is_send ? "loom_send" : "loom_recv";
+  if (st->p2p_count == (int)(sizeof st->p2p / sizeof st->p2p[0])) LOOM_CHECK(flush_p2p(g, st));
+  pending *p = calloc(1, sizeof *p);
+  if (!p) return loom_error_set(LOOM_ERR_NOMEM, "pending point-to-point operation");
+  *p = (pending){.group = g, .st = st, .deadline = loom_now() + g->ctx->config.timeout_seconds,
+                 .what = what, .issued = 0, .buf = buf, .peer = peer, .is_send = is_send};
+  cudaError_t e = cudaSuccess;
+  if (st->spare_count > 0) p->done = st->spare_events[--st->spare_count];
+  else e = cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming);
+  if (e != cudaSuccess) {
+    free(p);
+    return cuda_failure(g, what, e);
+  }
+  loom_req *r = NULL;
+  loom_status s = loom_req_alloc(LOOM_REQ_POLL, &r);
+  if (s < 0) {
+    release_pending(p);
+    return s;
+  }
+  r->poll = poll_pending;
+  r->poll_release = release_pending;
+  r->poll_state = p;
+  r->what = what;
+  st->p2p[st->p2p_count++] = p;
+  if (req) {
+    *req = r;
+    return LOOM_OK;
+  }
+  return loom_wait(&r);
 }
 
 #else /* no NCCL in this build */

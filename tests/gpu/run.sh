@@ -29,6 +29,9 @@ fi
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 note "GPUs: $gpus ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)); $(date -u +%F)"
 mpi=(mpirun --bind-to none --mca btl self,vader)
+# A hang becomes an error with a message: loom's own timeout first, then a hard stop.
+limit=(timeout 300)
+gpu_env=(-x LOOM_DEVICE=cuda -x LOOM_TIMEOUT=60)
 failures=0
 check() { # name, command...
   local name=$1; shift
@@ -39,22 +42,22 @@ check() { # name, command...
 if [ "$what" != bench ]; then
   for np in 1 2 4; do
     [ "$np" -le "$gpus" ] || continue
-    check "collectives-gpu-np$np" "${mpi[@]}" -np $np -x LOOM_DEVICE=cuda build-gpu/tests/mpi/test_collectives
-    check "sparse-gpu-np$np" "${mpi[@]}" -np $np -x LOOM_DEVICE=cuda build-gpu/tests/mpi/test_sparse
+    check "collectives-gpu-np$np" "${limit[@]}" "${mpi[@]}" -np $np "${gpu_env[@]}" build-gpu/tests/mpi/test_collectives
+    check "sparse-gpu-np$np" "${limit[@]}" "${mpi[@]}" -np $np "${gpu_env[@]}" build-gpu/tests/mpi/test_sparse
   done
   if [ "$gpus" -ge 4 ]; then
-    check "collectives-gpu-np4-hier" "${mpi[@]}" -np 4 -x LOOM_DEVICE=cuda -x LOOM_RANKS_PER_NODE=2 build-gpu/tests/mpi/test_collectives
+    check "collectives-gpu-np4-hier" "${limit[@]}" "${mpi[@]}" -np 4 "${gpu_env[@]}" -x LOOM_RANKS_PER_NODE=2 build-gpu/tests/mpi/test_collectives
   fi
-  [ "$gpus" -ge 2 ] && check "timeout-gpu-np2" "${mpi[@]}" -np 2 build-gpu/tests/mpi/test_timeout
+  [ "$gpus" -ge 2 ] && check "timeout-gpu-np2" "${limit[@]}" "${mpi[@]}" -np 2 build-gpu/tests/mpi/test_timeout
 fi
 
 if [ "$what" != tests ]; then
   for np in 2 4; do
     [ "$np" -le "$gpus" ] || continue
-    "${mpi[@]}" -np $np build-gpu/bench/loom-nccl-bench --max-bytes 1G >"$out/nccl-bench-np$np.txt" 2>&1
+    "${limit[@]}" "${mpi[@]}" -np $np -x LOOM_TIMEOUT=60 build-gpu/bench/loom-nccl-bench --max-bytes 1G >"$out/nccl-bench-np$np.txt" 2>&1
     cat "$out/nccl-bench-np$np.txt"
     if python3 -c "import torch" 2>/dev/null; then
-      torchrun --standalone --nproc_per_node $np bench/peers/torch_collectives.py $((1 << 30)) \
+      timeout 300 torchrun --standalone --nproc_per_node $np bench/peers/torch_collectives.py $((1 << 30)) \
         >"$out/torch-np$np.txt" 2>"$out/torch-np$np.err"
       cat "$out/torch-np$np.txt"
     fi
