@@ -30,8 +30,8 @@ gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 note "GPUs: $gpus ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)); $(date -u +%F)"
 mpi=(mpirun --bind-to none --mca btl self,vader)
 # A hang becomes an error with a message: loom's own timeout first, then a hard stop.
-limit=(timeout 300)
-gpu_env=(-x LOOM_DEVICE=cuda -x LOOM_TIMEOUT=60)
+limit=(timeout 150)
+gpu_env=(-x LOOM_DEVICE=cuda -x LOOM_TIMEOUT=30)
 failures=0
 check() { # name, command...
   local name=$1; shift
