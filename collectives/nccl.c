@@ -160,7 +160,7 @@ static loom_status ensure(loom_group *g, nccl_state **out) {
   CUDA_TRY(g, cudaEventCreateWithFlags(&st->ready, cudaEventDisableTiming));
   CUDA_TRY(g, cudaEventCreateWithFlags(&st->joined, cudaEventDisableTiming));
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 0;
+  config.blocking = getenv("LOOMX_EXPERIMENT") && (atoi(getenv("LOOMX_EXPERIMENT")) & 1) ? 1 : 0;
   double deadline = loom_now() + g->ctx->config.timeout_seconds;
   ncclResult_t r = ncclCommInitRankConfig(&st->comm, g->size, id, g->rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) {
@@ -241,6 +241,16 @@ static loom_status exchange(loom_group *g, nccl_state *st, loom_dtype dtype, con
   return LOOM_OK;
 }
 
+/* NCCL_TRY for functions with a `status` variable and a `done:` label. */
+#define NCCL_TRY_GOTO(group, state, call)                                                  \
+  do {                                                                                     \
+    ncclResult_t r_ = (call);                                                              \
+    if (r_ != ncclSuccess) {                                                               \
+      status = settle((group), (state), #call, r_, deadline);                              \
+      if (status < 0) goto done;                                                           \
+    }                                                                                      \
+  } while (0)
+
 /* A premultiplied sum by 1/size (AVG in phases that only sum); floats only. */
 static loom_status premul_avg(loom_group *g, nccl_state *st, loom_dtype dtype, int divisor,
                               ncclRedOp_t *op) {
@@ -272,22 +282,21 @@ static loom_status hier_allreduce(loom_group *g, nccl_state *st, loom_buf buf, l
   size_t element = loom_dtype_size(buf.dtype);
   char *base = buf.ptr;
   loom_status status = LOOM_OK;
+  /* Each phase settles on its own communicator: a non-blocking communicator that answers
+   * ncclInProgress must be polled before it takes the next call. */
   if (g->uniform && buf.count % (size_t)local->size == 0) {
     size_t piece = buf.count / (size_t)local->size;
     char *mine = base + (size_t)local->rank * piece * element;
-    ncclResult_t r = ncclReduceScatter(base, mine, piece, type, first, lst->comm, st->stream);
-    if (r == ncclSuccess) r = ncclAllReduce(mine, mine, piece, type, rest, xst->comm, st->stream);
-    if (r == ncclSuccess) r = ncclAllGather(mine, base, piece, type, lst->comm, st->stream);
-    if (r != ncclSuccess) status = settle(g, st, "hierarchical allreduce (ncclReduceScatter/"
-                                          "AllReduce/AllGather)", r, deadline);
+    NCCL_TRY_GOTO(local, lst, ncclReduceScatter(base, mine, piece, type, first, lst->comm, st->stream));
+    NCCL_TRY_GOTO(cross, xst, ncclAllReduce(mine, mine, piece, type, rest, xst->comm, st->stream));
+    NCCL_TRY_GOTO(local, lst, ncclAllGather(mine, base, piece, type, lst->comm, st->stream));
   } else {
-    ncclResult_t r = ncclReduce(base, base, buf.count, type, first, 0, lst->comm, st->stream);
-    if (r == ncclSuccess && local->rank == 0)
-      r = ncclAllReduce(base, base, buf.count, type, rest, xst->comm, st->stream);
-    if (r == ncclSuccess) r = ncclBroadcast(base, base, buf.count, type, 0, lst->comm, st->stream);
-    if (r != ncclSuccess) status = settle(g, st, "hierarchical allreduce (ncclReduce/AllReduce/"
-                                          "Broadcast)", r, deadline);
+    NCCL_TRY_GOTO(local, lst, ncclReduce(base, base, buf.count, type, first, 0, lst->comm, st->stream));
+    if (local->rank == 0)
+      NCCL_TRY_GOTO(cross, xst, ncclAllReduce(base, base, buf.count, type, rest, xst->comm, st->stream));
+    NCCL_TRY_GOTO(local, lst, ncclBroadcast(base, base, buf.count, type, 0, lst->comm, st->stream));
   }
+done:
   if (premul) ncclRedOpDestroy(first, lst->comm);
   return status;
 }
@@ -449,6 +458,7 @@ static void release_pending(void *opaque) {
 
 /* Orders st->stream after the compute stream. */
 static loom_status join_in(loom_group *g, nccl_state *st) {
+  if (getenv("LOOMX_EXPERIMENT") && (atoi(getenv("LOOMX_EXPERIMENT")) & 2)) return LOOM_OK;
   cudaStream_t compute = g->ctx->stream;
   CUDA_TRY(g, cudaEventRecord(st->ready, compute));
   CUDA_TRY(g, cudaStreamWaitEvent(st->stream, st->ready, 0));
@@ -465,7 +475,8 @@ static loom_status join_out(loom_group *g, nccl_state *st, const char *what, dou
   if (st->spare_count > 0) p->done = st->spare_events[--st->spare_count];
   else e = cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming);
   if (e == cudaSuccess) e = cudaEventRecord(p->done, st->stream);
-  if (e == cudaSuccess) e = cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, p->done, 0);
+  if (e == cudaSuccess && !(getenv("LOOMX_EXPERIMENT") && (atoi(getenv("LOOMX_EXPERIMENT")) & 2)))
+    e = cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, p->done, 0);
   if (e != cudaSuccess) {
     loom_status s = cuda_failure(g, what, e);
     if (p->done) cudaEventDestroy(p->done);

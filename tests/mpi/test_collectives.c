@@ -74,6 +74,15 @@ static void pull(void) {
       CHECK_OK(state, loom_device_download(state->ctx, mirrors[i].host, mirrors[i].device, mirrors[i].bytes));
 }
 
+/* NCCL reduces bfloat16/float16 natively, rounding at each of the ring's size - 1 steps (and
+ * AVG premultiplies in the dtype), so device results of 16-bit floats may sit a few ulps from
+ * the once-rounded reference: the tolerance grows with the rank count there. */
+static double device_tolerance(const check_state *st, loom_dtype dt, int ranks, double tolerance) {
+  if (st->device_mode && (dt == LOOM_BFLOAT16 || dt == LOOM_FLOAT16) && ranks > 2)
+    return tolerance * ranks / 2.0;
+  return tolerance;
+}
+
 static void label(char *out, size_t bytes, const char *coll, const loom_group *g, loom_dtype dt,
                   const char *op, size_t n, int in_place) {
   snprintf(out, bytes, "%s %s %s %s n=%zu %s", coll, loom_group_name(g), loom_dtype_name(dt), op,
@@ -96,6 +105,7 @@ static void test_allreduce(check_state *st, loom_group *g, loom_dtype dt, loom_o
   for (size_t i = 0; i < n; i++) {
     double expected, tolerance;
     reference_reduction(dt, op, seed, size, i, &expected, &tolerance);
+    tolerance = device_tolerance(st, dt, size, tolerance);
     expect_near(st, what, i, loom_dtype_load(recv, dt, i), expected, tolerance);
   }
   if (!in_place) release(recv);
@@ -119,6 +129,7 @@ static void test_reduce(check_state *st, loom_group *g, loom_dtype dt, loom_op o
   for (size_t i = 0; me == root && i < n; i++) {
     double expected, tolerance;
     reference_reduction(dt, op, seed, size, i, &expected, &tolerance);
+    tolerance = device_tolerance(st, dt, size, tolerance);
     expect_near(st, what, i, loom_dtype_load(recv, dt, i), expected, tolerance);
   }
   /* The send buffer of a non-root must be left alone. */
@@ -185,6 +196,7 @@ static void test_reduce_scatter(check_state *st, loom_group *g, loom_dtype dt, l
   for (size_t i = 0; i < n; i++) {
     double expected, tolerance;
     reference_reduction(dt, op, seed, size, (size_t)me * n + i, &expected, &tolerance);
+    tolerance = device_tolerance(st, dt, size, tolerance);
     expect_near(st, what, i, loom_dtype_load(recv, dt, i), expected, tolerance);
   }
   if (!in_place) release(recv);
@@ -303,6 +315,7 @@ static void test_fused(check_state *st, loom_group *g, loom_dtype dt, loom_op op
     for (size_t i = 0; i < counts[t]; i++) {
       double expected, tolerance;
       reference_reduction(dt, op, seeds[t], size, i, &expected, &tolerance);
+    tolerance = device_tolerance(st, dt, size, tolerance);
       expect_near(st, what, i, loom_dtype_load(bufs[t].ptr, dt, i), expected, tolerance);
     }
     release(bufs[t].ptr);
@@ -344,6 +357,7 @@ static void test_async(check_state *st, loom_group *g) {
     for (size_t i = 0; i < N; i++) {
       double expected, tolerance;
       reference_reduction(LOOM_FLOAT32, LOOM_OP_SUM, seeds[k], size, i, &expected, &tolerance);
+    tolerance = device_tolerance(st, LOOM_FLOAT32, size, tolerance);
       expect_near(st, "allreduce_async", i, bufs[k][i], expected, tolerance);
     }
     release(bufs[k]);
