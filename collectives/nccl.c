@@ -1,6 +1,6 @@
 /* NCCL backend: every collective on device buffers. Each group gets, on first use, an NCCL
  * communicator (unique id from group rank 0, broadcast over the group's MPI communicator;
- * non-blocking configuration) and a communication stream. A call records an event on the
+ * blocking configuration, see ensure()) and a communication stream. A call records an event on the
  * context's compute stream, makes the communication stream wait for it, enqueues the NCCL
  * operation(s), records a completion event, and makes the compute stream wait for that, so
  * kernels before and after the call see the right data without host synchronisation.
