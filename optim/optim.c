@@ -6,11 +6,18 @@
 
 #include "optim/optim.h"
 
+#ifdef LOOM_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "optim/kernels.h"
+#endif
+
 typedef struct {
   char *name;
   loom_buf param, grad;
   float *state[2];         /* SGD: momentum; AdamW: exp_avg, exp_avg_sq */
   char *state_name[2];
+  int device;              /* parameter, gradient and state live on the GPU */
 } entry;
 
 struct loom_optim {
@@ -51,7 +58,11 @@ void loom_optim_destroy(loom_optim *o) {
   for (int i = 0; i < o->count; i++) {
     free(o->entries[i].name);
     for (int s = 0; s < 2; s++) {
-      free(o->entries[i].state[s]);
+#ifdef LOOM_HAVE_CUDA
+      if (o->entries[i].device) cudaFree(o->entries[i].state[s]);
+      else
+#endif
+        free(o->entries[i].state[s]);
       free(o->entries[i].state_name[s]);
     }
   }
@@ -72,9 +83,15 @@ loom_status loom_optim_add(loom_optim *o, const char *name, loom_buf param, loom
     return loom_error_set(LOOM_ERR_ARG, "loom_optim_add '%s': parameter is %s and gradient %s; "
                           "the CPU optimizer updates float32 with float32 gradients", name,
                           loom_dtype_name(param.dtype), loom_dtype_name(grad.dtype));
-  if (param.device.kind != LOOM_DEVICE_CPU || grad.device.kind != LOOM_DEVICE_CPU)
+  if (param.device.kind != grad.device.kind)
+    return loom_error_set(LOOM_ERR_ARG, "loom_optim_add '%s': parameter and gradient are in "
+                          "different memories (host/device)", name);
+  int device = param.device.kind == LOOM_DEVICE_CUDA;
+#ifndef LOOM_HAVE_CUDA
+  if (device)
     return loom_error_set(LOOM_ERR_UNSUPPORTED, "loom_optim_add '%s': CUDA tensors need the GPU "
-                          "optimizer kernels, absent from this build", name);
+                          "optimizer kernels, absent from this build (no CUDA)", name);
+#endif
   if (param.count != grad.count || (param.count && (!param.ptr || !grad.ptr)))
     return loom_error_set(LOOM_ERR_ARG, "loom_optim_add '%s': parameter has %zu elements, "
                           "gradient %zu (or a NULL pointer)", name, param.count, grad.count);
@@ -88,18 +105,36 @@ loom_status loom_optim_add(loom_optim *o, const char *name, loom_buf param, loom
     o->entries = grown;
     o->capacity = capacity;
   }
-  entry e = {.name = strdup(name), .param = param, .grad = grad};
+  entry e = {.name = strdup(name), .param = param, .grad = grad, .device = device};
   static const char *const sgd_names[] = {"momentum"}, *const adam_names[] = {"exp_avg", "exp_avg_sq"};
   int states = states_per_param(o);
   int ok = e.name != NULL;
   for (int s = 0; s < states && ok; s++) {
-    e.state[s] = calloc(param.count ? param.count : 1, sizeof(float));
+    size_t bytes = (param.count ? param.count : 1) * sizeof(float);
+#ifdef LOOM_HAVE_CUDA
+    if (device) {
+      e.state[s] = NULL;
+      if (cudaMalloc((void **)&e.state[s], bytes) != cudaSuccess ||
+          cudaMemset(e.state[s], 0, bytes) != cudaSuccess) {
+        cudaFree(e.state[s]);
+        e.state[s] = NULL;
+      }
+    } else
+#endif
+      e.state[s] = calloc(1, bytes);
     e.state_name[s] = joined(name, o->params.kind == LOOM_OPTIM_ADAMW ? adam_names[s] : sgd_names[s]);
     ok = e.state[s] && e.state_name[s];
   }
   if (!ok) {
     free(e.name);
-    for (int s = 0; s < 2; s++) free(e.state[s]), free(e.state_name[s]);
+    for (int s = 0; s < 2; s++) {
+#ifdef LOOM_HAVE_CUDA
+      if (device) cudaFree(e.state[s]);
+      else
+#endif
+        free(e.state[s]);
+      free(e.state_name[s]);
+    }
     return loom_error_set(LOOM_ERR_NOMEM, "optimizer state for '%s' (%zu elements)", name,
                           param.count);
   }
@@ -114,6 +149,20 @@ loom_status loom_optim_step(loom_optim *o, double lr) {
   o->step++;
   for (int i = 0; i < o->count; i++) {
     entry *e = &o->entries[i];
+#ifdef LOOM_HAVE_CUDA
+    if (e->device) {
+      if (p->kind == LOOM_OPTIM_SGD)
+        LOOM_CHECK(loom_sgd_update_device(p->stream, e->param.count, e->param.ptr, e->grad.ptr,
+                                          e->state[0], (float)lr, (float)p->momentum,
+                                          (float)p->weight_decay, p->nesterov, o->step == 1));
+      else
+        LOOM_CHECK(loom_adamw_update_device(p->stream, e->param.count, e->param.ptr, e->grad.ptr,
+                                            e->state[0], e->state[1], o->step, (float)lr,
+                                            (float)p->beta1, (float)p->beta2, (float)p->eps,
+                                            (float)p->weight_decay));
+      continue;
+    }
+#endif
     if (p->kind == LOOM_OPTIM_SGD)
       loom_sgd_update(e->param.count, e->param.ptr, e->grad.ptr, e->state[0], (float)lr,
                       (float)p->momentum, (float)p->weight_decay, p->nesterov, o->step == 1);
@@ -142,6 +191,6 @@ loom_status loom_optim_state_at(const loom_optim *o, int index, const char **nam
   const entry *e = &o->entries[(index - 1) / per];
   int s = (index - 1) % per;
   *name = e->state_name[s];
-  *buf = loom_buf_host(e->state[s], e->param.count, LOOM_FLOAT32);
+  *buf = (loom_buf){e->state[s], e->param.count, LOOM_FLOAT32, e->param.device};
   return LOOM_OK;
 }

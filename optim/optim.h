@@ -37,19 +37,22 @@ typedef struct {
   double beta1, beta2; /* AdamW */
   double eps;          /* AdamW */
   double weight_decay; /* SGD: L2 added to the gradient; AdamW: decoupled */
+  void *stream;        /* GPU parameters: cudaStream_t the update kernels run on (the
+                        * context's compute stream, loom_ctx_stream); NULL for CPU ones */
 } loom_optim_params;
 
 #define LOOM_OPTIM_PARAMS_INIT                                                             \
   {.kind = LOOM_OPTIM_ADAMW, .momentum = 0.0, .nesterov = 0, .beta1 = 0.9, .beta2 = 0.999, \
-   .eps = 1e-8, .weight_decay = 0.0}
+   .eps = 1e-8, .weight_decay = 0.0, .stream = NULL}
 
 typedef struct loom_optim loom_optim;
 
 /* Checks the parameters (ranges named in the message) and creates an empty optimizer. */
 loom_status loom_optim_create(const loom_optim_params *params, loom_optim **out);
 void loom_optim_destroy(loom_optim *optim);
-/* Adds a float32 parameter and its float32 gradient (same count); the optimizer allocates
- * its state for it, zeroed. Names must be unique. Buffers stay the caller's. */
+/* Adds a float32 parameter and its float32 gradient (same count, same memory: host, or the
+ * GPU in a CUDA build); the optimizer allocates its state beside them, zeroed. Names must be
+ * unique. Buffers stay the caller's. */
 loom_status loom_optim_add(loom_optim *optim, const char *name, loom_buf param, loom_buf grad);
 /* One update of every parameter with learning rate `lr`; increments the step count. */
 loom_status loom_optim_step(loom_optim *optim, double lr);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/device.h"
 #include "runtime/log.h"
 
 typedef struct {
@@ -39,6 +40,7 @@ struct loom_ddp {
   int bucket_count;
   int next_to_post; /* first bucket not posted yet in this step */
   int in_step, sync;
+  int on_device; /* gradients (and bucket buffers) live on the GPU; copies on its stream */
   double backward_end, finish_end, wait_seconds;
 };
 
@@ -75,7 +77,8 @@ void loom_ddp_destroy(loom_ddp *ddp) {
   if (!ddp) return;
   drain(ddp);
   for (int b = 0; b < ddp->bucket_count; b++) {
-    free(ddp->buckets[b].flat);
+    if (ddp->on_device) loom_device_free(loom_group_ctx(ddp->group), ddp->buckets[b].flat);
+    else free(ddp->buckets[b].flat);
     free(ddp->buckets[b].members);
   }
   for (int p = 0; p < ddp->param_count; p++) free(ddp->params_list[p].name);
@@ -94,9 +97,17 @@ loom_status loom_ddp_register(loom_ddp *ddp, const char *name, loom_buf grad, in
   if (grad.dtype < 0 || grad.dtype >= LOOM_DTYPE_COUNT || (grad.count && !grad.ptr))
     return loom_error_set(LOOM_ERR_ARG, "loom_ddp_register '%s': invalid dtype or NULL pointer",
                           name);
-  if (grad.device.kind != LOOM_DEVICE_CPU)
-    return loom_error_set(LOOM_ERR_UNSUPPORTED, "loom_ddp_register '%s': CUDA gradients need the "
-                          "NCCL backend, absent from this build", name);
+  loom_ctx *ctx = loom_group_ctx(ddp->group);
+  if (grad.device.kind == LOOM_DEVICE_CUDA &&
+      (!loom_build_has_nccl() || loom_ctx_device(ctx).kind != LOOM_DEVICE_CUDA))
+    return loom_error_set(LOOM_ERR_UNSUPPORTED, "loom_ddp_register '%s': a CUDA gradient needs a "
+                          "GPU rank (--device cuda) and a build with NCCL", name);
+  int device = grad.device.kind == LOOM_DEVICE_CUDA;
+  if (ddp->param_count > 0 && device != ddp->on_device)
+    return loom_error_set(LOOM_ERR_ARG, "loom_ddp_register '%s': gradient in %s memory but earlier "
+                          "ones in %s; one DDP reduces gradients of one kind of memory", name,
+                          device ? "device" : "host", ddp->on_device ? "device" : "host");
+  ddp->on_device = device;
   for (int p = 0; p < ddp->param_count; p++)
     if (strcmp(ddp->params_list[p].name, name) == 0)
       return loom_error_set(LOOM_ERR_ARG, "loom_ddp_register: '%s' registered twice", name);
@@ -141,9 +152,14 @@ static loom_status build_buckets(loom_ddp *ddp) {
   }
   for (int b = 0; b < ddp->bucket_count; b++) {
     ddp_bucket *bucket = &ddp->buckets[b];
-    bucket->flat = malloc(bucket->count * loom_dtype_size(bucket->dtype) + 1);
-    if (!bucket->flat)
-      return loom_error_set(LOOM_ERR_NOMEM, "DDP bucket %d of %zu elements", b, bucket->count);
+    size_t bytes = bucket->count * loom_dtype_size(bucket->dtype) + 1;
+    if (ddp->on_device) {
+      LOOM_CHECK(loom_device_alloc(loom_group_ctx(ddp->group), bytes, &bucket->flat));
+    } else {
+      bucket->flat = malloc(bytes);
+      if (!bucket->flat)
+        return loom_error_set(LOOM_ERR_NOMEM, "DDP bucket %d of %zu elements", b, bucket->count);
+    }
   }
   loom_log(loom_group_ctx(ddp->group), LOOM_LOG_INFO, "DDP on %s: %d parameters in %d buckets of "
            "<= %zu bytes", loom_group_name(ddp->group), ddp->param_count, ddp->bucket_count,
@@ -169,14 +185,25 @@ loom_status loom_ddp_begin(loom_ddp *ddp, int sync) {
   return LOOM_OK;
 }
 
+/* Copies a gradient into or out of its bucket: memcpy on the host, or a copy on the
+ * compute stream on the GPU (ordered before the bucket's reduction, which waits for it). */
+static loom_status copy(loom_ddp *ddp, void *dst, const void *src, size_t bytes) {
+  if (ddp->on_device) return loom_device_copy_async(loom_group_ctx(ddp->group), dst, src, bytes);
+  memcpy(dst, src, bytes);
+  return LOOM_OK;
+}
+
 static loom_status post_bucket(loom_ddp *ddp, ddp_bucket *bucket) {
   size_t element = loom_dtype_size(bucket->dtype);
   for (int m = 0; m < bucket->member_count; m++) {
     ddp_param *param = &ddp->params_list[bucket->members[m]];
-    memcpy((char *)bucket->flat + param->offset * element, param->grad.ptr,
-           loom_buf_bytes(param->grad));
+    LOOM_CHECK(copy(ddp, (char *)bucket->flat + param->offset * element, param->grad.ptr,
+                    loom_buf_bytes(param->grad)));
   }
-  loom_buf flat = loom_buf_host(bucket->flat, bucket->count, bucket->dtype);
+  loom_buf flat = ddp->on_device
+                      ? loom_buf_device(loom_group_ctx(ddp->group), bucket->flat, bucket->count,
+                                        bucket->dtype)
+                      : loom_buf_host(bucket->flat, bucket->count, bucket->dtype);
   bucket->posted = 1;
   return loom_allreduce_async(ddp->group, flat, flat, ddp->params.op, &bucket->req);
 }
@@ -232,8 +259,8 @@ loom_status loom_ddp_finish(loom_ddp *ddp) {
     size_t element = loom_dtype_size(bucket->dtype);
     for (int m = 0; m < bucket->member_count; m++) {
       ddp_param *param = &ddp->params_list[bucket->members[m]];
-      memcpy(param->grad.ptr, (char *)bucket->flat + param->offset * element,
-             loom_buf_bytes(param->grad));
+      LOOM_CHECK(copy(ddp, param->grad.ptr, (char *)bucket->flat + param->offset * element,
+                      loom_buf_bytes(param->grad)));
     }
   }
   ddp->finish_end = loom_now();

@@ -4,7 +4,10 @@
  * registration order, the order backward produces them) and each full bucket is reduced
  * asynchronously over the group while backward goes on. loom_ddp_finish waits and leaves the
  * averaged gradients in place. Buckets are posted strictly in bucket order on every rank, so
- * ranks that finish gradients in different orders still match their collectives. */
+ * ranks that finish gradients in different orders still match their collectives.
+ * Gradients may live on the GPU (all of them): buckets are then packed and unpacked on the
+ * context's compute stream and reduced through NCCL, each bucket's reduction ordered after
+ * its packing by events, so backward kernels and reductions overlap on the GPU. */
 #ifndef LOOM_PARALLEL_DDP_H
 #define LOOM_PARALLEL_DDP_H
 

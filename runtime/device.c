@@ -145,3 +145,12 @@ loom_status loom_device_synchronize(loom_ctx *ctx) {
 #endif
   return LOOM_OK;
 }
+
+loom_status loom_device_copy_async(loom_ctx *ctx, void *dst, const void *src, size_t bytes) {
+  LOOM_CHECK(require_gpu(ctx, "loom_device_copy_async"));
+#ifdef LOOM_HAVE_CUDA
+  if (!bytes) return LOOM_OK;
+  CUDA_TRY(ctx, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, (cudaStream_t)ctx->stream));
+#endif
+  return LOOM_OK;
+}

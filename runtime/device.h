@@ -37,6 +37,8 @@ void loom_device_free(loom_ctx *ctx, void *ptr);
 /* Synchronous copies between host and the context's GPU (on the compute stream). */
 loom_status loom_device_upload(loom_ctx *ctx, void *device, const void *host, size_t bytes);
 loom_status loom_device_download(loom_ctx *ctx, void *host, const void *device, size_t bytes);
+/* Device-to-device copy enqueued on the compute stream (returns when enqueued). */
+loom_status loom_device_copy_async(loom_ctx *ctx, void *dst, const void *src, size_t bytes);
 /* Waits for all work on the compute stream. */
 loom_status loom_device_synchronize(loom_ctx *ctx);
 /* A buffer view of device memory on the context's GPU. */

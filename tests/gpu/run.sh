@@ -20,6 +20,7 @@ summary="$out/summary.txt"
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
 
+export PATH=/usr/local/cuda/bin:$PATH # nvcc for the kernels
 if ! meson setup build-gpu -Dcuda=enabled -Dnccl=enabled -Dexamples=auto >"$out/setup.log" 2>&1; then
   tail -40 "$out/setup.log"; exit 1
 fi
@@ -44,10 +45,12 @@ if [ "$what" != bench ]; then
     [ "$np" -le "$gpus" ] || continue
     check "collectives-gpu-np$np" "${limit[@]}" "${mpi[@]}" -np $np "${gpu_env[@]}" build-gpu/tests/mpi/test_collectives
     check "sparse-gpu-np$np" "${limit[@]}" "${mpi[@]}" -np $np "${gpu_env[@]}" build-gpu/tests/mpi/test_sparse
+    check "ddp-gpu-np$np" "${limit[@]}" "${mpi[@]}" -np $np "${gpu_env[@]}" build-gpu/tests/mpi/test_ddp
   done
   if [ "$gpus" -ge 4 ]; then
     check "collectives-gpu-np4-hier" "${limit[@]}" "${mpi[@]}" -np 4 "${gpu_env[@]}" -x LOOM_RANKS_PER_NODE=2 build-gpu/tests/mpi/test_collectives
   fi
+  check "kernels-gpu" "${limit[@]}" build-gpu/tests/gpu/test_kernels
   [ "$gpus" -ge 2 ] && check "timeout-gpu-np2" "${limit[@]}" "${mpi[@]}" -np 2 build-gpu/tests/mpi/test_timeout
 fi
 

@@ -1,0 +1,154 @@
+// GPU optimizer and norm kernels (see kernels.h). Grid-stride loops, 256 threads a block.
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "optim/kernels.h"
+
+namespace {
+
+constexpr int kThreads = 256;
+
+int blocks_for(size_t n) {
+  size_t blocks = (n + kThreads - 1) / kThreads;
+  return (int)(blocks > 4096 ? 4096 : blocks < 1 ? 1 : blocks);
+}
+
+loom_status launch_status(const char *what) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return loom_error_set(LOOM_ERR_CUDA, "%s kernel launch: %s", what, cudaGetErrorString(e));
+  return LOOM_OK;
+}
+
+__global__ void sgd_kernel(size_t n, float *param, const float *grad, float *momentum_buf, float lr,
+                           float momentum, float weight_decay, int nesterov, int first_step) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    float g = grad[i];
+    if (weight_decay != 0.0f) g += weight_decay * param[i];
+    if (momentum != 0.0f) {
+      float m = first_step ? g : momentum * momentum_buf[i] + g;
+      momentum_buf[i] = m;
+      g = nesterov ? g + momentum * m : m;
+    }
+    param[i] -= lr * g;
+  }
+}
+
+__global__ void adamw_kernel(size_t n, float *param, const float *grad, float *exp_avg,
+                             float *exp_avg_sq, float lr, float beta1, float beta2, float eps,
+                             float decay, float step_size, float correction2_sqrt) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    float g = grad[i];
+    float m = beta1 * exp_avg[i] + (1.0f - beta1) * g;
+    float v = beta2 * exp_avg_sq[i] + (1.0f - beta2) * g * g;
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    float denom = sqrtf(v) / correction2_sqrt + eps;
+    param[i] = param[i] * decay - step_size * (m / denom);
+  }
+}
+
+template <typename T>
+__global__ void sum_squares_kernel(const T *x, size_t n, double *block_sums) {
+  __shared__ double partial[kThreads];
+  double sum = 0;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    double v = (double)x[i];
+    sum += v * v;
+  }
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+    if ((int)threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) block_sums[blockIdx.x] = partial[0];
+}
+
+template <typename T>
+__global__ void scale_kernel(T *x, size_t n, double scale) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x)
+    x[i] = (T)((double)x[i] * scale);
+}
+
+}  // namespace
+
+extern "C" loom_status loom_sgd_update_device(void *stream, size_t n, float *param,
+                                              const float *grad, float *momentum_buf, float lr,
+                                              float momentum, float weight_decay, int nesterov,
+                                              int first_step) {
+  if (n == 0) return LOOM_OK;
+  sgd_kernel<<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>(
+      n, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step);
+  return launch_status("SGD");
+}
+
+extern "C" loom_status loom_adamw_update_device(void *stream, size_t n, float *param,
+                                                const float *grad, float *exp_avg,
+                                                float *exp_avg_sq, int64_t step, float lr,
+                                                float beta1, float beta2, float eps,
+                                                float weight_decay) {
+  if (n == 0) return LOOM_OK;
+  // The same scalar preparation as the CPU kernel (bias corrections in double).
+  double correction1 = 1.0 - pow((double)beta1, (double)step);
+  double correction2 = 1.0 - pow((double)beta2, (double)step);
+  float step_size = (float)((double)lr / correction1);
+  float correction2_sqrt = (float)sqrt(correction2);
+  float decay = 1.0f - lr * weight_decay;
+  adamw_kernel<<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>(
+      n, param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, decay, step_size,
+      correction2_sqrt);
+  return launch_status("AdamW");
+}
+
+extern "C" loom_status loom_sum_squares_device(void *stream, const void *x, size_t n,
+                                               loom_dtype dtype, double *result) {
+  *result = 0;
+  if (n == 0) return LOOM_OK;
+  if (dtype != LOOM_FLOAT32 && dtype != LOOM_FLOAT64)
+    return loom_error_set(LOOM_ERR_ARG, "sum of squares on the GPU: dtype %s; float32 or float64",
+                          loom_dtype_name(dtype));
+  int blocks = blocks_for(n);
+  double *block_sums = nullptr;
+  cudaError_t e = cudaMallocAsync(&block_sums, sizeof(double) * blocks, (cudaStream_t)stream);
+  if (e != cudaSuccess)
+    return loom_error_set(LOOM_ERR_CUDA, "sum of squares scratch: %s", cudaGetErrorString(e));
+  if (dtype == LOOM_FLOAT32)
+    sum_squares_kernel<float><<<blocks, kThreads, 0, (cudaStream_t)stream>>>(
+        (const float *)x, n, block_sums);
+  else
+    sum_squares_kernel<double><<<blocks, kThreads, 0, (cudaStream_t)stream>>>(
+        (const double *)x, n, block_sums);
+  loom_status status = launch_status("sum of squares");
+  double *host = (double *)malloc(sizeof(double) * blocks);
+  if (status == LOOM_OK && !host) status = loom_error_set(LOOM_ERR_NOMEM, "sum of squares results");
+  if (status == LOOM_OK) {
+    e = cudaMemcpyAsync(host, block_sums, sizeof(double) * blocks, cudaMemcpyDeviceToHost,
+                        (cudaStream_t)stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize((cudaStream_t)stream);
+    if (e != cudaSuccess)
+      status = loom_error_set(LOOM_ERR_CUDA, "sum of squares result: %s", cudaGetErrorString(e));
+  }
+  for (int b = 0; status == LOOM_OK && b < blocks; b++) *result += host[b];
+  free(host);
+  cudaFreeAsync(block_sums, (cudaStream_t)stream);
+  return status;
+}
+
+extern "C" loom_status loom_scale_device(void *stream, void *x, size_t n, loom_dtype dtype,
+                                         double scale) {
+  if (n == 0) return LOOM_OK;
+  if (dtype == LOOM_FLOAT32)
+    scale_kernel<float><<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>((float *)x, n, scale);
+  else if (dtype == LOOM_FLOAT64)
+    scale_kernel<double><<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>((double *)x, n, scale);
+  else
+    return loom_error_set(LOOM_ERR_ARG, "scale on the GPU: dtype %s; float32 or float64",
+                          loom_dtype_name(dtype));
+  return launch_status("scale");
+}

@@ -1,0 +1,35 @@
+/* GPU kernels of the optimizers and of gradient norms, behind a C interface (defined in
+ * kernels.cu, compiled only with CUDA). Every launcher enqueues on `stream` (a cudaStream_t,
+ * NULL = the legacy default stream) and returns when the work is enqueued, except
+ * loom_sum_squares_device, which waits for its result. Element-wise arithmetic matches the
+ * CPU kernels of update.c (same formula, float32), so results agree within float32 rounding
+ * (the GPU contracts multiply-adds into FMAs). */
+#ifndef LOOM_OPTIM_KERNELS_H
+#define LOOM_OPTIM_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "runtime/dtype.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+loom_status loom_sgd_update_device(void *stream, size_t n, float *param, const float *grad,
+                                   float *momentum_buf, float lr, float momentum,
+                                   float weight_decay, int nesterov, int first_step);
+loom_status loom_adamw_update_device(void *stream, size_t n, float *param, const float *grad,
+                                     float *exp_avg, float *exp_avg_sq, int64_t step, float lr,
+                                     float beta1, float beta2, float eps, float weight_decay);
+/* Sum of squares of n float32 or float64 elements in double precision (one block-wise
+ * reduction, then the host sums the block results). */
+loom_status loom_sum_squares_device(void *stream, const void *x, size_t n, loom_dtype dtype,
+                                    double *result);
+/* x *= scale for n float32 or float64 elements. */
+loom_status loom_scale_device(void *stream, void *x, size_t n, loom_dtype dtype, double scale);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
