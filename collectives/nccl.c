@@ -471,21 +471,22 @@ static loom_status join_in(loom_group *g, nccl_state *st) {
 }
 
 /* Orders the compute stream after st->stream; completes through a request or a wait. */
-static loom_status join_out(loom_group *g, nccl_state *st, const char *what, double deadline,
-                            loom_req **req) {
-  pending *p = calloc(1, sizeof *p);
-  if (!p) return loom_error_set(LOOM_ERR_NOMEM, "pending NCCL operation");
-  *p = (pending){.group = g, .st = st, .deadline = deadline, .what = what, .issued = 1};
-  cudaError_t e = cudaSuccess;
-  if (st->spare_count > 0) p->done = st->spare_events[--st->spare_count];
-  else e = cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming);
-  if (e == cudaSuccess) e = cudaEventRecord(p->done, st->stream);
-  if (e == cudaSuccess) e = cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, p->done, 0);
-  if (e != cudaSuccess) {
-    loom_status s = cuda_failure(g, what, e);
-    if (p->done) cudaEventDestroy(p->done);
-    free(p);
-    return s;
+/* A request polling `*proto` (copied; its completion event taken from the spare pool or
+ * created). The pending state and event belong to the request from here on. */
+static loom_status new_request(const pending *proto, pending **out_pending, loom_req **out) {
+  loom_group *g = proto->group;
+  nccl_state *st = proto->st;
+  pending *p = malloc(sizeof *p);
+  if (!p) return loom_error_set(LOOM_ERR_NOMEM, "pending NCCL operation (%s)", proto->what);
+  *p = *proto;
+  if (st->spare_count > 0) {
+    p->done = st->spare_events[--st->spare_count];
+  } else {
+    cudaError_t e = cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+      free(p);
+      return cuda_failure(g, proto->what, e);
+    }
   }
   loom_req *r = NULL;
   loom_status s = loom_req_alloc(LOOM_REQ_POLL, &r);
@@ -496,12 +497,40 @@ static loom_status join_out(loom_group *g, nccl_state *st, const char *what, dou
   r->poll = poll_pending;
   r->poll_release = release_pending;
   r->poll_state = p;
-  r->what = what;
+  r->what = proto->what;
+  *out_pending = p;
+  *out = r;
+  return LOOM_OK;
+}
+
+/* Hands the request to the caller, or waits for it (blocking forms). */
+static loom_status deliver(loom_req *r, loom_req **req) {
   if (req) {
     *req = r;
     return LOOM_OK;
   }
   return loom_wait(&r);
+}
+
+/* Orders the compute stream after st->stream; completes through a request or a wait. */
+static loom_status join_out(loom_group *g, nccl_state *st, const char *what, double deadline,
+                            loom_req **req) {
+  pending proto = {.group = g, .st = st, .deadline = deadline, .what = what, .issued = 1};
+  pending *p = NULL;
+  loom_req *r = NULL;
+  LOOM_CHECK(new_request(&proto, &p, &r));
+  cudaError_t e = cudaEventRecord(p->done, st->stream);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, p->done, 0);
+  if (e != cudaSuccess) {
+    loom_status s = cuda_failure(g, what, e);
+    char message[1024];
+    snprintf(message, sizeof message, "%s", loom_error_string());
+    st->broken = 1; /* the stream order is lost: nothing later on this group can be trusted */
+    loom_wait(&r);  /* frees the request (it reports the broken group at once) */
+    loom_error_restore(message);
+    return s;
+  }
+  return deliver(r, req);
 }
 
 loom_status loom_nccl_post(loom_coll_job *job, loom_req **req) {
@@ -544,35 +573,15 @@ static loom_status flush_p2p(loom_group *g, nccl_state *st) {
 loom_status loom_nccl_p2p(loom_group *g, loom_buf buf, int peer, int is_send, loom_req **req) {
   nccl_state *st = NULL;
   LOOM_CHECK(ensure(g, &st));
-  const char *what = is_send ? "loom_send" : "loom_recv";
   if (st->p2p_count == (int)(sizeof st->p2p / sizeof st->p2p[0])) LOOM_CHECK(flush_p2p(g, st));
-  pending *p = calloc(1, sizeof *p);
-  if (!p) return loom_error_set(LOOM_ERR_NOMEM, "pending point-to-point operation");
-  *p = (pending){.group = g, .st = st, .deadline = loom_now() + g->ctx->config.timeout_seconds,
-                 .what = what, .issued = 0, .buf = buf, .peer = peer, .is_send = is_send};
-  cudaError_t e = cudaSuccess;
-  if (st->spare_count > 0) p->done = st->spare_events[--st->spare_count];
-  else e = cudaEventCreateWithFlags(&p->done, cudaEventDisableTiming);
-  if (e != cudaSuccess) {
-    free(p);
-    return cuda_failure(g, what, e);
-  }
+  pending proto = {.group = g, .st = st, .deadline = loom_now() + g->ctx->config.timeout_seconds,
+                   .what = is_send ? "loom_send" : "loom_recv", .issued = 0, .buf = buf,
+                   .peer = peer, .is_send = is_send};
+  pending *p = NULL;
   loom_req *r = NULL;
-  loom_status s = loom_req_alloc(LOOM_REQ_POLL, &r);
-  if (s < 0) {
-    release_pending(p);
-    return s;
-  }
-  r->poll = poll_pending;
-  r->poll_release = release_pending;
-  r->poll_state = p;
-  r->what = what;
-  st->p2p[st->p2p_count++] = p;
-  if (req) {
-    *req = r;
-    return LOOM_OK;
-  }
-  return loom_wait(&r);
+  LOOM_CHECK(new_request(&proto, &p, &r));
+  st->p2p[st->p2p_count++] = p; /* issued with the group's next flush */
+  return deliver(r, req);
 }
 
 #else /* no NCCL in this build */

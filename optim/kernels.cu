@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "optim/kernels.h"
+#include "optim/update_rules.h"
 
 namespace {
 
@@ -24,31 +25,17 @@ loom_status launch_status(const char *what) {
 __global__ void sgd_kernel(size_t n, float *param, const float *grad, float *momentum_buf, float lr,
                            float momentum, float weight_decay, int nesterov, int first_step) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-       i += (size_t)gridDim.x * blockDim.x) {
-    float g = grad[i];
-    if (weight_decay != 0.0f) g += weight_decay * param[i];
-    if (momentum != 0.0f) {
-      float m = first_step ? g : momentum * momentum_buf[i] + g;
-      momentum_buf[i] = m;
-      g = nesterov ? g + momentum * m : m;
-    }
-    param[i] -= lr * g;
-  }
+       i += (size_t)gridDim.x * blockDim.x)
+    loom_sgd_element(&param[i], grad[i], momentum_buf ? &momentum_buf[i] : nullptr, lr, momentum,
+                     weight_decay, nesterov, first_step);
 }
 
 __global__ void adamw_kernel(size_t n, float *param, const float *grad, float *exp_avg,
-                             float *exp_avg_sq, float lr, float beta1, float beta2, float eps,
-                             float decay, float step_size, float correction2_sqrt) {
+                             float *exp_avg_sq, float beta1, float beta2, float eps,
+                             loom_adamw_step_scalars scalars) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-       i += (size_t)gridDim.x * blockDim.x) {
-    float g = grad[i];
-    float m = beta1 * exp_avg[i] + (1.0f - beta1) * g;
-    float v = beta2 * exp_avg_sq[i] + (1.0f - beta2) * g * g;
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
-    float denom = sqrtf(v) / correction2_sqrt + eps;
-    param[i] = param[i] * decay - step_size * (m / denom);
-  }
+       i += (size_t)gridDim.x * blockDim.x)
+    loom_adamw_element(&param[i], grad[i], &exp_avg[i], &exp_avg_sq[i], beta1, beta2, eps, scalars);
 }
 
 template <typename T>
@@ -94,15 +81,9 @@ extern "C" loom_status loom_adamw_update_device(void *stream, size_t n, float *p
                                                 float beta1, float beta2, float eps,
                                                 float weight_decay) {
   if (n == 0) return LOOM_OK;
-  // The same scalar preparation as the CPU kernel (bias corrections in double).
-  double correction1 = 1.0 - pow((double)beta1, (double)step);
-  double correction2 = 1.0 - pow((double)beta2, (double)step);
-  float step_size = (float)((double)lr / correction1);
-  float correction2_sqrt = (float)sqrt(correction2);
-  float decay = 1.0f - lr * weight_decay;
+  loom_adamw_step_scalars scalars = loom_adamw_scalars(step, lr, beta1, beta2, weight_decay);
   adamw_kernel<<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>(
-      n, param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, decay, step_size,
-      correction2_sqrt);
+      n, param, grad, exp_avg, exp_avg_sq, beta1, beta2, eps, scalars);
   return launch_status("AdamW");
 }
 

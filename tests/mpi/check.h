@@ -104,6 +104,31 @@ static inline void expect_near(check_state *st, const char *what, size_t index, 
             st->rank, what, index, got, expected, tolerance);
 }
 
+/* The start every multi-rank test shares: parse flags and LOOM_* variables, start loom, fill
+ * `st`. Returns -1 to go on, or the exit code: 2 for bad flags, 77 (skip) when --device cuda
+ * finds no GPU, 1 when loom_init fails. `seed_factor` spreads the tests' input seeds. */
+static inline int check_start(check_state *st, loom_config *config, int *argc, char ***argv,
+                              uint64_t seed_factor) {
+  if (loom_config_parse(config, NULL, 0, *argc, *argv) != LOOM_OK) {
+    fprintf(stderr, "%s\n", loom_error_string());
+    return 2;
+  }
+  loom_status s = loom_init(config, argc, argv, &st->ctx);
+  if (s == LOOM_ERR_UNSUPPORTED && config->device == 2) {
+    fprintf(stderr, "skipped: %s\n", loom_error_string());
+    return 77; /* no GPU here */
+  }
+  if (s != LOOM_OK) {
+    fprintf(stderr, "loom_init: %s\n", loom_error_string());
+    return 1;
+  }
+  st->device_mode = loom_ctx_device(st->ctx).kind == LOOM_DEVICE_CUDA;
+  st->rank = loom_ctx_rank(st->ctx);
+  st->size = loom_ctx_size(st->ctx);
+  st->seed = config->seed * seed_factor;
+  return -1;
+}
+
 /* Sums failures over the world; rank 0 prints the summary. Returns the process exit code. */
 static inline int check_finish(check_state *st, const char *program) {
   long local[2] = {st->checks, st->failures}, total[2] = {0, 0};

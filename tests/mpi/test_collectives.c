@@ -454,25 +454,10 @@ static void run_all(check_state *st, loom_group *g) {
 
 int main(int argc, char **argv) {
   loom_config config = LOOM_CONFIG_INIT;
-  if (loom_config_parse(&config, NULL, 0, argc, argv) != LOOM_OK) {
-    fprintf(stderr, "%s\n", loom_error_string());
-    return 2;
-  }
   check_state st = {0};
   state = &st;
-  loom_status s = loom_init(&config, &argc, &argv, &st.ctx);
-  if (s == LOOM_ERR_UNSUPPORTED && config.device == 2) {
-    fprintf(stderr, "skipped: %s\n", loom_error_string());
-    return 77; /* no GPU here */
-  }
-  if (s != LOOM_OK) {
-    fprintf(stderr, "loom_init: %s\n", loom_error_string());
-    return 1;
-  }
-  st.device_mode = loom_ctx_device(st.ctx).kind == LOOM_DEVICE_CUDA;
-  st.rank = loom_ctx_rank(st.ctx);
-  st.size = loom_ctx_size(st.ctx);
-  st.seed = config.seed * 1000003u;
+  int early = check_start(&st, &config, &argc, &argv, 1000003u);
+  if (early >= 0) return early;
 
   run_all(&st, loom_ctx_world(st.ctx));
 

@@ -226,24 +226,9 @@ static void test_sharded_norm(check_state *st, loom_group *g) {
 
 int main(int argc, char **argv) {
   loom_config config = LOOM_CONFIG_INIT;
-  if (loom_config_parse(&config, NULL, 0, argc, argv) != LOOM_OK) {
-    fprintf(stderr, "%s\n", loom_error_string());
-    return 2;
-  }
   check_state st = {0};
-  loom_status s = loom_init(&config, &argc, &argv, &st.ctx);
-  if (s == LOOM_ERR_UNSUPPORTED && config.device == 2) {
-    fprintf(stderr, "skipped: %s\n", loom_error_string());
-    return 77; /* no GPU here */
-  }
-  if (s != LOOM_OK) {
-    fprintf(stderr, "loom_init: %s\n", loom_error_string());
-    return 1;
-  }
-  st.device_mode = loom_ctx_device(st.ctx).kind == LOOM_DEVICE_CUDA;
-  st.rank = loom_ctx_rank(st.ctx);
-  st.size = loom_ctx_size(st.ctx);
-  st.seed = config.seed * 104729u;
+  int early = check_start(&st, &config, &argc, &argv, 104729u);
+  if (early >= 0) return early;
   loom_group *world = loom_ctx_world(st.ctx);
   test_average(&st, world, 2048, 1);
   test_average(&st, world, 4096, 0);

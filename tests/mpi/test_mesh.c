@@ -73,17 +73,9 @@ static void check_shape(check_state *st, loom_mesh_shape shape) {
 
 int main(int argc, char **argv) {
   loom_config config = LOOM_CONFIG_INIT;
-  if (loom_config_parse(&config, NULL, 0, argc, argv) != LOOM_OK) {
-    fprintf(stderr, "%s\n", loom_error_string());
-    return 2;
-  }
   check_state st = {0};
-  if (loom_init(&config, &argc, &argv, &st.ctx) != LOOM_OK) {
-    fprintf(stderr, "loom_init: %s\n", loom_error_string());
-    return 1;
-  }
-  st.rank = loom_ctx_rank(st.ctx);
-  st.size = loom_ctx_size(st.ctx);
+  int early = check_start(&st, &config, &argc, &argv, 1u);
+  if (early >= 0) return early;
 
   /* Node layout: simulated nodes follow rank / n; real detection puts this host's ranks on
    * one node. */

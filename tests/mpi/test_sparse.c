@@ -91,24 +91,9 @@ static void run_case(check_state *st, loom_group *g, loom_dtype dt, int permille
 
 int main(int argc, char **argv) {
   loom_config config = LOOM_CONFIG_INIT;
-  if (loom_config_parse(&config, NULL, 0, argc, argv) != LOOM_OK) {
-    fprintf(stderr, "%s\n", loom_error_string());
-    return 2;
-  }
   check_state st = {0};
-  loom_status s = loom_init(&config, &argc, &argv, &st.ctx);
-  if (s == LOOM_ERR_UNSUPPORTED && config.device == 2) {
-    fprintf(stderr, "skipped: %s\n", loom_error_string());
-    return 77; /* no GPU here */
-  }
-  if (s != LOOM_OK) {
-    fprintf(stderr, "loom_init: %s\n", loom_error_string());
-    return 1;
-  }
-  st.device_mode = loom_ctx_device(st.ctx).kind == LOOM_DEVICE_CUDA;
-  st.rank = loom_ctx_rank(st.ctx);
-  st.size = loom_ctx_size(st.ctx);
-  st.seed = config.seed * 7919u;
+  int early = check_start(&st, &config, &argc, &argv, 7919u);
+  if (early >= 0) return early;
   loom_group *world = loom_ctx_world(st.ctx);
   static const int densities[] = {0, 100, 1000};
   static const loom_dtype dtypes[] = {LOOM_FLOAT32, LOOM_FLOAT64, LOOM_BFLOAT16, LOOM_UINT8,
@@ -133,7 +118,7 @@ int main(int argc, char **argv) {
   int bad_peers[2] = {0, st.size};
   size_t bad_counts[2] = {1, 1};
   loom_sparse_plan plan;
-  s = loom_sparse_plan_init(&plan, LOOM_FLOAT32, st.size, 2, bad_peers, bad_counts);
+  loom_status s = loom_sparse_plan_init(&plan, LOOM_FLOAT32, st.size, 2, bad_peers, bad_counts);
   expect_near(&st, "sparse peer out of range -> ERR_ARG", 0, s, LOOM_ERR_ARG, 0);
   bad_peers[1] = 0;
   s = loom_sparse_plan_init(&plan, LOOM_FLOAT32, st.size, 2, bad_peers, bad_counts);
