@@ -12,6 +12,9 @@
 #include <time.h>
 
 #include "../mlp/mlp.h"
+#ifdef LOOM_EXAMPLES_GPU
+#include "../mlp/mlp_gpu.h"
+#endif
 #include "fashion_mnist.h"
 
 typedef struct {
@@ -128,6 +131,10 @@ int main(int argc, char **argv) {
   mlp model = {0};
   fashion_mnist_split train = {0}, test = {0};
   float *inputs = NULL, **grad32 = NULL;
+  int gpu = 0; /* --device cuda: the model, gradients and optimizer live on the GPU */
+#ifdef LOOM_EXAMPLES_GPU
+  mlp_gpu device_model = {0};
+#endif
   int *labels = NULL, *order = NULL;
   FILE *metrics = NULL;
   if (loom_init(&config, &argc, &argv, &ctx) != LOOM_OK) {
@@ -151,6 +158,13 @@ int main(int argc, char **argv) {
   TRY(fashion_mnist_load(o.data_dir, "train", &train));
   TRY(fashion_mnist_load(o.data_dir, "t10k", &test));
   TRY(mlp_create(widths, layers, o.chunk, config.seed, &model));
+  gpu = loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA;
+#ifdef LOOM_EXAMPLES_GPU
+  if (gpu) TRY(mlp_gpu_create(&model, o.chunk, loom_ctx_stream(ctx), &device_model));
+#endif
+  if (gpu && o.clip > 0)
+    TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "--clip with --device cuda: clipping device "
+                       "gradients is not built yet; run without --clip"));
 
   /* DDP over the GRAD group; optimizer on float32 copies of the reduced gradients. */
   loom_ddp_params ddp_params = LOOM_DDP_PARAMS_INIT;
@@ -163,6 +177,7 @@ int main(int argc, char **argv) {
   optim_params.momentum = o.optimizer == OPT_SGD ? o.momentum : 0;
   optim_params.nesterov = o.optimizer == OPT_SGD && o.nesterov && o.momentum > 0;
   optim_params.weight_decay = o.weight_decay;
+  optim_params.stream = loom_ctx_stream(ctx);
   TRY(loom_optim_create(&optim_params, &optim));
   hook_state hooks = {.ddp = ddp};
   grad32 = calloc(2 * (size_t)layers, sizeof *grad32);
@@ -171,6 +186,21 @@ int main(int argc, char **argv) {
     size_t n_weight = (size_t)widths[l + 1] * widths[l], n_bias = (size_t)widths[l + 1];
     char name[64];
     snprintf(name, sizeof name, "layer%d.weight", l);
+#ifdef LOOM_EXAMPLES_GPU
+    if (gpu) { /* float32 gradients reduced and applied on the GPU */
+      mlp_gpu *d = &device_model;
+      TRY(loom_ddp_register(ddp, name, loom_buf_device(ctx, d->weight_grad[l], n_weight, LOOM_FLOAT32),
+                            &hooks.weight_index[l]));
+      TRY(loom_optim_add(optim, name, loom_buf_device(ctx, d->weight[l], n_weight, LOOM_FLOAT32),
+                         loom_buf_device(ctx, d->weight_grad[l], n_weight, LOOM_FLOAT32)));
+      snprintf(name, sizeof name, "layer%d.bias", l);
+      TRY(loom_ddp_register(ddp, name, loom_buf_device(ctx, d->bias_grad[l], n_bias, LOOM_FLOAT32),
+                            &hooks.bias_index[l]));
+      TRY(loom_optim_add(optim, name, loom_buf_device(ctx, d->bias[l], n_bias, LOOM_FLOAT32),
+                         loom_buf_device(ctx, d->bias_grad[l], n_bias, LOOM_FLOAT32)));
+      continue;
+    }
+#endif
     TRY(loom_ddp_register(ddp, name, loom_buf_host(model.weight_grad[l], n_weight, LOOM_FLOAT64),
                           &hooks.weight_index[l]));
     grad32[2 * l] = calloc(n_weight, sizeof(float));
@@ -214,7 +244,10 @@ int main(int argc, char **argv) {
     shuffle(order, train.count, config.seed, epoch);
     for (int step = 0; step < steps_per_epoch; step++, global_step++) {
       const int *batch_order = order + (size_t)step * o.batch + (size_t)dp_rank * local_rows;
-      mlp_zero_grad(&model);
+#ifdef LOOM_EXAMPLES_GPU
+      if (gpu) TRY(mlp_gpu_zero_grad(&device_model));
+#endif
+      if (!gpu) mlp_zero_grad(&model);
       TRY(loom_ddp_begin(ddp, 1));
       /* Chunks of o.chunk rows: the same BLAS shapes whatever the rank count. Gradients are
        * final after the last chunk's backward, which hands each layer to DDP. */
@@ -224,13 +257,23 @@ int main(int argc, char **argv) {
           fashion_mnist_normalize(&train, batch_order[begin + i], inputs + (size_t)i * 784);
           labels[i] = train.labels[batch_order[begin + i]];
         }
+        int last = begin + rows >= local_rows;
+#ifdef LOOM_EXAMPLES_GPU
+        if (gpu) {
+          double chunk_loss = 0;
+          TRY(mlp_gpu_forward(&device_model, inputs, rows));
+          TRY(mlp_gpu_loss(&device_model, labels, rows, 1.0 / o.batch, &chunk_loss));
+          loss_sum += chunk_loss;
+          TRY(mlp_gpu_backward(&device_model, rows, last ? layer_ready : NULL, &hooks));
+          continue;
+        }
+#endif
         mlp_forward(&model, inputs, rows);
         loss_sum += mlp_loss(&model, labels, rows, 1.0 / o.batch);
-        int last = begin + rows >= local_rows;
         TRY(mlp_backward(&model, rows, last ? layer_ready : NULL, &hooks));
       }
       TRY(loom_ddp_finish(ddp));
-      for (int l = 0; l < layers; l++) {
+      for (int l = 0; !gpu && l < layers; l++) {
         size_t n_weight = (size_t)widths[l + 1] * widths[l];
         for (size_t i = 0; i < n_weight; i++) grad32[2 * l][i] = (float)model.weight_grad[l][i];
         for (int i = 0; i < widths[l + 1]; i++) grad32[2 * l + 1][i] = (float)model.bias_grad[l][i];
@@ -257,6 +300,15 @@ int main(int argc, char **argv) {
         fashion_mnist_normalize(&test, begin + i, inputs + (size_t)i * 784);
         labels[i] = test.labels[begin + i];
       }
+#ifdef LOOM_EXAMPLES_GPU
+      if (gpu) {
+        int correct = 0;
+        TRY(mlp_gpu_forward(&device_model, inputs, rows));
+        TRY(mlp_gpu_count_correct(&device_model, labels, rows, &correct));
+        sums[1] += correct;
+        continue;
+      }
+#endif
       mlp_forward(&model, inputs, rows);
       sums[1] += mlp_count_correct(&model, labels, rows);
     }
@@ -287,6 +339,9 @@ done:
   free(grad32), free(inputs), free(labels), free(order);
   fashion_mnist_free(&train);
   fashion_mnist_free(&test);
+#ifdef LOOM_EXAMPLES_GPU
+  if (gpu) mlp_gpu_destroy(&device_model);
+#endif
   mlp_destroy(&model);
   loom_optim_destroy(optim);
   loom_ddp_destroy(ddp);

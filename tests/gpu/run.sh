@@ -51,6 +51,16 @@ if [ "$what" != bench ]; then
     check "collectives-gpu-np4-hier" "${limit[@]}" "${mpi[@]}" -np 4 "${gpu_env[@]}" -x LOOM_RANKS_PER_NODE=2 build-gpu/tests/mpi/test_collectives
   fi
   check "kernels-gpu" "${limit[@]}" build-gpu/tests/gpu/test_kernels
+  # Fashion-MNIST on GPUs: the Debian data package is absent there, so the files travel in
+  # .device-data (copied from /usr/share/datasets/fashion-mnist); >= 88% test accuracy.
+  if [ -d .device-data ]; then
+    for np in 1 4; do
+      [ "$np" -le "$gpus" ] || continue
+      check "mnist-gpu-np$np" bash -c "${limit[*]} ${mpi[*]} -np $np -x LOOM_DEVICE=cuda \
+        build-gpu/examples/train_mnist --data-dir .device-data | tee $out/mnist-np$np.txt | tail -2 && \
+        awk -F'test_accuracy=' '/^final/ { exit !(\$2 >= 0.88) }' $out/mnist-np$np.txt"
+    done
+  fi
   [ "$gpus" -ge 2 ] && check "timeout-gpu-np2" "${limit[@]}" "${mpi[@]}" -np 2 build-gpu/tests/mpi/test_timeout
 fi
 
