@@ -43,6 +43,10 @@ static double max_diff(const float *a, const float *b, size_t n) {
   } while (0)
 
 int main(int argc, char **argv) {
+  if (loom_device_count() == 0) { /* before MPI starts: nothing to run here */
+    fprintf(stderr, "skipped: no GPU visible (or a build without CUDA)\n");
+    return 77;
+  }
   loom_config config = LOOM_CONFIG_INIT;
   config.device = 2;
   if (loom_config_parse(&config, NULL, 0, argc, argv) != LOOM_OK) return 2;
