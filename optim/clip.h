@@ -15,14 +15,16 @@ extern "C" {
 /* The global 2-norm of `count` float32/float64 gradients (accumulated in double).
  * `shard_group`: the group whose members hold disjoint parts of the gradients (their squared
  * norms are summed with an allreduce); NULL when every rank holds all of them (replicated
- * after a data-parallel allreduce). */
-loom_status loom_grad_norm(loom_group *shard_group, const loom_buf *grads, int count,
-                           double *norm);
+ * after a data-parallel allreduce). `stream`: for gradients on the GPU, the cudaStream_t
+ * that produced them (loom_ctx_stream); NULL for host gradients. Returns after the norm is
+ * known on the host. */
+loom_status loom_grad_norm(loom_group *shard_group, void *stream, const loom_buf *grads,
+                           int count, double *norm);
 
 /* Computes the norm as above and, if it exceeds max_norm > 0, scales every gradient by
  * max_norm / (norm + 1e-6). Returns the norm before clipping in *norm (may be NULL). */
-loom_status loom_clip_grad_norm(loom_group *shard_group, const loom_buf *grads, int count,
-                                double max_norm, double *norm);
+loom_status loom_clip_grad_norm(loom_group *shard_group, void *stream, const loom_buf *grads,
+                                int count, double max_norm, double *norm);
 
 #ifdef __cplusplus
 }

@@ -173,6 +173,7 @@ loom_status loom_ddp_begin(loom_ddp *ddp, int sync) {
     return loom_error_set(LOOM_ERR_STATE, "loom_ddp_begin: the previous step was not finished; "
                           "call loom_ddp_finish first");
   if (!ddp->buckets) LOOM_CHECK(build_buckets(ddp));
+  LOOM_CHECK(drain(ddp)); /* device reductions of the previous step: reap, report failures */
   for (int p = 0; p < ddp->param_count; p++) ddp->params_list[p].ready = 0;
   for (int b = 0; b < ddp->bucket_count; b++) {
     ddp->buckets[b].pending = ddp->buckets[b].member_count;
@@ -235,6 +236,20 @@ loom_status loom_ddp_grad_ready(loom_ddp *ddp, int index) {
   return LOOM_OK;
 }
 
+/* Copies every bucket's reduced gradients back into the registered buffers. */
+static loom_status unpack(loom_ddp *ddp) {
+  for (int b = 0; b < ddp->bucket_count; b++) {
+    ddp_bucket *bucket = &ddp->buckets[b];
+    size_t element = loom_dtype_size(bucket->dtype);
+    for (int m = 0; m < bucket->member_count; m++) {
+      ddp_param *param = &ddp->params_list[bucket->members[m]];
+      LOOM_CHECK(copy(ddp, param->grad.ptr, (char *)bucket->flat + param->offset * element,
+                      loom_buf_bytes(param->grad)));
+    }
+  }
+  return LOOM_OK;
+}
+
 loom_status loom_ddp_finish(loom_ddp *ddp) {
   if (!ddp || !ddp->in_step)
     return loom_error_set(LOOM_ERR_STATE, "loom_ddp_finish: no step begun (loom_ddp_begin)");
@@ -251,18 +266,20 @@ loom_status loom_ddp_finish(loom_ddp *ddp) {
   }
   if (!ddp->sync) return LOOM_OK;
   loom_status status = post_ready_buckets(ddp); /* the non-overlapped path posts all here */
+  if (status == LOOM_OK && ddp->on_device) {
+    /* The compute stream already waits for every bucket's reduction (NCCL backend), so the
+     * copies back are ordered after them with no host wait: the optimizer's kernels queue
+     * behind the last bucket while the host runs ahead. The requests are reaped (and any
+     * failure or timeout reported) at the next loom_ddp_begin. */
+    status = unpack(ddp);
+    ddp->finish_end = loom_now();
+    ddp->wait_seconds = ddp->finish_end - start;
+    return status;
+  }
   loom_status waited = drain(ddp);
   if (status == LOOM_OK) status = waited;
   if (status < 0) return status;
-  for (int b = 0; b < ddp->bucket_count; b++) {
-    ddp_bucket *bucket = &ddp->buckets[b];
-    size_t element = loom_dtype_size(bucket->dtype);
-    for (int m = 0; m < bucket->member_count; m++) {
-      ddp_param *param = &ddp->params_list[bucket->members[m]];
-      LOOM_CHECK(copy(ddp, param->grad.ptr, (char *)bucket->flat + param->offset * element,
-                      loom_buf_bytes(param->grad)));
-    }
-  }
+  LOOM_CHECK(unpack(ddp));
   ddp->finish_end = loom_now();
   ddp->wait_seconds = ddp->finish_end - start;
   return LOOM_OK;

@@ -49,8 +49,11 @@ loom_status loom_ddp_begin(loom_ddp *ddp, int sync);
  * loom_ddp_finish returns. Marking a gradient twice in one step is an error. */
 loom_status loom_ddp_grad_ready(loom_ddp *ddp, int index);
 
-/* Waits for every bucket and writes the reduced gradients back. A gradient never marked
- * ready fails with LOOM_ERR_STATE naming it (and no reduction is left in flight). */
+/* Host gradients: waits for every bucket and writes the reduced gradients back. Device
+ * gradients: enqueues the copies back on the compute stream, ordered after every bucket's
+ * reduction, and returns without a host wait (a failure of those reductions is reported by
+ * the next loom_ddp_begin). A gradient never marked ready fails with LOOM_ERR_STATE naming it
+ * (and no reduction is left in flight). */
 loom_status loom_ddp_finish(loom_ddp *ddp);
 
 /* Debug counters of the last synced step, for tests and benchmarks: per bucket, when it was

@@ -162,9 +162,7 @@ int main(int argc, char **argv) {
 #ifdef LOOM_EXAMPLES_GPU
   if (gpu) TRY(mlp_gpu_create(&model, o.chunk, loom_ctx_stream(ctx), &device_model));
 #endif
-  if (gpu && o.clip > 0)
-    TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "--clip with --device cuda: clipping device "
-                       "gradients is not built yet; run without --clip"));
+
 
   /* DDP over the GRAD group; optimizer on float32 copies of the reduced gradients. */
   loom_ddp_params ddp_params = LOOM_DDP_PARAMS_INIT;
@@ -278,14 +276,20 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < n_weight; i++) grad32[2 * l][i] = (float)model.weight_grad[l][i];
         for (int i = 0; i < widths[l + 1]; i++) grad32[2 * l + 1][i] = (float)model.bias_grad[l][i];
       }
-      if (o.clip > 0) {
+      if (o.clip > 0) { /* replicated after the reduction: no group to sum over */
         loom_buf grads[2 * MAX_LAYERS];
         for (int l = 0; l < layers; l++) {
-          grads[2 * l] = loom_buf_host(grad32[2 * l], (size_t)widths[l + 1] * widths[l], LOOM_FLOAT32);
-          grads[2 * l + 1] = loom_buf_host(grad32[2 * l + 1], (size_t)widths[l + 1], LOOM_FLOAT32);
+          size_t n_weight = (size_t)widths[l + 1] * widths[l], n_bias = (size_t)widths[l + 1];
+          grads[2 * l] = loom_buf_host(grad32[2 * l], n_weight, LOOM_FLOAT32);
+          grads[2 * l + 1] = loom_buf_host(grad32[2 * l + 1], n_bias, LOOM_FLOAT32);
+#ifdef LOOM_EXAMPLES_GPU
+          if (gpu) {
+            grads[2 * l] = loom_buf_device(ctx, device_model.weight_grad[l], n_weight, LOOM_FLOAT32);
+            grads[2 * l + 1] = loom_buf_device(ctx, device_model.bias_grad[l], n_bias, LOOM_FLOAT32);
+          }
+#endif
         }
-        /* gradients are replicated after the reduction: no group to sum over */
-        TRY(loom_clip_grad_norm(NULL, grads, 2 * layers, o.clip, NULL));
+        TRY(loom_clip_grad_norm(NULL, loom_ctx_stream(ctx), grads, 2 * layers, o.clip, NULL));
       }
       TRY(loom_optim_step(optim, loom_schedule_lr(&schedule, global_step)));
     }

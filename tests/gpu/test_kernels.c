@@ -153,6 +153,25 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < N; i++) p[i] = (float)(p[i] * 0.5);
   expect(max_diff(out, p, N) == 0, "scale", max_diff(out, p, N));
 
+  /* Global-norm clipping of device gradients against host clipping of the same values. */
+  fill(p, N, 13, 1.0);
+  fill(g, N / 2, 14, 2.0);
+  OK(loom_device_upload(ctx, dp, p, bytes));
+  OK(loom_device_upload(ctx, dg, g, (N / 2) * sizeof(float)));
+  loom_buf host_grads[2] = {loom_buf_host(p, N, LOOM_FLOAT32), loom_buf_host(g, N / 2, LOOM_FLOAT32)};
+  loom_buf device_grads[2] = {loom_buf_device(ctx, dp, N, LOOM_FLOAT32),
+                              loom_buf_device(ctx, dg, N / 2, LOOM_FLOAT32)};
+  double host_norm = 0, device_norm = 0;
+  OK(loom_clip_grad_norm(NULL, NULL, host_grads, 2, 1.0, &host_norm));
+  OK(loom_clip_grad_norm(NULL, stream, device_grads, 2, 1.0, &device_norm));
+  expect(fabs(host_norm - device_norm) <= 1e-9 * host_norm, "device gradient norm", device_norm - host_norm);
+  OK(loom_device_download(ctx, out, dp, bytes));
+  d = max_diff(out, p, N);
+  expect(d <= 1e-7, "device clipping", d);
+  double after = 0;
+  OK(loom_grad_norm(NULL, stream, device_grads, 2, &after));
+  expect(fabs(after - 1.0) < 1e-5, "norm after clipping", after);
+
   printf("test_kernels: %d checks, %d failures\n", checks, failures);
   loom_device_free(ctx, dp), loom_device_free(ctx, dg), loom_device_free(ctx, dm);
   loom_device_free(ctx, dv), loom_device_free(ctx, d64);

@@ -155,20 +155,20 @@ static void test_clip(void) {
   double b[2] = {0, 4};
   loom_buf grads[2] = {loom_buf_host(a, 3, LOOM_FLOAT32), loom_buf_host(b, 2, LOOM_FLOAT64)};
   double norm = 0;
-  CU_ASSERT_EQUAL(loom_grad_norm(NULL, grads, 2, &norm), LOOM_OK);
+  CU_ASSERT_EQUAL(loom_grad_norm(NULL, NULL, grads, 2, &norm), LOOM_OK);
   CU_ASSERT_DOUBLE_EQUAL(norm, 5.0, 1e-12);
-  CU_ASSERT_EQUAL(loom_clip_grad_norm(NULL, grads, 2, 10.0, &norm), LOOM_OK);
+  CU_ASSERT_EQUAL(loom_clip_grad_norm(NULL, NULL, grads, 2, 10.0, &norm), LOOM_OK);
   CU_ASSERT_EQUAL(a[0], 3.0f); /* below the limit: untouched */
-  CU_ASSERT_EQUAL(loom_clip_grad_norm(NULL, grads, 2, 1.0, &norm), LOOM_OK);
+  CU_ASSERT_EQUAL(loom_clip_grad_norm(NULL, NULL, grads, 2, 1.0, &norm), LOOM_OK);
   CU_ASSERT_DOUBLE_EQUAL(norm, 5.0, 1e-12);
   CU_ASSERT_DOUBLE_EQUAL(a[0], 0.6, 1e-6);
   CU_ASSERT_DOUBLE_EQUAL(b[1], 0.8, 1e-6);
-  CU_ASSERT_EQUAL(loom_clip_grad_norm(NULL, grads, 2, 0.0, &norm), LOOM_ERR_ARG);
+  CU_ASSERT_EQUAL(loom_clip_grad_norm(NULL, NULL, grads, 2, 0.0, &norm), LOOM_ERR_ARG);
   a[1] = NAN;
-  CU_ASSERT_EQUAL(loom_clip_grad_norm(NULL, grads, 2, 1.0, &norm), LOOM_ERR_ARG);
+  CU_ASSERT_EQUAL(loom_clip_grad_norm(NULL, NULL, grads, 2, 1.0, &norm), LOOM_ERR_ARG);
   int32_t ints[1] = {1};
   loom_buf bad = loom_buf_host(ints, 1, LOOM_INT32);
-  CU_ASSERT_EQUAL(loom_grad_norm(NULL, &bad, 1, &norm), LOOM_ERR_ARG);
+  CU_ASSERT_EQUAL(loom_grad_norm(NULL, NULL, &bad, 1, &norm), LOOM_ERR_ARG);
 }
 
 int main(void) {
