@@ -15,6 +15,7 @@
 #include "runtime/group.h"
 #include "runtime/mesh.h"
 #include "runtime/device.h"
+#include "runtime/state.h"
 #include "collectives/coll.h"
 #include "collectives/sparse.h"
 #include "optim/optim.h"

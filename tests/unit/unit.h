@@ -49,5 +49,6 @@ int register_rng_suite(void);
 int register_dtype_suite(void);
 int register_sparse_suite(void);
 int register_executor_suite(void);
+int register_state_suite(void);
 
 #endif
