@@ -22,5 +22,6 @@
 #include "optim/schedule.h"
 #include "optim/clip.h"
 #include "parallel/ddp.h"
+#include "checkpoint/ckpt.h"
 
 #endif

@@ -179,3 +179,5 @@ loom_status loom_state_entry(const loom_state *state, int index, const char **na
   if (extents) *extents = e->extents;
   return LOOM_OK;
 }
+
+loom_mesh *loom_state_mesh(const loom_state *state) { return state->mesh; }

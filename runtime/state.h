@@ -61,6 +61,8 @@ int loom_state_count(const loom_state *state);
 loom_status loom_state_entry(const loom_state *state, int index, const char **name,
                              const loom_state_spec **spec, loom_buf *local, const int64_t **offsets,
                              const int64_t **extents);
+/* The mesh the registry was created for. */
+loom_mesh *loom_state_mesh(const loom_state *state);
 /* Index of `name`, or -1. */
 int loom_state_find(const loom_state *state, const char *name);
 

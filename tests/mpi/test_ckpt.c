@@ -1,0 +1,151 @@
+/* Checkpoints across layouts. `--ckpt-mode save` registers five tensors (split over DP, GRAD,
+ * EP x EDP, replicated, a scalar) on the current mesh, fills each rank's slice from the global
+ * value function, and saves step 42. `--ckpt-mode load` registers the same tensors on whatever
+ * mesh this run has, poisons them, loads, and checks every element against the global values.
+ * `load-extra` adds a tensor the checkpoint lacks (must fail with LOOM_ERR_ARG naming it),
+ * `corrupt` overwrites tensor A in rank file 1 with valid HDF5 but other values, after which
+ * `load-corrupt` must fail with LOOM_ERR_CORRUPT naming the file and the tensor. */
+#include <hdf5.h>
+#include <string.h>
+
+#include "check.h"
+
+enum { TENSORS = 5 };
+static const char *const names[TENSORS] = {"A", "blocks/B", "C", "step", "E"};
+
+static loom_state_spec spec_of(int t) {
+  loom_state_spec specs[TENSORS] = {
+      {.dtype = LOOM_FLOAT32, .ndims = 2, .shape = {13, 7}, .split_count = 1,
+       .splits = {{LOOM_AXIS_DP, 0}}},
+      {.dtype = LOOM_FLOAT64, .ndims = 1, .shape = {5}},
+      {.dtype = LOOM_BFLOAT16, .ndims = 2, .shape = {6, 10}, .split_count = 1,
+       .splits = {{LOOM_AXIS_GRAD, 1}}},
+      {.dtype = LOOM_INT64, .ndims = 0},
+      {.dtype = LOOM_FLOAT32, .ndims = 2, .shape = {4, 9}, .split_count = 2,
+       .splits = {{LOOM_AXIS_EP, 0}, {LOOM_AXIS_EDP, 1}}},
+  };
+  return specs[t];
+}
+
+/* Global element `flat` of tensor t (exact in its dtype). */
+static double global_value(int t, int64_t flat) {
+  loom_state_spec s = spec_of(t);
+  return input_value(s.dtype, 4242, t, (size_t)flat);
+}
+
+/* Flat global index of local element i of a slice. */
+static int64_t global_index(const loom_state_spec *s, const int64_t *off, const int64_t *ext,
+                            int64_t i) {
+  int64_t flat = 0, rest = i, local[LOOM_STATE_MAX_DIMS];
+  for (int d = s->ndims - 1; d >= 0; d--) {
+    local[d] = rest % ext[d];
+    rest /= ext[d];
+  }
+  for (int d = 0; d < s->ndims; d++) flat = flat * s->shape[d] + off[d] + local[d];
+  return flat;
+}
+
+int main(int argc, char **argv) {
+  const char *mode = "load", *dir = NULL;
+  loom_option options[] = {
+      {"ckpt-mode", LOOM_OPTION_STRING, &mode, "save|load|load-extra|corrupt|load-corrupt"},
+      {"ckpt-dir", LOOM_OPTION_STRING, &dir, "checkpoint root"},
+  };
+  loom_config config = LOOM_CONFIG_INIT;
+  if (loom_config_parse(&config, options, 2, argc, argv) != LOOM_OK || !dir) {
+    fprintf(stderr, "%s (and --ckpt-dir is required)\n", loom_error_string());
+    return 2;
+  }
+  check_state st = {0};
+  if (loom_init(&config, &argc, &argv, &st.ctx) != LOOM_OK) {
+    fprintf(stderr, "loom_init: %s\n", loom_error_string());
+    return 1;
+  }
+  st.rank = loom_ctx_rank(st.ctx);
+  st.size = loom_ctx_size(st.ctx);
+  if (strcmp(mode, "corrupt") == 0) { /* rank 0 rewrites A in rank-00001.h5 */
+    if (st.rank == 0) {
+      char latest[4096], name[64] = "", path[4200];
+      snprintf(latest, sizeof latest, "%s/latest", dir);
+      FILE *f = fopen(latest, "r");
+      if (!f || fscanf(f, "%63s", name) != 1) return 3;
+      fclose(f);
+      snprintf(path, sizeof path, "%s/%s/rank-00001.h5", dir, name);
+      hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+      hid_t set = H5Dopen2(file, "A", H5P_DEFAULT);
+      hssize_t n = H5Sget_simple_extent_npoints(H5Dget_space(set));
+      float *values = calloc((size_t)n, sizeof(float));
+      H5Dread(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values);
+      values[n / 2] += 1.0f; /* one flipped value */
+      H5Dwrite(set, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values);
+      free(values);
+      H5Dclose(set);
+      H5Fclose(file);
+      st.checks++;
+    }
+    int code = check_finish(&st, "test_ckpt corrupt");
+    loom_finalize(st.ctx);
+    return code;
+  }
+  loom_mesh_shape shape;
+  CHECK_OK(&st, loom_mesh_shape_from_config(&config, st.size, &shape));
+  loom_mesh *mesh = NULL;
+  loom_state *state = NULL;
+  CHECK_OK(&st, loom_mesh_create(st.ctx, &shape, &mesh));
+  CHECK_OK(&st, loom_state_create(mesh, &state));
+  loom_mesh_coords coords = loom_mesh_my_coords(mesh);
+  void *data[TENSORS + 1];
+  int64_t off[TENSORS][LOOM_STATE_MAX_DIMS], ext[TENSORS][LOOM_STATE_MAX_DIMS], count[TENSORS];
+  for (int t = 0; t < TENSORS; t++) {
+    loom_state_spec s = spec_of(t);
+    CHECK_OK(&st, loom_state_slice(&s, &shape, &coords, off[t], ext[t]));
+    count[t] = 1;
+    for (int d = 0; d < s.ndims; d++) count[t] *= ext[t][d];
+    data[t] = calloc((size_t)count[t] + 1, loom_dtype_size(s.dtype));
+    for (int64_t i = 0; i < count[t]; i++) {
+      double v = strcmp(mode, "save") == 0 ? global_value(t, global_index(&s, off[t], ext[t], i)) : -7.0;
+      loom_dtype_store(data[t], s.dtype, (size_t)i, v);
+    }
+    CHECK_OK(&st, loom_state_register(state, names[t], &s,
+                                      loom_buf_host(data[t], (size_t)count[t], s.dtype)));
+  }
+  float extra[3] = {0};
+  loom_state_spec extra_spec = {.dtype = LOOM_FLOAT32, .ndims = 1, .shape = {3}};
+  if (strcmp(mode, "load-extra") == 0)
+    CHECK_OK(&st, loom_state_register(state, "not_in_checkpoint", &extra_spec,
+                                      loom_buf_host(extra, 3, LOOM_FLOAT32)));
+  if (strcmp(mode, "save") == 0) {
+    CHECK_OK(&st, loom_ckpt_save(state, dir, 42));
+    st.checks++;
+  } else {
+    int64_t step = -1;
+    loom_status s = loom_ckpt_load(state, dir, &step);
+    if (strcmp(mode, "load") == 0) {
+      if (s != LOOM_OK) fprintf(stderr, "rank %d: load: %s\n", st.rank, loom_error_string());
+      expect_near(&st, "load status", 0, s, LOOM_OK, 0);
+      expect_near(&st, "step", 0, (double)step, 42, 0);
+      for (int t = 0; t < TENSORS; t++) {
+        loom_state_spec sp = spec_of(t);
+        for (int64_t i = 0; i < count[t]; i++)
+          expect_near(&st, names[t], (size_t)i, loom_dtype_load(data[t], sp.dtype, (size_t)i),
+                      global_value(t, global_index(&sp, off[t], ext[t], i)), 0);
+      }
+    } else if (strcmp(mode, "load-extra") == 0) {
+      expect_near(&st, "another model -> ERR_ARG", 0, s, LOOM_ERR_ARG, 0);
+      if (st.rank == 0)
+        expect_near(&st, "names the tensor", 0,
+                    strstr(loom_error_string(), "not_in_checkpoint") != NULL, 1, 0);
+    } else { /* load-corrupt */
+      expect_near(&st, "corrupt -> ERR_CORRUPT", 0, s, LOOM_ERR_CORRUPT, 0);
+      if (strstr(loom_error_string(), "rank-00001.h5"))
+        expect_near(&st, "names the tensor", 0, strstr(loom_error_string(), "'A'") != NULL, 1, 0);
+      printf("rank %d: %s\n", st.rank, loom_error_string());
+    }
+  }
+  int code = check_finish(&st, "test_ckpt");
+  loom_state_destroy(state);
+  loom_mesh_destroy(mesh);
+  for (int t = 0; t < TENSORS; t++) free(data[t]);
+  loom_finalize(st.ctx);
+  return code;
+}
