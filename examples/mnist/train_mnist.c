@@ -16,9 +16,11 @@
 #include "../mlp/mlp_gpu.h"
 #endif
 #include "fashion_mnist.h"
+#include <sys/stat.h>
 
 typedef struct {
-  const char *data_dir, *metrics_path, *hidden;
+  const char *data_dir, *metrics_path, *hidden, *ckpt_dir, *dump_params;
+  int ckpt_every, resume, stop_at_step;
   int epochs, batch, chunk, optimizer, schedule, nesterov, overlap, max_steps, warmup_steps;
   double lr, momentum, weight_decay, clip;
   uint64_t bucket_bytes;
@@ -104,6 +106,14 @@ int main(int argc, char **argv) {
       {"overlap", LOOM_OPTION_BOOL, &o.overlap, "reduce buckets during backward (0: after)"},
       {"max-steps", LOOM_OPTION_INT, &o.max_steps, "steps per epoch cap; 0 = whole epoch", NULL, 0, 1 << 30},
       {"metrics", LOOM_OPTION_STRING, &o.metrics_path, "JSON-lines metrics file (rank 0)"},
+      {"ckpt-dir", LOOM_OPTION_STRING, &o.ckpt_dir, "checkpoint root (HDF5; host runs)"},
+      {"ckpt-every", LOOM_OPTION_INT, &o.ckpt_every, "save every this many steps; 0 = at the end only",
+       NULL, 0, 1 << 30},
+      {"resume", LOOM_OPTION_BOOL, &o.resume, "resume from the checkpoint root's latest, if any"},
+      {"stop-at-step", LOOM_OPTION_INT, &o.stop_at_step, "stop (after saving) at this global step; "
+       "0 = run to the end", NULL, 0, 1 << 30},
+      {"dump-params", LOOM_OPTION_STRING, &o.dump_params, "write the final float32 parameters "
+       "(rank 0, raw, layer order) to this file"},
   };
   const int option_count = (int)(sizeof options / sizeof options[0]);
   loom_config config = LOOM_CONFIG_INIT;
@@ -137,6 +147,8 @@ int main(int argc, char **argv) {
 #endif
   int *labels = NULL, *order = NULL;
   FILE *metrics = NULL;
+  loom_state *registry = NULL;
+  int64_t global_step = 0;
   if (loom_init(&config, &argc, &argv, &ctx) != LOOM_OK) {
     fprintf(stderr, "train_mnist: %s\n", loom_error_string());
     return 1;
@@ -213,6 +225,44 @@ int main(int argc, char **argv) {
                        loom_buf_host(grad32[2 * l + 1], n_bias, LOOM_FLOAT32)));
   }
 
+  /* Everything a bit-exact restart needs is registered: parameters, optimizer state (moments
+   * and step count) and the global step, from which the data order (seeded per epoch) and the
+   * learning-rate schedule follow. */
+  if (o.ckpt_dir) {
+    if (gpu) TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "--ckpt-dir with --device cuda: device "
+                                "tensors are not checkpointed yet"));
+    TRY(loom_state_create(mesh, &registry));
+    for (int l = 0; l < layers; l++) {
+      char name[64];
+      loom_state_spec weight = {.dtype = LOOM_FLOAT32, .ndims = 2, .shape = {widths[l + 1], widths[l]}};
+      loom_state_spec bias = {.dtype = LOOM_FLOAT32, .ndims = 1, .shape = {widths[l + 1]}};
+      snprintf(name, sizeof name, "layer%d.weight", l);
+      TRY(loom_state_register(registry, name, &weight,
+                              loom_buf_host(model.weight[l], (size_t)widths[l + 1] * widths[l], LOOM_FLOAT32)));
+      snprintf(name, sizeof name, "layer%d.bias", l);
+      TRY(loom_state_register(registry, name, &bias,
+                              loom_buf_host(model.bias[l], (size_t)widths[l + 1], LOOM_FLOAT32)));
+    }
+    for (int i = 0; i < loom_optim_state_count(optim); i++) {
+      const char *name;
+      loom_buf buf;
+      TRY(loom_optim_state_at(optim, i, &name, &buf));
+      loom_state_spec spec = {.dtype = buf.dtype, .ndims = buf.count == 1 && buf.dtype == LOOM_INT64 ? 0 : 1,
+                              .shape = {(int64_t)buf.count}};
+      TRY(loom_state_register(registry, name, &spec, buf));
+    }
+    loom_state_spec scalar = {.dtype = LOOM_INT64, .ndims = 0};
+    TRY(loom_state_register(registry, "train.global_step", &scalar,
+                            loom_buf_host(&global_step, 1, LOOM_INT64)));
+    char latest[4096];
+    snprintf(latest, sizeof latest, "%s/latest", o.ckpt_dir);
+    struct stat info;
+    if (o.resume && stat(latest, &info) == 0) {
+      int64_t saved = 0;
+      TRY(loom_ckpt_load(registry, o.ckpt_dir, &saved));
+      if (rank == 0) printf("resumed from %s at step %lld\n", o.ckpt_dir, (long long)global_step);
+    }
+  }
   int steps_per_epoch = train.count / o.batch;
   if (o.max_steps > 0 && o.max_steps < steps_per_epoch) steps_per_epoch = o.max_steps;
   loom_schedule schedule = {.kind = (loom_schedule_kind)o.schedule, .peak = o.lr, .floor = 0,
@@ -236,11 +286,12 @@ int main(int argc, char **argv) {
            o.optimizer == OPT_SGD ? "sgd" : "adamw", o.lr);
 
   double start = loom_now(), train_loss = 0, accuracy = 0;
-  int64_t global_step = 0;
-  for (int epoch = 0; epoch < o.epochs; epoch++) {
+  int first_epoch = (int)(global_step / steps_per_epoch), stopped = 0;
+  for (int epoch = first_epoch; epoch < o.epochs && !stopped; epoch++) {
     double epoch_start = loom_now(), loss_sum = 0;
     shuffle(order, train.count, config.seed, epoch);
-    for (int step = 0; step < steps_per_epoch; step++, global_step++) {
+    int first_step = epoch == first_epoch ? (int)(global_step % steps_per_epoch) : 0;
+    for (int step = first_step; step < steps_per_epoch; step++) {
       const int *batch_order = order + (size_t)step * o.batch + (size_t)dp_rank * local_rows;
 #ifdef LOOM_EXAMPLES_GPU
       if (gpu) TRY(mlp_gpu_zero_grad(&device_model));
@@ -292,6 +343,15 @@ int main(int argc, char **argv) {
         TRY(loom_clip_grad_norm(NULL, loom_ctx_stream(ctx), grads, 2 * layers, o.clip, NULL));
       }
       TRY(loom_optim_step(optim, loom_schedule_lr(&schedule, global_step)));
+      global_step++;
+      int last_step = epoch == o.epochs - 1 && step == steps_per_epoch - 1;
+      int stop = o.stop_at_step > 0 && global_step == o.stop_at_step;
+      if (registry && ((o.ckpt_every > 0 && global_step % o.ckpt_every == 0) || last_step || stop))
+        TRY(loom_ckpt_save(registry, o.ckpt_dir, global_step));
+      if (stop) {
+        stopped = 1;
+        break;
+      }
     }
     /* Epoch metrics: mean training loss over the epoch's samples, test accuracy over all 10k
      * test images (each rank evaluates a slice). */
@@ -336,6 +396,15 @@ int main(int argc, char **argv) {
     }
   }
   if (rank == 0) printf("final train_loss=%.10g test_accuracy=%.6f\n", train_loss, accuracy);
+  if (o.dump_params && rank == 0) {
+    FILE *f = fopen(o.dump_params, "wb");
+    if (!f) TRY(loom_error_set(LOOM_ERR_IO, "cannot write --dump-params %s", o.dump_params));
+    for (int l = 0; l < layers; l++) {
+      fwrite(model.weight[l], sizeof(float), (size_t)widths[l + 1] * widths[l], f);
+      fwrite(model.bias[l], sizeof(float), (size_t)widths[l + 1], f);
+    }
+    fclose(f);
+  }
 
 done:
   if (metrics) fclose(metrics);
@@ -346,6 +415,7 @@ done:
 #ifdef LOOM_EXAMPLES_GPU
   if (gpu) mlp_gpu_destroy(&device_model);
 #endif
+  loom_state_destroy(registry);
   mlp_destroy(&model);
   loom_optim_destroy(optim);
   loom_ddp_destroy(ddp);
