@@ -83,7 +83,8 @@ static loom_status agree(loom_group *world, loom_status mine) {
 }
 
 /* Writes this rank's owned slices to `path`; crcs[i] = crc32 of entry i's bytes (0 if none). */
-static loom_status write_rank_file(loom_state *state, const char *path, uint32_t *crcs) {
+static loom_status write_rank_file(loom_state *state, const char *path, uint32_t *crcs,
+                                   int deflate_level) {
   loom_mesh_coords coords = loom_mesh_my_coords(loom_state_mesh(state));
   hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   if (file < 0) return loom_error_set(LOOM_ERR_HDF5, "creating %s failed", path);
@@ -106,7 +107,13 @@ static loom_status write_rank_file(loom_state *state, const char *path, uint32_t
     hsize_t dims[LOOM_STATE_MAX_DIMS];
     int rank = file_dims(spec, extents, dims);
     hid_t space = H5Screate_simple(rank, dims, NULL);
-    hid_t set = H5Dcreate2(file, name, file_type(spec->dtype), space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    if (deflate_level > 0) { /* one chunk per slice: deflate needs chunked storage */
+      H5Pset_chunk(dcpl, rank, dims);
+      H5Pset_deflate(dcpl, (unsigned)deflate_level);
+    }
+    hid_t set = H5Dcreate2(file, name, file_type(spec->dtype), space, lcpl, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
     if (set < 0 || H5Dwrite(set, file_type(spec->dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, local.ptr) < 0)
       status = loom_error_set(LOOM_ERR_HDF5, "writing tensor '%s' to %s failed", name, path);
     if (set >= 0) H5Dclose(set);
@@ -209,7 +216,51 @@ static loom_status write_index(loom_state *state, const char *path, int64_t step
   return status;
 }
 
+/* Rank 0, after a save: removes stale temporary directories and the oldest checkpoints
+ * beyond keep_last (the step just written is the newest and is kept). */
+static void prune(const char *root, int64_t newest, int keep_last) {
+  DIR *dir = opendir(root);
+  if (!dir) return;
+  enum { MAX_KEPT = 4096 };
+  long long steps[MAX_KEPT];
+  int count = 0;
+  struct dirent *e;
+  char path[PATH_BYTES];
+  while ((e = readdir(dir)) != NULL) {
+    long long step;
+    char tail;
+    if (sscanf(e->d_name, ".step-%lld.tm%c", &step, &tail) == 2 && tail == 'p') {
+      snprintf(path, sizeof path, "%s/%s", root, e->d_name);
+      remove_tree(path);
+    } else if (sscanf(e->d_name, "step-%lld", &step) == 1 && count < MAX_KEPT) {
+      steps[count++] = step;
+    }
+  }
+  closedir(dir);
+  if (keep_last <= 0) return;
+  for (int kept = 0; count > 0; kept++) { /* repeatedly find the newest not yet counted */
+    int newest_index = 0;
+    for (int i = 1; i < count; i++)
+      if (steps[i] > steps[newest_index]) newest_index = i;
+    long long step = steps[newest_index];
+    steps[newest_index] = steps[--count];
+    if (kept < keep_last || step == newest) continue;
+    snprintf(path, sizeof path, "%s/step-%08lld", root, step);
+    remove_tree(path);
+  }
+}
+
 loom_status loom_ckpt_save(loom_state *state, const char *root, int64_t step) {
+  return loom_ckpt_save_with(state, root, step, NULL);
+}
+
+loom_status loom_ckpt_save_with(loom_state *state, const char *root, int64_t step,
+                                const loom_ckpt_params *params) {
+  loom_ckpt_params defaults = LOOM_CKPT_PARAMS_INIT;
+  if (!params) params = &defaults;
+  if (params->keep_last < 0 || params->deflate_level < 0 || params->deflate_level > 9)
+    return loom_error_set(LOOM_ERR_ARG, "loom_ckpt_save: keep_last=%d (>= 0) or deflate_level=%d "
+                          "(0..9) out of range", params->keep_last, params->deflate_level);
   if (!state || !root || step < 0)
     return loom_error_set(LOOM_ERR_ARG, "loom_ckpt_save: state or root missing, or step %lld < 0",
                           (long long)step);
@@ -236,7 +287,7 @@ loom_status loom_ckpt_save(loom_state *state, const char *root, int64_t step) {
   uint32_t *all = rank == 0 ? calloc((size_t)size * (size_t)(count ? count : 1), sizeof *all) : NULL;
   if (!crcs || (rank == 0 && !all)) status = loom_error_set(LOOM_ERR_NOMEM, "checkpoint checksums");
   snprintf(path, sizeof path, "%s/rank-%05d.h5", tmp, rank);
-  if (status == LOOM_OK) status = write_rank_file(state, path, crcs);
+  if (status == LOOM_OK) status = write_rank_file(state, path, crcs, params->deflate_level);
   status = agree(world, status);
   if (status == LOOM_OK)
     status = MPI_Gather(crcs, count, MPI_UINT32_T, all, count, MPI_UINT32_T, 0,
@@ -265,6 +316,7 @@ loom_status loom_ckpt_save(loom_state *state, const char *root, int64_t step) {
         status = loom_error_set(LOOM_ERR_IO, "renaming %s: %s", latest_tmp, strerror(errno));
       if (status == LOOM_OK) status = fsync_path(root);
     }
+    if (status == LOOM_OK) prune(root, step, params->keep_last);
   }
   free(crcs);
   free(all);

@@ -19,8 +19,19 @@
 extern "C" {
 #endif
 
-/* Writes `root`/step-<step>/ and points `root`/latest at it. Collective over the world.
+typedef struct {
+  int keep_last;     /* checkpoints kept after a save, the new one included; 0 = keep all */
+  int deflate_level; /* 0 = none, 1..9 = HDF5 deflate (gzip) level of the rank files */
+} loom_ckpt_params;
+#define LOOM_CKPT_PARAMS_INIT {.keep_last = 0, .deflate_level = 0}
+
+/* Writes `root`/step-<step>/ and points `root`/latest at it, then removes checkpoints beyond
+ * params->keep_last (oldest first; never the new one) and any temporary directory a failed
+ * earlier save left behind. params may be NULL (defaults). Collective over the world.
  * Returns when the checkpoint is complete on disk. */
+loom_status loom_ckpt_save_with(loom_state *state, const char *root, int64_t step,
+                                const loom_ckpt_params *params);
+/* loom_ckpt_save_with and default parameters. */
 loom_status loom_ckpt_save(loom_state *state, const char *root, int64_t step);
 
 /* Loads every registered tensor's slice from the checkpoint `root`/latest names (or from

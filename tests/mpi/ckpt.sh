@@ -17,4 +17,12 @@ done
 run 2 --ckpt-mode load-extra
 run 1 --ckpt-mode corrupt
 run 3 --ckpt-mode load-corrupt
+# Retention and cleanup: a stale temporary directory goes, only the newest 2 of 3 new saves
+# stay (compressed), and the newest loads.
+mkdir -p "$dir/.step-00000007.tmp" && touch "$dir/.step-00000007.tmp/rank-00000.h5"
+for step in 50 60 70; do run 2 --ckpt-mode save --ckpt-step $step --ckpt-keep 2 --ckpt-deflate 6; done
+kept=$(cd "$dir" && { ls -d step-* .step-* 2>/dev/null || true; } | tr '\n' ' ')
+[ "$kept" = "step-00000060 step-00000070 " ] || { echo "after keep 2: '$kept'"; exit 1; }
+[ "$(cat "$dir/latest")" = step-00000070 ] || { echo "latest is $(cat "$dir/latest")"; exit 1; }
+run 3 --ckpt-mode load --ckpt-step 70
 echo "ckpt: ok"

@@ -47,12 +47,16 @@ static int64_t global_index(const loom_state_spec *s, const int64_t *off, const 
 
 int main(int argc, char **argv) {
   const char *mode = "load", *dir = NULL;
+  int step_number = 42, keep = 0, deflate = 0;
   loom_option options[] = {
       {"ckpt-mode", LOOM_OPTION_STRING, &mode, "save|load|load-extra|corrupt|load-corrupt"},
       {"ckpt-dir", LOOM_OPTION_STRING, &dir, "checkpoint root"},
+      {"ckpt-step", LOOM_OPTION_INT, &step_number, "step saved / expected", NULL, 0, 1 << 30},
+      {"ckpt-keep", LOOM_OPTION_INT, &keep, "checkpoints kept (0 = all)", NULL, 0, 1000},
+      {"ckpt-deflate", LOOM_OPTION_INT, &deflate, "deflate level", NULL, 0, 9},
   };
   loom_config config = LOOM_CONFIG_INIT;
-  if (loom_config_parse(&config, options, 2, argc, argv) != LOOM_OK || !dir) {
+  if (loom_config_parse(&config, options, 5, argc, argv) != LOOM_OK || !dir) {
     fprintf(stderr, "%s (and --ckpt-dir is required)\n", loom_error_string());
     return 2;
   }
@@ -115,7 +119,8 @@ int main(int argc, char **argv) {
     CHECK_OK(&st, loom_state_register(state, "not_in_checkpoint", &extra_spec,
                                       loom_buf_host(extra, 3, LOOM_FLOAT32)));
   if (strcmp(mode, "save") == 0) {
-    CHECK_OK(&st, loom_ckpt_save(state, dir, 42));
+    loom_ckpt_params params = {.keep_last = keep, .deflate_level = deflate};
+    CHECK_OK(&st, loom_ckpt_save_with(state, dir, step_number, &params));
     st.checks++;
   } else {
     int64_t step = -1;
@@ -123,7 +128,7 @@ int main(int argc, char **argv) {
     if (strcmp(mode, "load") == 0) {
       if (s != LOOM_OK) fprintf(stderr, "rank %d: load: %s\n", st.rank, loom_error_string());
       expect_near(&st, "load status", 0, s, LOOM_OK, 0);
-      expect_near(&st, "step", 0, (double)step, 42, 0);
+      expect_near(&st, "step", 0, (double)step, step_number, 0);
       for (int t = 0; t < TENSORS; t++) {
         loom_state_spec sp = spec_of(t);
         for (int64_t i = 0; i < count[t]; i++)
