@@ -13,18 +13,7 @@
 #include "../examples/mlp/mlp.h"
 
 enum { MODE_OVERLAP, MODE_AFTER, MODE_NOCOMM, MODE_COUNT };
-enum { MAX_LAYERS = 16, MAX_ROUNDS = 64 };
-
-typedef struct {
-  loom_ddp *ddp;
-  int weight_index[MAX_LAYERS], bias_index[MAX_LAYERS];
-} hooks;
-
-static loom_status layer_ready(void *user, int layer) {
-  hooks *h = user;
-  LOOM_CHECK(loom_ddp_grad_ready(h->ddp, h->weight_index[layer]));
-  return loom_ddp_grad_ready(h->ddp, h->bias_index[layer]);
-}
+enum { MAX_LAYERS = MLP_MAX_LAYERS, MAX_ROUNDS = 64 };
 
 static int compare_doubles(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -90,7 +79,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < chunk; i++) labels[i] = (int)loom_rng_below(&rng, (uint64_t)widths[layers]);
 
   loom_ddp *ddps[2] = {NULL, NULL}; /* overlap, after */
-  hooks h[2];
+  mlp_ddp_hooks h[2];
   for (int k = 0; k < 2; k++) {
     loom_ddp_params p = LOOM_DDP_PARAMS_INIT;
     p.bucket_bytes = bucket_bytes;
@@ -111,7 +100,7 @@ int main(int argc, char **argv) {
   double samples[MODE_COUNT][MAX_ROUNDS];
   for (int round = -1; round < rounds; round++) { /* round -1 warms up */
     for (int mode = 0; mode < MODE_COUNT; mode++) {
-      hooks *hk = &h[mode == MODE_AFTER ? 1 : 0];
+      mlp_ddp_hooks *hk = &h[mode == MODE_AFTER ? 1 : 0];
       MPI_Barrier(MPI_COMM_WORLD);
       double start = loom_now();
       for (int s = 0; s < steps; s++) {
@@ -121,7 +110,7 @@ int main(int argc, char **argv) {
           int rows = local - begin < chunk ? local - begin : chunk;
           mlp_forward(&model, inputs, rows);
           mlp_loss(&model, labels, rows, 1.0 / batch);
-          TRY(mlp_backward(&model, rows, begin + rows >= local ? layer_ready : NULL, hk));
+          TRY(mlp_backward(&model, rows, begin + rows >= local ? mlp_ddp_layer_ready : NULL, hk));
         }
         TRY(loom_ddp_finish(hk->ddp));
       }

@@ -97,7 +97,7 @@ done:
 
 static loom_status flat_reduce(loom_group *g, loom_buf send, loom_buf recv, loom_op op, int root) {
   loom_status status = LOOM_OK;
-  float *wide = NULL, *wide_out = NULL;
+  float *wide = NULL;
   int is_root = g->rank == root, in_place = is_root && send.ptr == recv.ptr;
   if (loom_coll_is_half(send.dtype)) {
     LOOM_CHECK(loom_coll_widen(send, &wide));
@@ -115,7 +115,6 @@ static loom_status flat_reduce(loom_group *g, loom_buf send, loom_buf recv, loom
   }
 done:
   free(wide);
-  free(wide_out);
   return status;
 }
 

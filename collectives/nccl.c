@@ -312,7 +312,6 @@ static loom_status enqueue(loom_coll_job *job, nccl_state *st, double deadline) 
   loom_group *g = job->group;
   loom_buf send = job->send, recv = job->recv;
   ncclDataType_t type = nccl_type(send.dtype);
-  size_t element = loom_dtype_size(send.dtype);
   switch (job->kind) {
     case LOOM_COLL_ALLREDUCE:
       if (job->algo == LOOM_ALGO_HIER && g->node_local && g->node_count > 1 &&
@@ -413,7 +412,6 @@ static loom_status enqueue(loom_coll_job *job, nccl_state *st, double deadline) 
       return s;
     }
     default:
-      (void)element;
       return loom_error_set(LOOM_ERR_INTERNAL, "NCCL backend: collective kind %d has no device "
                             "form", (int)job->kind);
   }

@@ -118,24 +118,26 @@ void loom_device_free(loom_ctx *ctx, void *ptr) {
 #endif
 }
 
-loom_status loom_device_upload(loom_ctx *ctx, void *device, const void *host, size_t bytes) {
-  LOOM_CHECK(require_gpu(ctx, "loom_device_upload"));
+/* A copy on the compute stream, waited for: uploads and downloads of tests and examples. */
+static loom_status copy_and_wait(loom_ctx *ctx, const char *call, void *dst, const void *src,
+                                 size_t bytes, int to_device) {
+  LOOM_CHECK(require_gpu(ctx, call));
 #ifdef LOOM_HAVE_CUDA
   if (!bytes) return LOOM_OK;
-  CUDA_TRY(ctx, cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, (cudaStream_t)ctx->stream));
+  CUDA_TRY(ctx, cudaMemcpyAsync(dst, src, bytes, to_device ? cudaMemcpyHostToDevice
+                                                           : cudaMemcpyDeviceToHost,
+                                (cudaStream_t)ctx->stream));
   CUDA_TRY(ctx, cudaStreamSynchronize((cudaStream_t)ctx->stream));
 #endif
   return LOOM_OK;
 }
 
+loom_status loom_device_upload(loom_ctx *ctx, void *device, const void *host, size_t bytes) {
+  return copy_and_wait(ctx, "loom_device_upload", device, host, bytes, 1);
+}
+
 loom_status loom_device_download(loom_ctx *ctx, void *host, const void *device, size_t bytes) {
-  LOOM_CHECK(require_gpu(ctx, "loom_device_download"));
-#ifdef LOOM_HAVE_CUDA
-  if (!bytes) return LOOM_OK;
-  CUDA_TRY(ctx, cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, (cudaStream_t)ctx->stream));
-  CUDA_TRY(ctx, cudaStreamSynchronize((cudaStream_t)ctx->stream));
-#endif
-  return LOOM_OK;
+  return copy_and_wait(ctx, "loom_device_download", host, device, bytes, 0);
 }
 
 loom_status loom_device_synchronize(loom_ctx *ctx) {

@@ -173,3 +173,9 @@ int mlp_count_correct(const mlp *m, const int *labels, int rows) {
   }
   return correct;
 }
+
+loom_status mlp_ddp_layer_ready(void *opaque, int layer) {
+  mlp_ddp_hooks *hooks = opaque;
+  LOOM_CHECK(loom_ddp_grad_ready(hooks->ddp, hooks->weight_index[layer]));
+  return loom_ddp_grad_ready(hooks->ddp, hooks->bias_index[layer]);
+}

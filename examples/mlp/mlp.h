@@ -40,6 +40,16 @@ double mlp_loss(mlp *m, const int *labels, int rows, double scale);
 /* Called when layer `layer`'s weight and bias gradients are final (layers go L-1 .. 0). */
 typedef loom_status (*mlp_grad_hook)(void *user, int layer);
 
+/* The hook that hands each finished layer to data parallelism: marks the layer's weight and
+ * bias gradients ready in `ddp` (indices from loom_ddp_register). Pass it with a pointer to
+ * an mlp_ddp_hooks as the user argument of mlp_backward / mlp_gpu_backward. */
+enum { MLP_MAX_LAYERS = 16 };
+typedef struct {
+  loom_ddp *ddp;
+  int weight_index[MLP_MAX_LAYERS], bias_index[MLP_MAX_LAYERS];
+} mlp_ddp_hooks;
+loom_status mlp_ddp_layer_ready(void *hooks, int layer);
+
 /* Backward pass after mlp_loss: gradients are *added* to weight_grad / bias_grad (zero them
  * with mlp_zero_grad), so micro-batches accumulate. */
 loom_status mlp_backward(mlp *m, int rows, mlp_grad_hook hook, void *user);

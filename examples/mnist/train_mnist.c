@@ -27,7 +27,7 @@ typedef struct {
 } train_options;
 
 enum { OPT_SGD = 0, OPT_ADAMW = 1 };
-enum { MAX_LAYERS = 16 };
+enum { MAX_LAYERS = MLP_MAX_LAYERS };
 
 #define TRY(call)                                                                          \
   do {                                                                                     \
@@ -54,18 +54,6 @@ static int parse_widths(const char *hidden, int *widths) {
   }
   widths[n++] = 10;
   return n - 1;
-}
-
-/* What the hook needs to hand each finished layer to DDP. */
-typedef struct {
-  loom_ddp *ddp;
-  int weight_index[MAX_LAYERS], bias_index[MAX_LAYERS];
-} hook_state;
-
-static loom_status layer_ready(void *user, int layer) {
-  hook_state *h = user;
-  LOOM_CHECK(loom_ddp_grad_ready(h->ddp, h->weight_index[layer]));
-  return loom_ddp_grad_ready(h->ddp, h->bias_index[layer]);
 }
 
 static void shuffle(int *order, int n, uint64_t seed, int epoch) {
@@ -189,7 +177,7 @@ int main(int argc, char **argv) {
   optim_params.weight_decay = o.weight_decay;
   optim_params.stream = loom_ctx_stream(ctx);
   TRY(loom_optim_create(&optim_params, &optim));
-  hook_state hooks = {.ddp = ddp};
+  mlp_ddp_hooks hooks = {.ddp = ddp};
   grad32 = calloc(2 * (size_t)layers, sizeof *grad32);
   if (!grad32) TRY(loom_error_set(LOOM_ERR_NOMEM, "gradient copies"));
   for (int l = 0; l < layers; l++) {
@@ -313,13 +301,13 @@ int main(int argc, char **argv) {
           TRY(mlp_gpu_forward(&device_model, inputs, rows));
           TRY(mlp_gpu_loss(&device_model, labels, rows, 1.0 / o.batch, &chunk_loss));
           loss_sum += chunk_loss;
-          TRY(mlp_gpu_backward(&device_model, rows, last ? layer_ready : NULL, &hooks));
+          TRY(mlp_gpu_backward(&device_model, rows, last ? mlp_ddp_layer_ready : NULL, &hooks));
           continue;
         }
 #endif
         mlp_forward(&model, inputs, rows);
         loss_sum += mlp_loss(&model, labels, rows, 1.0 / o.batch);
-        TRY(mlp_backward(&model, rows, last ? layer_ready : NULL, &hooks));
+        TRY(mlp_backward(&model, rows, last ? mlp_ddp_layer_ready : NULL, &hooks));
       }
       TRY(loom_ddp_finish(ddp));
       for (int l = 0; !gpu && l < layers; l++) {
