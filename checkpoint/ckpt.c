@@ -1,6 +1,7 @@
-/* Synchronous HDF5 checkpoints of the state registry (see ckpt.h). Invariants: nothing is
- * named by `latest` before its directory is complete and synced; a load checks every shard's
- * crc32 before reading any tensor, and all ranks agree on the outcome. */
+/* HDF5 checkpoints of the state registry (see ckpt.h): the synchronous save, the writing
+ * shared with asynchronous saves, and the universal load. Invariants: nothing is named by
+ * `latest` before its directory is complete and synced; a load checks every shard's crc32
+ * and every virtual mapping before reading any tensor, and all ranks agree on the outcome. */
 #include "checkpoint/ckpt.h"
 
 #include <dirent.h>
@@ -14,10 +15,14 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "checkpoint/catalog.h"
+#include "checkpoint/ckpt_write.h"
+#include "checkpoint/inspect.h"
 #include "collectives/coll.h"
+#include "runtime/device.h"
 #include "runtime/log.h"
 
-enum { PATH_BYTES = 4096 };
+enum { PATH_BYTES = LOOM_CKPT_PATH_BYTES };
 
 static hid_t file_type(loom_dtype dtype) {
   switch (dtype) {
@@ -64,14 +69,12 @@ static void remove_tree(const char *path) {
   rmdir(path);
 }
 
-/* Every rank learns whether any rank failed (the worst status); the failing rank keeps its
- * own message, the others name the collective failure. */
-static loom_status agree(loom_group *world, loom_status mine) {
+loom_status ckpt_agree(MPI_Comm comm, loom_status mine) {
   int code = mine < 0 ? -(int)mine : 0, worst = 0;
   char message[1024];
   snprintf(message, sizeof message, "%s", loom_error_string());
-  LOOM_CHECK(loom_allreduce(world, loom_buf_host(&code, 1, LOOM_INT32),
-                            loom_buf_host(&worst, 1, LOOM_INT32), LOOM_OP_MAX));
+  if (MPI_Allreduce(&code, &worst, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
+    return loom_error_set(LOOM_ERR_MPI, "checkpoint: agreeing on the outcome failed (MPI)");
   if (mine < 0) {
     loom_error_restore(message);
     return mine;
@@ -82,28 +85,34 @@ static loom_status agree(loom_group *world, loom_status mine) {
   return LOOM_OK;
 }
 
-/* Writes this rank's owned slices to `path`; crcs[i] = crc32 of entry i's bytes (0 if none). */
-static loom_status write_rank_file(loom_state *state, const char *path, uint32_t *crcs,
-                                   int deflate_level) {
-  loom_mesh_coords coords = loom_mesh_my_coords(loom_state_mesh(state));
+loom_status ckpt_check_params(const loom_ckpt_params *p) {
+  if (p->keep_last < 0 || p->deflate_level < 0 || p->deflate_level > 9 ||
+      (p->busy != LOOM_CKPT_BUSY_SKIP && p->busy != LOOM_CKPT_BUSY_WAIT))
+    return loom_error_set(LOOM_ERR_ARG, "checkpoint parameters: keep_last=%d (>= 0), "
+                          "deflate_level=%d (0..9) or busy=%d (SKIP or WAIT) out of range",
+                          p->keep_last, p->deflate_level, (int)p->busy);
+  return LOOM_OK;
+}
+
+/* Writes the slices this rank writes to `path`; crcs[t] = crc32 of catalog tensor t's bytes
+ * (0 for tensors it does not write). */
+static loom_status write_rank_file(loom_state *state, const ckpt_catalog *c, void *const *sources,
+                                   const char *path, uint32_t *crcs, int deflate_level,
+                                   double *bytes) {
   hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  if (file < 0) return loom_error_set(LOOM_ERR_HDF5, "creating %s failed", path);
+  if (file < 0) return loom_error_set(LOOM_ERR_HDF5, "creating %s failed (disk full or no "
+                                      "permission?)", path);
   loom_status status = LOOM_OK;
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
   H5Pset_create_intermediate_group(lcpl, 1);
-  for (int i = 0; i < loom_state_count(state) && status == LOOM_OK; i++) {
+  *bytes = 0;
+  for (int i = 0; i < c->local_count && status == LOOM_OK; i++) {
     const char *name;
     const loom_state_spec *spec;
     loom_buf local;
     const int64_t *extents;
     loom_state_entry(state, i, &name, &spec, &local, NULL, &extents);
-    crcs[i] = 0;
-    if (!loom_state_is_writer(spec, &coords) || local.count == 0) continue;
-    if (local.device.kind != LOOM_DEVICE_CPU) {
-      status = loom_error_set(LOOM_ERR_UNSUPPORTED, "checkpoint of '%s': device tensors are not "
-                              "saved yet; copy to host memory first", name);
-      break;
-    }
+    if (!c->local_writes[i]) continue;
     hsize_t dims[LOOM_STATE_MAX_DIMS];
     int rank = file_dims(spec, extents, dims);
     hid_t space = H5Screate_simple(rank, dims, NULL);
@@ -114,66 +123,69 @@ static loom_status write_rank_file(loom_state *state, const char *path, uint32_t
     }
     hid_t set = H5Dcreate2(file, name, file_type(spec->dtype), space, lcpl, dcpl, H5P_DEFAULT);
     H5Pclose(dcpl);
-    if (set < 0 || H5Dwrite(set, file_type(spec->dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, local.ptr) < 0)
-      status = loom_error_set(LOOM_ERR_HDF5, "writing tensor '%s' to %s failed", name, path);
+    if (set < 0 || H5Dwrite(set, file_type(spec->dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, sources[i]) < 0)
+      status = loom_error_set(LOOM_ERR_HDF5, "writing tensor '%s' to %s failed (disk full?)", name, path);
     if (set >= 0) H5Dclose(set);
     H5Sclose(space);
-    crcs[i] = (uint32_t)crc32(0L, local.ptr, (uInt)loom_buf_bytes(local));
+    size_t n = loom_buf_bytes(local);
+    crcs[c->local_tensor[i]] = (uint32_t)crc32(0L, sources[i], (uInt)n);
+    *bytes += (double)n;
   }
   H5Pclose(lcpl);
   if (H5Fclose(file) < 0 && status == LOOM_OK)
-    status = loom_error_set(LOOM_ERR_HDF5, "closing %s failed", path);
+    status = loom_error_set(LOOM_ERR_HDF5, "closing %s failed (disk full?)", path);
   if (status == LOOM_OK) status = fsync_path(path);
   return status;
 }
 
-/* Rank 0: index.h5 with one virtual dataset per tensor over all writers' files. */
-static loom_status write_index(loom_state *state, const char *path, int64_t step, int world,
-                               const uint32_t *all_crcs /* (world, count) */) {
-  loom_mesh *mesh = loom_state_mesh(state);
-  loom_mesh_shape shape = loom_mesh_get_shape(mesh);
-  int count = loom_state_count(state);
+/* Writes a variable-length string attribute. */
+static void write_text_attribute(hid_t object, const char *name, const char *value) {
+  hid_t text = H5Tcopy(H5T_C_S1), scalar = H5Screate(H5S_SCALAR);
+  H5Tset_size(text, H5T_VARIABLE);
+  hid_t a = H5Acreate2(object, name, text, scalar, H5P_DEFAULT, H5P_DEFAULT);
+  H5Awrite(a, text, &value);
+  H5Aclose(a);
+  H5Sclose(scalar);
+  H5Tclose(text);
+}
+
+static void write_attribute(hid_t object, const char *name, hid_t type, hsize_t count,
+                            const void *value) {
+  hid_t space = count == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &count, NULL);
+  hid_t a = H5Acreate2(object, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+  H5Awrite(a, type, value);
+  H5Aclose(a);
+  H5Sclose(space);
+}
+
+/* Rank 0: index.h5 with one virtual dataset per catalog tensor over its writers' files. */
+static loom_status write_index(const ckpt_catalog *c, const loom_mesh_shape *shape,
+                               const char *path, int64_t step,
+                               const uint32_t *all_crcs /* (world, tensor_count) */) {
   hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   if (file < 0) return loom_error_set(LOOM_ERR_HDF5, "creating %s failed", path);
   loom_status status = LOOM_OK;
-  hid_t scalar = H5Screate(H5S_SCALAR);
-  hid_t attr = H5Acreate2(file, "step", H5T_NATIVE_INT64, scalar, H5P_DEFAULT, H5P_DEFAULT);
-  H5Awrite(attr, H5T_NATIVE_INT64, &step);
-  H5Aclose(attr);
-  int mesh_values[4] = {shape.pp, shape.dp, shape.sp, shape.ep};
-  hsize_t four = 4;
-  hid_t four_space = H5Screate_simple(1, &four, NULL);
-  attr = H5Acreate2(file, "mesh_pp_dp_sp_ep", H5T_NATIVE_INT, four_space, H5P_DEFAULT, H5P_DEFAULT);
-  H5Awrite(attr, H5T_NATIVE_INT, mesh_values);
-  H5Aclose(attr);
-  H5Sclose(four_space);
-  hid_t text = H5Tcopy(H5T_C_S1);
-  H5Tset_size(text, H5T_VARIABLE);
-  const char *version = "0.1.0";
-  attr = H5Acreate2(file, "loom_version", text, scalar, H5P_DEFAULT, H5P_DEFAULT);
-  H5Awrite(attr, text, &version);
-  H5Aclose(attr);
+  write_attribute(file, "step", H5T_NATIVE_INT64, 0, &step);
+  int mesh_values[4] = {shape->pp, shape->dp, shape->sp, shape->ep};
+  write_attribute(file, "mesh_pp_dp_sp_ep", H5T_NATIVE_INT, 4, mesh_values);
+  write_text_attribute(file, "loom_version", "0.1.0");
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
   H5Pset_create_intermediate_group(lcpl, 1);
-  hsize_t world_dims = (hsize_t)world;
-  hid_t crc_space = H5Screate_simple(1, &world_dims, NULL);
-  uint32_t *crcs = malloc(sizeof(uint32_t) * (size_t)world);
-  for (int i = 0; i < count && status == LOOM_OK; i++) {
-    const char *name;
-    const loom_state_spec *spec;
-    loom_state_entry(state, i, &name, &spec, NULL, NULL, NULL);
+  uint32_t *crcs = malloc(sizeof(uint32_t) * (size_t)c->world);
+  if (!crcs) status = loom_error_set(LOOM_ERR_NOMEM, "checkpoint index checksums");
+  for (int t = 0; t < c->tensor_count && status == LOOM_OK; t++) {
+    const loom_state_spec *spec = &c->specs[t];
+    const char *name = c->names[t];
     hsize_t dims[LOOM_STATE_MAX_DIMS];
     int rank = file_dims(spec, NULL, dims);
     hid_t space = H5Screate_simple(rank, dims, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-    for (int r = 0; r < world; r++) {
-      loom_mesh_coords c = loom_mesh_coords_of(&shape, r);
+    for (int r = 0; r < c->world; r++) {
+      crcs[r] = all_crcs[(size_t)r * (size_t)c->tensor_count + (size_t)t];
+      if (!c->writes[(size_t)r * (size_t)c->tensor_count + (size_t)t]) continue;
+      loom_mesh_coords coords = loom_mesh_coords_of(shape, r);
       int64_t offsets[LOOM_STATE_MAX_DIMS], extents[LOOM_STATE_MAX_DIMS];
-      loom_state_slice(spec, &shape, &c, offsets, extents);
-      int64_t elements = 1;
-      for (int d = 0; d < spec->ndims; d++) elements *= extents[d];
-      crcs[r] = all_crcs[(size_t)r * (size_t)count + (size_t)i];
-      if (!loom_state_is_writer(spec, &c) || elements == 0) continue;
+      loom_state_slice(spec, shape, &coords, offsets, extents);
       hsize_t start[LOOM_STATE_MAX_DIMS] = {0}, block[LOOM_STATE_MAX_DIMS];
       file_dims(spec, extents, block);
       for (int d = 0; d < spec->ndims; d++) start[d] = (hsize_t)offsets[d];
@@ -190,27 +202,17 @@ static loom_status write_index(loom_state *state, const char *path, int64_t step
     hid_t set = H5Dcreate2(file, name, file_type(spec->dtype), space, lcpl, dcpl, H5P_DEFAULT);
     if (set < 0) status = loom_error_set(LOOM_ERR_HDF5, "creating '%s' in %s failed", name, path);
     if (set >= 0) {
-      const char *dtype_name = loom_dtype_name(spec->dtype);
-      hid_t a = H5Acreate2(set, "loom_dtype", text, scalar, H5P_DEFAULT, H5P_DEFAULT);
-      H5Awrite(a, text, &dtype_name);
-      H5Aclose(a);
+      write_text_attribute(set, "loom_dtype", loom_dtype_name(spec->dtype));
       int ndims = spec->ndims;
-      a = H5Acreate2(set, "loom_ndims", H5T_NATIVE_INT, scalar, H5P_DEFAULT, H5P_DEFAULT);
-      H5Awrite(a, H5T_NATIVE_INT, &ndims);
-      H5Aclose(a);
-      a = H5Acreate2(set, "shard_crc32", H5T_NATIVE_UINT32, crc_space, H5P_DEFAULT, H5P_DEFAULT);
-      H5Awrite(a, H5T_NATIVE_UINT32, crcs);
-      H5Aclose(a);
+      write_attribute(set, "loom_ndims", H5T_NATIVE_INT, 0, &ndims);
+      write_attribute(set, "shard_crc32", H5T_NATIVE_UINT32, (hsize_t)c->world, crcs);
       H5Dclose(set);
     }
     H5Pclose(dcpl);
     H5Sclose(space);
   }
   free(crcs);
-  H5Sclose(crc_space);
   H5Pclose(lcpl);
-  H5Tclose(text);
-  H5Sclose(scalar);
   if (H5Fclose(file) < 0 && status == LOOM_OK) status = loom_error_set(LOOM_ERR_HDF5, "closing %s", path);
   if (status == LOOM_OK) status = fsync_path(path);
   return status;
@@ -250,6 +252,75 @@ static void prune(const char *root, int64_t newest, int keep_last) {
   }
 }
 
+/* Rank 0: moves the complete temporary directory into place and points `latest` at it. */
+static loom_status publish(const char *root, const char *tmp, const char *final, int64_t step) {
+  LOOM_CHECK(fsync_path(tmp));
+  remove_tree(final); /* an older checkpoint of the same step is replaced whole */
+  if (rename(tmp, final) != 0)
+    return loom_error_set(LOOM_ERR_IO, "renaming %s to %s: %s", tmp, final, strerror(errno));
+  LOOM_CHECK(fsync_path(root));
+  char latest[PATH_BYTES], latest_tmp[PATH_BYTES];
+  snprintf(latest, sizeof latest, "%s/latest", root);
+  snprintf(latest_tmp, sizeof latest_tmp, "%s/.latest.tmp", root);
+  FILE *f = fopen(latest_tmp, "w");
+  loom_status status = LOOM_OK;
+  if (!f || fprintf(f, "step-%08lld\n", (long long)step) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0)
+    status = loom_error_set(LOOM_ERR_IO, "writing %s: %s", latest_tmp, strerror(errno));
+  if (f) fclose(f);
+  if (status == LOOM_OK && rename(latest_tmp, latest) != 0)
+    status = loom_error_set(LOOM_ERR_IO, "renaming %s: %s", latest_tmp, strerror(errno));
+  if (status == LOOM_OK) status = fsync_path(root);
+  return status;
+}
+
+loom_status ckpt_write_checkpoint(loom_state *state, const ckpt_catalog *c, MPI_Comm comm,
+                                  const char *root, int64_t step, const loom_ckpt_params *params,
+                                  void *const *sources, double *bytes) {
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  loom_mesh_shape shape = loom_mesh_get_shape(loom_state_mesh(state));
+  char tmp[PATH_BYTES], final[PATH_BYTES], path[PATH_BYTES];
+  snprintf(tmp, sizeof tmp, "%s/.step-%08lld.tmp", root, (long long)step);
+  snprintf(final, sizeof final, "%s/step-%08lld", root, (long long)step);
+  H5E_auto2_t handler;
+  void *handler_data;
+  H5Eget_auto2(H5E_DEFAULT, &handler, &handler_data);
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* loom reports failures itself */
+  loom_status status = LOOM_OK;
+  if (rank == 0) {
+    mkdir(root, 0755);
+    remove_tree(tmp); /* a stale attempt at the same step */
+    if (mkdir(tmp, 0755) != 0)
+      status = loom_error_set(LOOM_ERR_IO, "creating %s: %s", tmp, strerror(errno));
+  }
+  status = ckpt_agree(comm, status);
+  size_t table = (size_t)(c->tensor_count ? c->tensor_count : 1);
+  uint32_t *crcs = calloc(table, sizeof *crcs);
+  uint32_t *all = rank == 0 ? calloc((size_t)c->world * table, sizeof *all) : NULL;
+  if (status == LOOM_OK && (!crcs || (rank == 0 && !all)))
+    status = loom_error_set(LOOM_ERR_NOMEM, "checkpoint checksums");
+  double written = 0;
+  snprintf(path, sizeof path, "%s/rank-%05d.h5", tmp, rank);
+  if (status == LOOM_OK)
+    status = write_rank_file(state, c, sources, path, crcs, params->deflate_level, &written);
+  status = ckpt_agree(comm, status);
+  if (status == LOOM_OK &&
+      MPI_Gather(crcs, c->tensor_count, MPI_UINT32_T, all, c->tensor_count, MPI_UINT32_T, 0,
+                 comm) != MPI_SUCCESS)
+    status = loom_error_set(LOOM_ERR_MPI, "gathering checkpoint checksums failed");
+  if (status == LOOM_OK && rank == 0) {
+    snprintf(path, sizeof path, "%s/index.h5", tmp);
+    status = write_index(c, &shape, path, step, all);
+    if (status == LOOM_OK) status = publish(root, tmp, final, step);
+    if (status == LOOM_OK) prune(root, step, params->keep_last);
+  }
+  free(crcs);
+  free(all);
+  H5Eset_auto2(H5E_DEFAULT, handler, handler_data);
+  if (bytes) *bytes = written;
+  return ckpt_agree(comm, status);
+}
+
 loom_status loom_ckpt_save(loom_state *state, const char *root, int64_t step) {
   return loom_ckpt_save_with(state, root, step, NULL);
 }
@@ -258,208 +329,119 @@ loom_status loom_ckpt_save_with(loom_state *state, const char *root, int64_t ste
                                 const loom_ckpt_params *params) {
   loom_ckpt_params defaults = LOOM_CKPT_PARAMS_INIT;
   if (!params) params = &defaults;
-  if (params->keep_last < 0 || params->deflate_level < 0 || params->deflate_level > 9)
-    return loom_error_set(LOOM_ERR_ARG, "loom_ckpt_save: keep_last=%d (>= 0) or deflate_level=%d "
-                          "(0..9) out of range", params->keep_last, params->deflate_level);
+  LOOM_CHECK(ckpt_check_params(params));
   if (!state || !root || step < 0)
     return loom_error_set(LOOM_ERR_ARG, "loom_ckpt_save: state or root missing, or step %lld < 0",
                           (long long)step);
   loom_group *world = loom_mesh_group(loom_state_mesh(state), LOOM_AXIS_WORLD);
-  int rank = loom_group_rank(world), size = loom_group_size(world), count = loom_state_count(state);
-  int counts[2] = {count, -count}, extremes[2];
-  LOOM_CHECK(loom_allreduce(world, loom_buf_host(counts, 2, LOOM_INT32),
-                            loom_buf_host(extremes, 2, LOOM_INT32), LOOM_OP_MAX));
-  if (extremes[0] != -extremes[1])
-    return loom_error_set(LOOM_ERR_ARG, "loom_ckpt_save: ranks registered between %d and %d "
-                          "tensors; every rank must register the same names", -extremes[1], extremes[0]);
-  char tmp[PATH_BYTES], final[PATH_BYTES], path[PATH_BYTES];
-  snprintf(tmp, sizeof tmp, "%s/.step-%08lld.tmp", root, (long long)step);
-  snprintf(final, sizeof final, "%s/step-%08lld", root, (long long)step);
-  loom_status status = LOOM_OK;
-  if (rank == 0) {
-    mkdir(root, 0755);
-    remove_tree(tmp); /* a stale attempt at the same step */
-    if (mkdir(tmp, 0755) != 0)
-      status = loom_error_set(LOOM_ERR_IO, "creating %s: %s", tmp, strerror(errno));
+  loom_ctx *ctx = loom_group_ctx(world);
+  MPI_Comm comm;
+  if (MPI_Comm_dup(loom_group_comm(world), &comm) != MPI_SUCCESS)
+    return loom_error_set(LOOM_ERR_MPI, "loom_ckpt_save: duplicating the world communicator");
+  ckpt_catalog catalog;
+  loom_status status = ckpt_catalog_build(state, comm, &catalog);
+  int count = loom_state_count(state);
+  void **sources = calloc((size_t)(count ? count : 1), sizeof(void *));
+  unsigned char *owned = calloc((size_t)(count ? count : 1), 1);
+  if (status == LOOM_OK && (!sources || !owned))
+    status = loom_error_set(LOOM_ERR_NOMEM, "loom_ckpt_save: staging table");
+  /* Host slices are written from where they live; device slices through a host copy. */
+  for (int i = 0; i < count && status == LOOM_OK; i++) {
+    loom_buf local;
+    loom_state_entry(state, i, NULL, NULL, &local, NULL, NULL);
+    sources[i] = local.ptr;
+    if (!catalog.local_writes[i] || local.device.kind == LOOM_DEVICE_CPU) continue;
+    size_t bytes = loom_buf_bytes(local);
+    sources[i] = malloc(bytes ? bytes : 1);
+    owned[i] = 1;
+    status = sources[i] ? loom_device_download(ctx, sources[i], local.ptr, bytes)
+                        : loom_error_set(LOOM_ERR_NOMEM, "loom_ckpt_save: host copy of %zu bytes", bytes);
   }
-  LOOM_CHECK(agree(world, status));
-  uint32_t *crcs = calloc((size_t)(count ? count : 1), sizeof *crcs);
-  uint32_t *all = rank == 0 ? calloc((size_t)size * (size_t)(count ? count : 1), sizeof *all) : NULL;
-  if (!crcs || (rank == 0 && !all)) status = loom_error_set(LOOM_ERR_NOMEM, "checkpoint checksums");
-  snprintf(path, sizeof path, "%s/rank-%05d.h5", tmp, rank);
-  if (status == LOOM_OK) status = write_rank_file(state, path, crcs, params->deflate_level);
-  status = agree(world, status);
-  if (status == LOOM_OK)
-    status = MPI_Gather(crcs, count, MPI_UINT32_T, all, count, MPI_UINT32_T, 0,
-                        loom_group_comm(world)) == MPI_SUCCESS ? LOOM_OK
-             : loom_error_set(LOOM_ERR_MPI, "gathering checkpoint checksums failed");
-  if (status == LOOM_OK && rank == 0) {
-    snprintf(path, sizeof path, "%s/index.h5", tmp);
-    status = write_index(state, path, step, size, all);
-    if (status == LOOM_OK) status = fsync_path(tmp);
-    if (status == LOOM_OK) {
-      remove_tree(final); /* an older checkpoint of the same step is replaced whole */
-      if (rename(tmp, final) != 0)
-        status = loom_error_set(LOOM_ERR_IO, "renaming %s to %s: %s", tmp, final, strerror(errno));
-    }
-    if (status == LOOM_OK) status = fsync_path(root);
-    if (status == LOOM_OK) { /* `latest` last, replaced atomically */
-      char latest[PATH_BYTES], latest_tmp[PATH_BYTES];
-      snprintf(latest, sizeof latest, "%s/latest", root);
-      snprintf(latest_tmp, sizeof latest_tmp, "%s/.latest.tmp", root);
-      FILE *f = fopen(latest_tmp, "w");
-      if (!f || fprintf(f, "step-%08lld\n", (long long)step) < 0 || fflush(f) != 0 ||
-          fsync(fileno(f)) != 0)
-        status = loom_error_set(LOOM_ERR_IO, "writing %s: %s", latest_tmp, strerror(errno));
-      if (f) fclose(f);
-      if (status == LOOM_OK && rename(latest_tmp, latest) != 0)
-        status = loom_error_set(LOOM_ERR_IO, "renaming %s: %s", latest_tmp, strerror(errno));
-      if (status == LOOM_OK) status = fsync_path(root);
-    }
-    if (status == LOOM_OK) prune(root, step, params->keep_last);
+  if (catalog.world) { /* the catalog was built: every rank goes on together */
+    status = ckpt_agree(comm, status);
+    if (status == LOOM_OK)
+      status = ckpt_write_checkpoint(state, &catalog, comm, root, step, params, sources, NULL);
   }
-  free(crcs);
-  free(all);
-  status = agree(world, status);
-  if (status == LOOM_OK && rank == 0)
-    loom_log(loom_group_ctx(world), LOOM_LOG_INFO, "checkpoint step %lld written to %s",
-             (long long)step, final);
+  for (int i = 0; i < count && sources; i++)
+    if (owned && owned[i]) free(sources[i]);
+  free(sources);
+  free(owned);
+  ckpt_catalog_free(&catalog);
+  MPI_Comm_free(&comm);
+  if (status == LOOM_OK && loom_group_rank(world) == 0)
+    loom_log(ctx, LOOM_LOG_INFO, "checkpoint step %lld written to %s/step-%08lld", (long long)step,
+             root, (long long)step);
   return status;
 }
 
-/* The checkpoint directory `root` designates: itself when it holds index.h5, else the one
- * named by root/latest. */
-static loom_status resolve(const char *root, char *dir, size_t bytes) {
-  snprintf(dir, bytes, "%s/index.h5", root);
-  if (access(dir, R_OK) == 0) {
-    snprintf(dir, bytes, "%s", root);
-    return LOOM_OK;
+/* The index against the world's registries: every registered tensor present with the same
+ * dtype and shape, no tensor that nobody registered. Then the shard checks, spread over the
+ * ranks: pair (tensor t, writer w) is checked by rank (t * writers + w) % size, plus each
+ * tensor's mapping by rank t % size. */
+static loom_status check_checkpoint(const loom_ckpt_info *info, const ckpt_catalog *c, int rank,
+                                    int size) {
+  for (int t = 0; t < info->tensor_count; t++)
+    if (ckpt_catalog_find(c, info->tensors[t].name) < 0)
+      return loom_error_set(LOOM_ERR_ARG, "checkpoint %s holds tensor '%s' that no rank registered: "
+                            "it was written by another model (or another version of this one)",
+                            info->dir, info->tensors[t].name);
+  for (int t = 0; t < c->tensor_count; t++) {
+    const loom_state_spec *spec = &c->specs[t];
+    const loom_ckpt_tensor_info *found = NULL;
+    for (int i = 0; i < info->tensor_count && !found; i++)
+      if (strcmp(info->tensors[i].name, c->names[t]) == 0) found = &info->tensors[i];
+    if (!found)
+      return loom_error_set(LOOM_ERR_ARG, "checkpoint %s has no tensor '%s': it was written by "
+                            "another model (or another version of this one)", info->dir, c->names[t]);
+    int same = found->dtype == spec->dtype && found->ndims == spec->ndims;
+    for (int d = 0; same && d < spec->ndims; d++) same = found->shape[d] == spec->shape[d];
+    if (!same)
+      return loom_error_set(LOOM_ERR_ARG, "checkpoint %s: tensor '%s' is %s of %d dims there but "
+                            "registered as %s of %d dims (or other extents): another model",
+                            info->dir, c->names[t], loom_dtype_name(found->dtype), found->ndims,
+                            loom_dtype_name(spec->dtype), spec->ndims);
   }
-  char latest[PATH_BYTES], name[256] = "";
-  snprintf(latest, sizeof latest, "%s/latest", root);
-  FILE *f = fopen(latest, "r");
-  if (!f)
-    return loom_error_set(LOOM_ERR_IO, "no checkpoint at %s: neither %s/index.h5 nor %s exists",
-                          root, root, latest);
-  int ok = fscanf(f, "%255s", name) == 1;
-  fclose(f);
-  if (!ok || strncmp(name, "step-", 5) != 0 || strchr(name, '/'))
-    return loom_error_set(LOOM_ERR_CORRUPT, "%s does not name a checkpoint ('%s')", latest, name);
-  snprintf(dir, bytes, "%s/%s", root, name);
+  for (int t = 0; t < info->tensor_count; t++) {
+    const loom_ckpt_tensor_info *tensor = &info->tensors[t];
+    if (t % size == rank) LOOM_CHECK(loom_ckpt_check_mapping(info->dir, tensor));
+    for (int w = 0; w < tensor->shard_count; w++)
+      if (((long long)t * tensor->shard_count + w) % size == rank && tensor->shard_crc32[w] != 0)
+        LOOM_CHECK(loom_ckpt_verify_shard(info->dir, tensor->name, w, tensor->shard_crc32[w]));
+  }
   return LOOM_OK;
 }
 
-/* Reads attribute `name` of `object` as `type` into out; -1 when missing. */
-static int read_attribute(hid_t object, const char *name, hid_t type, void *out) {
-  if (H5Aexists(object, name) <= 0) return -1;
-  hid_t a = H5Aopen(object, name, H5P_DEFAULT);
-  int rc = H5Aread(a, type, out) < 0 ? -1 : 0;
-  H5Aclose(a);
-  return rc;
-}
-
-/* Shard checks, spread over the ranks: shard (tensor i, writer w) is verified by rank
- * (i * world_size + w) % size against the crc32 recorded in the index. */
-static loom_status verify_shards(hid_t index, const char *dir, loom_state *state, int rank,
-                                 int size, int writers) {
-  loom_status status = LOOM_OK;
-  uint32_t *crcs = malloc(sizeof(uint32_t) * (size_t)writers);
-  if (!crcs) return loom_error_set(LOOM_ERR_NOMEM, "checkpoint checksums");
-  for (int i = 0; i < loom_state_count(state) && status == LOOM_OK; i++) {
-    const char *name;
-    loom_state_entry(state, i, &name, NULL, NULL, NULL, NULL);
-    if (H5Lexists(index, name, H5P_DEFAULT) <= 0) continue; /* reported by the load */
-    hid_t set = H5Dopen2(index, name, H5P_DEFAULT);
-    int have = read_attribute(set, "shard_crc32", H5T_NATIVE_UINT32, crcs);
-    H5Dclose(set);
-    if (have < 0) {
-      status = loom_error_set(LOOM_ERR_CORRUPT, "%s/index.h5: tensor '%s' has no shard checksums",
-                              dir, name);
-      break;
-    }
-    for (int w = 0; w < writers && status == LOOM_OK; w++) {
-      if (((long long)i * writers + w) % size != rank) continue;
-      char path[PATH_BYTES];
-      snprintf(path, sizeof path, "%s/rank-%05d.h5", dir, w);
-      hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-      if (file < 0) {
-        status = loom_error_set(LOOM_ERR_CORRUPT, "checkpoint %s: rank file %s is missing or "
-                                "unreadable (tensor '%s')", dir, path, name);
-        break;
-      }
-      if (H5Lexists(file, name, H5P_DEFAULT) > 0) {
-        hid_t shard = H5Dopen2(file, name, H5P_DEFAULT);
-        hid_t type = H5Dget_type(shard);
-        size_t bytes = (size_t)H5Sget_simple_extent_npoints(H5Dget_space(shard)) * H5Tget_size(type);
-        char *data = malloc(bytes ? bytes : 1);
-        if (!data || H5Dread(shard, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
-          status = loom_error_set(LOOM_ERR_CORRUPT, "%s: tensor '%s' cannot be read", path, name);
-        else if ((uint32_t)crc32(0L, (const Bytef *)data, (uInt)bytes) != crcs[w])
-          status = loom_error_set(LOOM_ERR_CORRUPT, "%s: tensor '%s' fails its checksum (crc32 "
-                                  "%08x, index says %08x): the checkpoint is damaged; load an "
-                                  "older one", path, name,
-                                  (unsigned)crc32(0L, (const Bytef *)data, (uInt)bytes), crcs[w]);
-        free(data);
-        H5Tclose(type);
-        H5Dclose(shard);
-      } else if (crcs[w] != 0) {
-        status = loom_error_set(LOOM_ERR_CORRUPT, "%s lacks tensor '%s' that the index maps",
-                                path, name);
-      }
-      H5Fclose(file);
-    }
-  }
-  free(crcs);
-  return status;
-}
-
-/* Reads this rank's slice of every registered tensor through the index's virtual datasets. */
-static loom_status read_slices(hid_t index, const char *dir, loom_state *state) {
+/* Reads this rank's slice of every registered tensor through the index's virtual datasets;
+ * device tensors through a host buffer. */
+static loom_status read_slices(hid_t index, const char *dir, loom_state *state, loom_ctx *ctx) {
   for (int i = 0; i < loom_state_count(state); i++) {
     const char *name;
     const loom_state_spec *spec;
     loom_buf local;
     const int64_t *offsets, *extents;
     loom_state_entry(state, i, &name, &spec, &local, &offsets, &extents);
-    if (H5Lexists(index, name, H5P_DEFAULT) <= 0)
-      return loom_error_set(LOOM_ERR_ARG, "checkpoint %s has no tensor '%s': it was written by "
-                            "another model (or another version of this one)", dir, name);
-    if (local.device.kind != LOOM_DEVICE_CPU)
-      return loom_error_set(LOOM_ERR_UNSUPPORTED, "loading '%s': device tensors are not loaded "
-                            "yet; register a host copy", name);
+    if (local.count == 0) continue;
     hid_t set = H5Dopen2(index, name, H5P_DEFAULT);
+    if (set < 0) return loom_error_set(LOOM_ERR_CORRUPT, "checkpoint %s: tensor '%s' cannot be opened", dir, name);
     hid_t space = H5Dget_space(set);
-    hsize_t dims[LOOM_STATE_MAX_DIMS], want[LOOM_STATE_MAX_DIMS];
-    int rank = H5Sget_simple_extent_ndims(space), want_rank = file_dims(spec, NULL, want);
-    char dtype_name[32] = "";
-    hid_t text = H5Tcopy(H5T_C_S1);
-    H5Tset_size(text, H5T_VARIABLE);
-    char *stored = NULL;
-    if (read_attribute(set, "loom_dtype", text, &stored) == 0 && stored) {
-      snprintf(dtype_name, sizeof dtype_name, "%s", stored);
-      H5free_memory(stored);
-    }
-    H5Tclose(text);
-    int same = rank == want_rank && rank <= LOOM_STATE_MAX_DIMS &&
-               strcmp(dtype_name, loom_dtype_name(spec->dtype)) == 0;
-    if (same) H5Sget_simple_extent_dims(space, dims, NULL);
-    for (int d = 0; same && d < rank; d++) same = dims[d] == want[d];
+    hsize_t start[LOOM_STATE_MAX_DIMS] = {0}, block[LOOM_STATE_MAX_DIMS];
+    int rank = file_dims(spec, extents, block);
+    for (int d = 0; d < spec->ndims; d++) start[d] = (hsize_t)offsets[d];
+    H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, block, NULL);
+    hid_t memory = H5Screate_simple(rank, block, NULL);
+    size_t bytes = loom_buf_bytes(local);
+    int on_host = local.device.kind == LOOM_DEVICE_CPU;
+    void *target = on_host ? local.ptr : malloc(bytes);
     loom_status status = LOOM_OK;
-    if (!same) {
-      status = loom_error_set(LOOM_ERR_ARG, "checkpoint %s: tensor '%s' is %s of %d dims there but "
-                              "registered as %s of %d dims (or other extents): another model",
-                              dir, name, dtype_name, rank, loom_dtype_name(spec->dtype), want_rank);
-    } else if (local.count > 0) {
-      hsize_t start[LOOM_STATE_MAX_DIMS] = {0}, block[LOOM_STATE_MAX_DIMS];
-      file_dims(spec, extents, block);
-      for (int d = 0; d < spec->ndims; d++) start[d] = (hsize_t)offsets[d];
-      H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, block, NULL);
-      hid_t memory = H5Screate_simple(rank, block, NULL);
-      if (H5Dread(set, file_type(spec->dtype), memory, space, H5P_DEFAULT, local.ptr) < 0)
-        status = loom_error_set(LOOM_ERR_CORRUPT, "checkpoint %s: reading tensor '%s' failed "
-                                "(a rank file missing or damaged)", dir, name);
-      H5Sclose(memory);
-    }
+    if (!target)
+      status = loom_error_set(LOOM_ERR_NOMEM, "loading '%s': host buffer of %zu bytes", name, bytes);
+    else if (H5Dread(set, file_type(spec->dtype), memory, space, H5P_DEFAULT, target) < 0)
+      status = loom_error_set(LOOM_ERR_CORRUPT, "checkpoint %s: reading tensor '%s' failed "
+                              "(a rank file missing or damaged)", dir, name);
+    else if (!on_host)
+      status = loom_device_upload(ctx, local.ptr, target, bytes);
+    if (!on_host) free(target);
+    H5Sclose(memory);
     H5Sclose(space);
     H5Dclose(set);
     LOOM_CHECK(status);
@@ -471,56 +453,39 @@ loom_status loom_ckpt_load(loom_state *state, const char *root, int64_t *step) {
   if (!state || !root) return loom_error_set(LOOM_ERR_ARG, "loom_ckpt_load: state or root missing");
   loom_group *world = loom_mesh_group(loom_state_mesh(state), LOOM_AXIS_WORLD);
   int rank = loom_group_rank(world), size = loom_group_size(world);
-  char dir[PATH_BYTES], path[PATH_BYTES];
-  loom_status status = resolve(root, dir, sizeof dir);
-  hid_t index = -1;
+  MPI_Comm comm;
+  if (MPI_Comm_dup(loom_group_comm(world), &comm) != MPI_SUCCESS)
+    return loom_error_set(LOOM_ERR_MPI, "loom_ckpt_load: duplicating the world communicator");
+  ckpt_catalog catalog;
+  loom_status status = ckpt_catalog_build(state, comm, &catalog);
+  if (status != LOOM_OK) {
+    MPI_Comm_free(&comm);
+    return status;
+  }
+  loom_ckpt_info info = {0};
+  status = loom_ckpt_info_open(root, &info);
+  if (status == LOOM_OK && info.mesh[0] * info.mesh[1] * info.mesh[2] <= 0)
+    status = loom_error_set(LOOM_ERR_CORRUPT, "%s: mesh %d x %d x %d is not valid", info.dir,
+                            info.mesh[0], info.mesh[1], info.mesh[2]);
+  if (status == LOOM_OK) status = check_checkpoint(&info, &catalog, rank, size);
+  status = ckpt_agree(comm, status);
   H5E_auto2_t handler;
   void *handler_data;
   H5Eget_auto2(H5E_DEFAULT, &handler, &handler_data);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* loom reports failures itself */
-  int writers = 0;
-  int64_t saved_step = -1;
   if (status == LOOM_OK) {
-    snprintf(path, sizeof path, "%s/index.h5", dir);
-    index = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (index < 0)
-      status = loom_error_set(LOOM_ERR_CORRUPT, "%s cannot be opened as HDF5: not a checkpoint, "
-                              "or damaged", path);
+    char path[PATH_BYTES + 16];
+    snprintf(path, sizeof path, "%s/index.h5", info.dir);
+    hid_t index = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    status = index < 0 ? loom_error_set(LOOM_ERR_CORRUPT, "%s cannot be opened", path)
+                       : read_slices(index, info.dir, state, loom_group_ctx(world));
+    if (index >= 0) H5Fclose(index);
   }
-  int mesh_values[4] = {0};
-  if (status == LOOM_OK && (read_attribute(index, "step", H5T_NATIVE_INT64, &saved_step) < 0 ||
-                            read_attribute(index, "mesh_pp_dp_sp_ep", H5T_NATIVE_INT, mesh_values) < 0))
-    status = loom_error_set(LOOM_ERR_CORRUPT, "%s lacks the step or mesh attributes: not a loom "
-                            "checkpoint", path);
-  writers = mesh_values[0] * mesh_values[1] * mesh_values[2];
-  if (status == LOOM_OK && (writers <= 0 || writers > (1 << 24)))
-    status = loom_error_set(LOOM_ERR_CORRUPT, "%s: mesh %d x %d x %d is not valid", path,
-                            mesh_values[0], mesh_values[1], mesh_values[2]);
-  if (status == LOOM_OK) { /* extra tensors: another model */
-    H5G_info_t info;
-    int top_level = 0; /* distinct first path components of the registered names */
-    for (int i = 0; i < loom_state_count(state); i++) {
-      const char *name, *other;
-      loom_state_entry(state, i, &name, NULL, NULL, NULL, NULL);
-      size_t len = strcspn(name, "/");
-      int seen = 0;
-      for (int j = 0; j < i && !seen; j++) {
-        loom_state_entry(state, j, &other, NULL, NULL, NULL, NULL);
-        seen = strcspn(other, "/") == len && strncmp(name, other, len) == 0;
-      }
-      top_level += !seen;
-    }
-    if (H5Gget_info(index, &info) >= 0 && (int)info.nlinks > top_level)
-      status = loom_error_set(LOOM_ERR_ARG, "checkpoint %s holds %d top-level tensors or groups "
-                              "but %d are registered: another model", dir, (int)info.nlinks,
-                              top_level);
-  }
-  if (status == LOOM_OK) status = verify_shards(index, dir, state, rank, size, writers);
-  status = agree(world, status);
-  if (status == LOOM_OK) status = read_slices(index, dir, state);
-  if (index >= 0) H5Fclose(index);
   H5Eset_auto2(H5E_DEFAULT, handler, handler_data);
-  status = agree(world, status);
-  if (status == LOOM_OK && step) *step = saved_step;
+  status = ckpt_agree(comm, status);
+  if (status == LOOM_OK && step) *step = info.step;
+  loom_ckpt_info_free(&info);
+  ckpt_catalog_free(&catalog);
+  MPI_Comm_free(&comm);
   return status;
 }

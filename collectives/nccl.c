@@ -451,6 +451,16 @@ static loom_status poll_pending(void *opaque, int *done) {
   return LOOM_INPROGRESS;
 }
 
+/* loom_req_order_stream: `stream` (NULL = the compute stream) waits for the operation. */
+static loom_status order_pending(void *opaque, void *stream) {
+  pending *p = opaque;
+  loom_group *g = p->group;
+  if (!p->issued) LOOM_CHECK(flush_p2p(g, p->st));
+  cudaStream_t target = stream ? (cudaStream_t)stream : (cudaStream_t)g->ctx->stream;
+  CUDA_TRY(g, cudaStreamWaitEvent(target, p->done, 0));
+  return LOOM_OK;
+}
+
 static void release_pending(void *opaque) {
   pending *p = opaque;
   if (p->st->spare_count < (int)(sizeof p->st->spare_events / sizeof p->st->spare_events[0]))
@@ -494,6 +504,7 @@ static loom_status new_request(const pending *proto, pending **out_pending, loom
   }
   r->poll = poll_pending;
   r->poll_release = release_pending;
+  r->poll_order = order_pending;
   r->poll_state = p;
   r->what = proto->what;
   *out_pending = p;
@@ -510,7 +521,10 @@ static loom_status deliver(loom_req *r, loom_req **req) {
   return loom_wait(&r);
 }
 
-/* Orders the compute stream after st->stream; completes through a request or a wait. */
+/* Completes through a request or a wait. A blocking call also orders the compute stream after
+ * st->stream (its result is ready for the caller's next kernels, as with NCCL on one stream);
+ * an asynchronous one does not, so compute posted after it overlaps it: the caller orders a
+ * stream with loom_req_order_stream, or waits. */
 static loom_status join_out(loom_group *g, nccl_state *st, const char *what, double deadline,
                             loom_req **req) {
   pending proto = {.group = g, .st = st, .deadline = deadline, .what = what, .issued = 1};
@@ -518,7 +532,7 @@ static loom_status join_out(loom_group *g, nccl_state *st, const char *what, dou
   loom_req *r = NULL;
   LOOM_CHECK(new_request(&proto, &p, &r));
   cudaError_t e = cudaEventRecord(p->done, st->stream);
-  if (e == cudaSuccess) e = cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, p->done, 0);
+  if (e == cudaSuccess && !req) e = cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, p->done, 0);
   if (e != cudaSuccess) {
     loom_status s = cuda_failure(g, what, e);
     char message[1024];

@@ -22,20 +22,32 @@ loom_status launch_status(const char *what) {
   return LOOM_OK;
 }
 
-__global__ void sgd_kernel(size_t n, float *param, const float *grad, float *momentum_buf, float lr,
-                           float momentum, float weight_decay, int nesterov, int first_step) {
+// G is float or uint16_t (bfloat16 bits); copy may be null.
+__device__ inline float widen(float g) { return g; }
+__device__ inline float widen(uint16_t g) { return loom_bf16_widen(g); }
+
+template <typename G>
+__global__ void sgd_kernel(size_t n, float *param, const G *grad, float *momentum_buf,
+                           uint16_t *copy, float lr, float momentum, float weight_decay,
+                           int nesterov, int first_step) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-       i += (size_t)gridDim.x * blockDim.x)
-    loom_sgd_element(&param[i], grad[i], momentum_buf ? &momentum_buf[i] : nullptr, lr, momentum,
-                     weight_decay, nesterov, first_step);
+       i += (size_t)gridDim.x * blockDim.x) {
+    loom_sgd_element(&param[i], widen(grad[i]), momentum_buf ? &momentum_buf[i] : nullptr, lr,
+                     momentum, weight_decay, nesterov, first_step);
+    if (copy) copy[i] = loom_bf16_round(param[i]);
+  }
 }
 
-__global__ void adamw_kernel(size_t n, float *param, const float *grad, float *exp_avg,
-                             float *exp_avg_sq, float beta1, float beta2, float eps,
-                             loom_adamw_step_scalars scalars) {
+template <typename G>
+__global__ void adamw_kernel(size_t n, float *param, const G *grad, float *exp_avg,
+                             float *exp_avg_sq, uint16_t *copy, float beta1, float beta2,
+                             float eps, loom_adamw_step_scalars scalars) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-       i += (size_t)gridDim.x * blockDim.x)
-    loom_adamw_element(&param[i], grad[i], &exp_avg[i], &exp_avg_sq[i], beta1, beta2, eps, scalars);
+       i += (size_t)gridDim.x * blockDim.x) {
+    loom_adamw_element(&param[i], widen(grad[i]), &exp_avg[i], &exp_avg_sq[i], beta1, beta2, eps,
+                       scalars);
+    if (copy) copy[i] = loom_bf16_round(param[i]);
+  }
 }
 
 template <typename T>
@@ -65,14 +77,50 @@ __global__ void scale_kernel(T *x, size_t n, double scale) {
 
 }  // namespace
 
+extern "C" loom_status loom_sgd_update_device_mixed(void *stream, size_t n, float *param,
+                                                    const void *grad, loom_dtype grad_dtype,
+                                                    float *momentum_buf, uint16_t *bf16_copy,
+                                                    float lr, float momentum, float weight_decay,
+                                                    int nesterov, int first_step) {
+  if (n == 0) return LOOM_OK;
+  cudaStream_t s = (cudaStream_t)stream;
+  if (grad_dtype == LOOM_BFLOAT16)
+    sgd_kernel<<<blocks_for(n), kThreads, 0, s>>>(n, param, (const uint16_t *)grad, momentum_buf,
+                                                  bf16_copy, lr, momentum, weight_decay, nesterov,
+                                                  first_step);
+  else
+    sgd_kernel<<<blocks_for(n), kThreads, 0, s>>>(n, param, (const float *)grad, momentum_buf,
+                                                  bf16_copy, lr, momentum, weight_decay, nesterov,
+                                                  first_step);
+  return launch_status("SGD");
+}
+
 extern "C" loom_status loom_sgd_update_device(void *stream, size_t n, float *param,
                                               const float *grad, float *momentum_buf, float lr,
                                               float momentum, float weight_decay, int nesterov,
                                               int first_step) {
+  return loom_sgd_update_device_mixed(stream, n, param, grad, LOOM_FLOAT32, momentum_buf, nullptr,
+                                      lr, momentum, weight_decay, nesterov, first_step);
+}
+
+extern "C" loom_status loom_adamw_update_device_mixed(void *stream, size_t n, float *param,
+                                                      const void *grad, loom_dtype grad_dtype,
+                                                      float *exp_avg, float *exp_avg_sq,
+                                                      uint16_t *bf16_copy, int64_t step, float lr,
+                                                      float beta1, float beta2, float eps,
+                                                      float weight_decay) {
   if (n == 0) return LOOM_OK;
-  sgd_kernel<<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>(
-      n, param, grad, momentum_buf, lr, momentum, weight_decay, nesterov, first_step);
-  return launch_status("SGD");
+  loom_adamw_step_scalars scalars = loom_adamw_scalars(step, lr, beta1, beta2, weight_decay);
+  cudaStream_t s = (cudaStream_t)stream;
+  if (grad_dtype == LOOM_BFLOAT16)
+    adamw_kernel<<<blocks_for(n), kThreads, 0, s>>>(n, param, (const uint16_t *)grad, exp_avg,
+                                                    exp_avg_sq, bf16_copy, beta1, beta2, eps,
+                                                    scalars);
+  else
+    adamw_kernel<<<blocks_for(n), kThreads, 0, s>>>(n, param, (const float *)grad, exp_avg,
+                                                    exp_avg_sq, bf16_copy, beta1, beta2, eps,
+                                                    scalars);
+  return launch_status("AdamW");
 }
 
 extern "C" loom_status loom_adamw_update_device(void *stream, size_t n, float *param,
@@ -80,11 +128,8 @@ extern "C" loom_status loom_adamw_update_device(void *stream, size_t n, float *p
                                                 float *exp_avg_sq, int64_t step, float lr,
                                                 float beta1, float beta2, float eps,
                                                 float weight_decay) {
-  if (n == 0) return LOOM_OK;
-  loom_adamw_step_scalars scalars = loom_adamw_scalars(step, lr, beta1, beta2, weight_decay);
-  adamw_kernel<<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>(
-      n, param, grad, exp_avg, exp_avg_sq, beta1, beta2, eps, scalars);
-  return launch_status("AdamW");
+  return loom_adamw_update_device_mixed(stream, n, param, grad, LOOM_FLOAT32, exp_avg, exp_avg_sq,
+                                        nullptr, step, lr, beta1, beta2, eps, weight_decay);
 }
 
 extern "C" loom_status loom_sum_squares_device(void *stream, const void *x, size_t n,

@@ -22,6 +22,17 @@ loom_status loom_sgd_update_device(void *stream, size_t n, float *param, const f
 loom_status loom_adamw_update_device(void *stream, size_t n, float *param, const float *grad,
                                      float *exp_avg, float *exp_avg_sq, int64_t step, float lr,
                                      float beta1, float beta2, float eps, float weight_decay);
+/* The mixed-precision forms (see loom_adamw_update_mixed): float32 or bfloat16 gradients and
+ * an optional bfloat16 copy of the updated parameters (NULL: none). */
+loom_status loom_sgd_update_device_mixed(void *stream, size_t n, float *param, const void *grad,
+                                         loom_dtype grad_dtype, float *momentum_buf,
+                                         uint16_t *bf16_copy, float lr, float momentum,
+                                         float weight_decay, int nesterov, int first_step);
+loom_status loom_adamw_update_device_mixed(void *stream, size_t n, float *param, const void *grad,
+                                           loom_dtype grad_dtype, float *exp_avg,
+                                           float *exp_avg_sq, uint16_t *bf16_copy, int64_t step,
+                                           float lr, float beta1, float beta2, float eps,
+                                           float weight_decay);
 /* Sum of squares of n float32 or float64 elements in double precision (one block-wise
  * reduction, then the host sums the block results). */
 loom_status loom_sum_squares_device(void *stream, const void *x, size_t n, loom_dtype dtype,

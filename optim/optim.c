@@ -15,6 +15,7 @@
 typedef struct {
   char *name;
   loom_buf param, grad;
+  loom_buf model_copy;     /* bfloat16 copy written after each update; count 0 = none */
   float *state[2];         /* SGD: momentum; AdamW: exp_avg, exp_avg_sq */
   char *state_name[2];
   int device;              /* parameter, gradient and state live on the GPU */
@@ -78,14 +79,26 @@ static char *joined(const char *a, const char *b) {
 }
 
 loom_status loom_optim_add(loom_optim *o, const char *name, loom_buf param, loom_buf grad) {
+  return loom_optim_add_mixed(o, name, param, grad, (loom_buf){0});
+}
+
+loom_status loom_optim_add_mixed(loom_optim *o, const char *name, loom_buf param, loom_buf grad,
+                                 loom_buf model_copy) {
   if (!o || !name || !*name) return loom_error_set(LOOM_ERR_ARG, "loom_optim_add: optimizer or name missing");
-  if (param.dtype != LOOM_FLOAT32 || grad.dtype != LOOM_FLOAT32)
+  if (param.dtype != LOOM_FLOAT32 || (grad.dtype != LOOM_FLOAT32 && grad.dtype != LOOM_BFLOAT16))
     return loom_error_set(LOOM_ERR_ARG, "loom_optim_add '%s': parameter is %s and gradient %s; "
-                          "the CPU optimizer updates float32 with float32 gradients", name,
-                          loom_dtype_name(param.dtype), loom_dtype_name(grad.dtype));
+                          "the optimizer updates float32 parameters with float32 or bfloat16 "
+                          "gradients", name, loom_dtype_name(param.dtype),
+                          loom_dtype_name(grad.dtype));
   if (param.device.kind != grad.device.kind)
     return loom_error_set(LOOM_ERR_ARG, "loom_optim_add '%s': parameter and gradient are in "
                           "different memories (host/device)", name);
+  if (model_copy.count != 0 &&
+      (model_copy.dtype != LOOM_BFLOAT16 || model_copy.count != param.count || !model_copy.ptr ||
+       model_copy.device.kind != param.device.kind))
+    return loom_error_set(LOOM_ERR_ARG, "loom_optim_add '%s': the model copy must be a bfloat16 "
+                          "buffer of %zu elements in the parameter's memory (got %s, %zu elements)",
+                          name, param.count, loom_dtype_name(model_copy.dtype), model_copy.count);
   int device = param.device.kind == LOOM_DEVICE_CUDA;
 #ifndef LOOM_HAVE_CUDA
   if (device)
@@ -105,7 +118,8 @@ loom_status loom_optim_add(loom_optim *o, const char *name, loom_buf param, loom
     o->entries = grown;
     o->capacity = capacity;
   }
-  entry e = {.name = strdup(name), .param = param, .grad = grad, .device = device};
+  entry e = {.name = strdup(name), .param = param, .grad = grad, .model_copy = model_copy,
+             .device = device};
   static const char *const sgd_names[] = {"momentum"}, *const adam_names[] = {"exp_avg", "exp_avg_sq"};
   int states = states_per_param(o);
   int ok = e.name != NULL;
@@ -149,27 +163,32 @@ loom_status loom_optim_step(loom_optim *o, double lr) {
   o->step++;
   for (int i = 0; i < o->count; i++) {
     entry *e = &o->entries[i];
+    uint16_t *copy = e->model_copy.count ? e->model_copy.ptr : NULL;
 #ifdef LOOM_HAVE_CUDA
     if (e->device) {
       if (p->kind == LOOM_OPTIM_SGD)
-        LOOM_CHECK(loom_sgd_update_device(p->stream, e->param.count, e->param.ptr, e->grad.ptr,
-                                          e->state[0], (float)lr, (float)p->momentum,
-                                          (float)p->weight_decay, p->nesterov, o->step == 1));
+        LOOM_CHECK(loom_sgd_update_device_mixed(p->stream, e->param.count, e->param.ptr,
+                                                e->grad.ptr, e->grad.dtype, e->state[0], copy,
+                                                (float)lr, (float)p->momentum,
+                                                (float)p->weight_decay, p->nesterov, o->step == 1));
       else
-        LOOM_CHECK(loom_adamw_update_device(p->stream, e->param.count, e->param.ptr, e->grad.ptr,
-                                            e->state[0], e->state[1], o->step, (float)lr,
-                                            (float)p->beta1, (float)p->beta2, (float)p->eps,
-                                            (float)p->weight_decay));
+        LOOM_CHECK(loom_adamw_update_device_mixed(p->stream, e->param.count, e->param.ptr,
+                                                  e->grad.ptr, e->grad.dtype, e->state[0],
+                                                  e->state[1], copy, o->step, (float)lr,
+                                                  (float)p->beta1, (float)p->beta2, (float)p->eps,
+                                                  (float)p->weight_decay));
       continue;
     }
 #endif
     if (p->kind == LOOM_OPTIM_SGD)
-      loom_sgd_update(e->param.count, e->param.ptr, e->grad.ptr, e->state[0], (float)lr,
-                      (float)p->momentum, (float)p->weight_decay, p->nesterov, o->step == 1);
+      loom_sgd_update_mixed(e->param.count, e->param.ptr, e->grad.ptr, e->grad.dtype, e->state[0],
+                            copy, (float)lr, (float)p->momentum, (float)p->weight_decay,
+                            p->nesterov, o->step == 1);
     else
-      loom_adamw_update(e->param.count, e->param.ptr, e->grad.ptr, e->state[0], e->state[1],
-                        o->step, (float)lr, (float)p->beta1, (float)p->beta2, (float)p->eps,
-                        (float)p->weight_decay);
+      loom_adamw_update_mixed(e->param.count, e->param.ptr, e->grad.ptr, e->grad.dtype,
+                              e->state[0], e->state[1], copy, o->step, (float)lr,
+                              (float)p->beta1, (float)p->beta2, (float)p->eps,
+                              (float)p->weight_decay);
   }
   return LOOM_OK;
 }

@@ -28,6 +28,18 @@ void loom_adamw_update(size_t n, float *param, const float *grad, float *exp_avg
                        float *exp_avg_sq, int64_t step, float lr, float beta1, float beta2,
                        float eps, float weight_decay);
 
+/* Mixed precision (Micikevicius et al., "Mixed Precision Training", ICLR'18): the same rules on
+ * float32 master parameters with a float32 or bfloat16 gradient (`grad_dtype`), and, when
+ * `bf16_copy` is not NULL, the updated parameter rounded to bfloat16 (nearest even) written
+ * there: the weights a bf16 forward pass reads. The kernels above are these with float32
+ * gradients and no copy. */
+void loom_sgd_update_mixed(size_t n, float *param, const void *grad, loom_dtype grad_dtype,
+                           float *momentum_buf, uint16_t *bf16_copy, float lr, float momentum,
+                           float weight_decay, int nesterov, int first_step);
+void loom_adamw_update_mixed(size_t n, float *param, const void *grad, loom_dtype grad_dtype,
+                             float *exp_avg, float *exp_avg_sq, uint16_t *bf16_copy, int64_t step,
+                             float lr, float beta1, float beta2, float eps, float weight_decay);
+
 typedef enum { LOOM_OPTIM_SGD, LOOM_OPTIM_ADAMW } loom_optim_kind;
 
 typedef struct {
@@ -54,6 +66,12 @@ void loom_optim_destroy(loom_optim *optim);
  * GPU in a CUDA build); the optimizer allocates its state beside them, zeroed. Names must be
  * unique. Buffers stay the caller's. */
 loom_status loom_optim_add(loom_optim *optim, const char *name, loom_buf param, loom_buf grad);
+/* loom_optim_add for mixed precision: `param` is the float32 master copy (what the optimizer
+ * state and checkpoints hold), `grad` is float32 or bfloat16, and `model_copy` is either
+ * empty ({0}: none) or a bfloat16 buffer of the same count in the same memory that every
+ * step overwrites with the updated parameter rounded to bfloat16. */
+loom_status loom_optim_add_mixed(loom_optim *optim, const char *name, loom_buf param,
+                                 loom_buf grad, loom_buf model_copy);
 /* One update of every parameter with learning rate `lr`; increments the step count. */
 loom_status loom_optim_step(loom_optim *optim, double lr);
 int64_t loom_optim_step_count(const loom_optim *optim);

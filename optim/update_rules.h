@@ -8,11 +8,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#ifdef __CUDACC__
-#define LOOM_HOST_DEVICE __host__ __device__
-#else
-#define LOOM_HOST_DEVICE
-#endif
+#include "runtime/bf16.h" /* LOOM_HOST_DEVICE, bf16 rounding */
 
 /* SGD on element i (see loom_sgd_update for the rule). */
 LOOM_HOST_DEVICE static inline void loom_sgd_element(float *param, float grad, float *momentum_buf,

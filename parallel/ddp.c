@@ -22,7 +22,9 @@ typedef struct {
 typedef struct {
   loom_dtype dtype;
   size_t count;   /* elements */
-  void *flat;     /* (count) packed gradients */
+  void *flat;     /* (count) packed gradients; for a bucket of one gradient, that gradient's
+                   * own buffer (reduced in place: no packing copies, no extra memory) */
+  int in_place;
   int *members;   /* (member_count) parameter indices */
   int member_count;
   int pending;    /* members not yet ready in this step */
@@ -77,8 +79,12 @@ void loom_ddp_destroy(loom_ddp *ddp) {
   if (!ddp) return;
   drain(ddp);
   for (int b = 0; b < ddp->bucket_count; b++) {
-    if (ddp->on_device) loom_device_free(loom_group_ctx(ddp->group), ddp->buckets[b].flat);
-    else free(ddp->buckets[b].flat);
+    if (ddp->buckets[b].in_place) { /* the user's gradient */
+    } else if (ddp->on_device) {
+      loom_device_free(loom_group_ctx(ddp->group), ddp->buckets[b].flat);
+    } else {
+      free(ddp->buckets[b].flat);
+    }
     free(ddp->buckets[b].members);
   }
   for (int p = 0; p < ddp->param_count; p++) free(ddp->params_list[p].name);
@@ -153,7 +159,10 @@ static loom_status build_buckets(loom_ddp *ddp) {
   for (int b = 0; b < ddp->bucket_count; b++) {
     ddp_bucket *bucket = &ddp->buckets[b];
     size_t bytes = bucket->count * loom_dtype_size(bucket->dtype) + 1;
-    if (ddp->on_device) {
+    if (bucket->member_count == 1) {
+      bucket->in_place = 1;
+      bucket->flat = ddp->params_list[bucket->members[0]].grad.ptr;
+    } else if (ddp->on_device) {
       LOOM_CHECK(loom_device_alloc(loom_group_ctx(ddp->group), bytes, &bucket->flat));
     } else {
       bucket->flat = malloc(bytes);
@@ -196,7 +205,7 @@ static loom_status copy(loom_ddp *ddp, void *dst, const void *src, size_t bytes)
 
 static loom_status post_bucket(loom_ddp *ddp, ddp_bucket *bucket) {
   size_t element = loom_dtype_size(bucket->dtype);
-  for (int m = 0; m < bucket->member_count; m++) {
+  for (int m = 0; m < bucket->member_count && !bucket->in_place; m++) {
     ddp_param *param = &ddp->params_list[bucket->members[m]];
     LOOM_CHECK(copy(ddp, (char *)bucket->flat + param->offset * element, param->grad.ptr,
                     loom_buf_bytes(param->grad)));
@@ -241,7 +250,7 @@ static loom_status unpack(loom_ddp *ddp) {
   for (int b = 0; b < ddp->bucket_count; b++) {
     ddp_bucket *bucket = &ddp->buckets[b];
     size_t element = loom_dtype_size(bucket->dtype);
-    for (int m = 0; m < bucket->member_count; m++) {
+    for (int m = 0; m < bucket->member_count && !bucket->in_place; m++) {
       ddp_param *param = &ddp->params_list[bucket->members[m]];
       LOOM_CHECK(copy(ddp, param->grad.ptr, (char *)bucket->flat + param->offset * element,
                       loom_buf_bytes(param->grad)));
@@ -267,11 +276,14 @@ loom_status loom_ddp_finish(loom_ddp *ddp) {
   if (!ddp->sync) return LOOM_OK;
   loom_status status = post_ready_buckets(ddp); /* the non-overlapped path posts all here */
   if (status == LOOM_OK && ddp->on_device) {
-    /* The compute stream already waits for every bucket's reduction (NCCL backend), so the
-     * copies back are ordered after them with no host wait: the optimizer's kernels queue
-     * behind the last bucket while the host runs ahead. The requests are reaped (and any
-     * failure or timeout reported) at the next loom_ddp_begin. */
-    status = unpack(ddp);
+    /* The compute stream is made to wait for every bucket's reduction on the GPU (events), so
+     * the copies back, and the optimizer's kernels after them, queue behind the last bucket
+     * while the host runs ahead; backward kernels enqueued earlier were free to overlap the
+     * reductions. The requests are reaped (and any failure or timeout reported) at the next
+     * loom_ddp_begin. */
+    for (int b = 0; b < ddp->bucket_count && status == LOOM_OK; b++)
+      status = loom_req_order_stream(ddp->buckets[b].req, NULL);
+    if (status == LOOM_OK) status = unpack(ddp);
     ddp->finish_end = loom_now();
     ddp->wait_seconds = ddp->finish_end - start;
     return status;

@@ -1,6 +1,8 @@
 /* dtype sizes and names, and the bf16/fp16 <-> float32 conversions (round to nearest even). */
 #include "runtime/dtype.h"
 
+#include "runtime/bf16.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -42,25 +44,12 @@ int loom_dtype_is_float(loom_dtype dtype) {
          dtype == LOOM_FLOAT16;
 }
 
-static uint32_t float_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return u;
-}
-static float bits_float(uint32_t u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
+#define float_bits loom_float_bits
+#define bits_float loom_bits_float
 
-uint16_t loom_float_to_bf16(float value) {
-  uint32_t u = float_bits(value);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
+uint16_t loom_float_to_bf16(float value) { return loom_bf16_round(value); }
 
-float loom_bf16_to_float(uint16_t bits) { return bits_float((uint32_t)bits << 16); }
+float loom_bf16_to_float(uint16_t bits) { return loom_bf16_widen(bits); }
 
 uint16_t loom_float_to_fp16(float value) {
   uint32_t u = float_bits(value);

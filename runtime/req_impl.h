@@ -39,6 +39,8 @@ struct loom_req {
   /* LOOM_REQ_POLL: state freed by poll_release after completion */
   loom_req_poll_fn poll;
   void (*poll_release)(void *state);
+  /* optional: orders a CUDA stream after the operation (loom_req_order_stream) */
+  loom_status (*poll_order)(void *state, void *stream);
   void *poll_state;
 
   /* LOOM_REQ_MPI */

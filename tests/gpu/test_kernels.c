@@ -106,6 +106,51 @@ int main(int argc, char **argv) {
   d = max_diff(out, v, N);
   expect(d <= 1e-9, "adamw exp_avg_sq", d);
 
+  /* Mixed precision on device: bf16 gradients and a bf16 model copy, AdamW and SGD, against
+   * the CPU kernels of the same form; the copies must agree bit for bit where the masters do. */
+  {
+    uint16_t *g16 = malloc(N * 2), *copy = malloc(N * 2), *out16 = malloc(N * 2);
+    uint16_t *dg16, *dcopy;
+    OK(loom_device_alloc(ctx, N * 2, (void **)&dg16));
+    OK(loom_device_alloc(ctx, N * 2, (void **)&dcopy));
+    for (int kind = 0; kind < 2; kind++) {
+      fill(p, N, 11 + kind, 1.0);
+      memset(m, 0, bytes);
+      memset(v, 0, bytes);
+      OK(loom_device_upload(ctx, dp, p, bytes));
+      OK(loom_device_upload(ctx, dm, m, bytes));
+      OK(loom_device_upload(ctx, dv, v, bytes));
+      for (int t = 1; t <= STEPS; t++) {
+        fill(g, N, 400 + t, 0.5);
+        for (size_t i = 0; i < N; i++) g16[i] = loom_float_to_bf16(g[i]);
+        OK(loom_device_upload(ctx, dg16, g16, N * 2));
+        if (kind == 0) {
+          OK(loom_adamw_update_device_mixed(stream, N, dp, dg16, LOOM_BFLOAT16, dm, dv, dcopy, t,
+                                            1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f));
+          loom_adamw_update_mixed(N, p, g16, LOOM_BFLOAT16, m, v, copy, t, 1e-3f, 0.9f, 0.999f,
+                                  1e-8f, 0.1f);
+        } else {
+          OK(loom_sgd_update_device_mixed(stream, N, dp, dg16, LOOM_BFLOAT16, dm, dcopy, 0.01f,
+                                          0.9f, 0.01f, 0, t == 1));
+          loom_sgd_update_mixed(N, p, g16, LOOM_BFLOAT16, m, copy, 0.01f, 0.9f, 0.01f, 0, t == 1);
+        }
+      }
+      OK(loom_device_download(ctx, out, dp, bytes));
+      OK(loom_device_download(ctx, out16, dcopy, N * 2));
+      double d = max_diff(out, p, N);
+      expect(d <= 1e-6, kind == 0 ? "mixed adamw parameters" : "mixed sgd parameters", d);
+      size_t copy_mismatch = 0;
+      for (size_t i = 0; i < N; i++)
+        copy_mismatch += out16[i] != loom_float_to_bf16(out[i]);
+      expect(copy_mismatch == 0, "mixed bf16 copy = rounded master", (double)copy_mismatch);
+    }
+    loom_device_free(ctx, dg16);
+    loom_device_free(ctx, dcopy);
+    free(g16);
+    free(copy);
+    free(out16);
+  }
+
   /* The optimizer object on device tensors follows the host one. */
   loom_optim_params params = LOOM_OPTIM_PARAMS_INIT;
   params.stream = stream;

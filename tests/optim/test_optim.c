@@ -71,6 +71,62 @@ static void test_adamw(void) {
   CU_ASSERT(max_abs_diff(m, rm, N) < 1e-6);
 }
 
+/* Mixed precision: float32 master weights, bfloat16 gradients, a bfloat16 model copy. The
+ * reference widens the same bf16 gradients in double; the copy must be the master rounded to
+ * nearest even (checked against the public converter). Both optimizers, through the object. */
+static void check_mixed(loom_optim_kind kind) {
+  float p[N], g32[N];
+  uint16_t g[N], copy[N];
+  double rp[N], rg[N], rm[N] = {0}, rv[N] = {0};
+  random_fill(p, rp, N, 1.0);
+  loom_optim_params params = LOOM_OPTIM_PARAMS_INIT;
+  params.kind = kind;
+  params.momentum = kind == LOOM_OPTIM_SGD ? 0.9 : 0.0;
+  params.weight_decay = 0.01;
+  loom_optim *o = NULL;
+  CU_ASSERT_FATAL(loom_optim_create(&params, &o) == LOOM_OK);
+  CU_ASSERT_FATAL(loom_optim_add_mixed(o, "w", loom_buf_host(p, N, LOOM_FLOAT32),
+                                       loom_buf_host(g, N, LOOM_BFLOAT16),
+                                       loom_buf_host(copy, N, LOOM_BFLOAT16)) == LOOM_OK);
+  const double lr = 1e-2, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.01, mu = 0.9;
+  for (int t = 1; t <= STEPS; t++) {
+    random_fill(g32, rg, N, 0.5);
+    for (int i = 0; i < N; i++) {
+      g[i] = loom_float_to_bf16(g32[i]);
+      rg[i] = loom_bf16_to_float(g[i]); /* the gradient the optimizer sees, exactly */
+    }
+    CU_ASSERT_FATAL(loom_optim_step(o, lr) == LOOM_OK);
+    for (int i = 0; i < N; i++) {
+      if (kind == LOOM_OPTIM_SGD) {
+        double gi = rg[i] + wd * rp[i];
+        rm[i] = t == 1 ? gi : mu * rm[i] + gi;
+        rp[i] -= lr * rm[i];
+      } else {
+        rp[i] *= 1 - lr * wd;
+        rm[i] = b1 * rm[i] + (1 - b1) * rg[i];
+        rv[i] = b2 * rv[i] + (1 - b2) * rg[i] * rg[i];
+        rp[i] -= lr * (rm[i] / (1 - pow(b1, t))) / (sqrt(rv[i] / (1 - pow(b2, t))) + eps);
+      }
+    }
+  }
+  CU_ASSERT(max_abs_diff(p, rp, N) < 2e-5);
+  int copies_exact = 1;
+  for (int i = 0; i < N; i++) copies_exact &= copy[i] == loom_float_to_bf16(p[i]);
+  CU_ASSERT(copies_exact);
+  /* A float32 gradient with a float16 copy, or a copy of another count, is refused. */
+  CU_ASSERT(loom_optim_add_mixed(o, "bad", loom_buf_host(p, N, LOOM_FLOAT32),
+                                 loom_buf_host(g32, N, LOOM_FLOAT32),
+                                 loom_buf_host(copy, N, LOOM_FLOAT16)) == LOOM_ERR_ARG);
+  CU_ASSERT(loom_optim_add_mixed(o, "bad", loom_buf_host(p, N, LOOM_FLOAT32),
+                                 loom_buf_host(g32, N, LOOM_FLOAT32),
+                                 loom_buf_host(copy, N - 1, LOOM_BFLOAT16)) == LOOM_ERR_ARG);
+  CU_ASSERT(loom_optim_add_mixed(o, "bad", loom_buf_host(p, N, LOOM_FLOAT32),
+                                 loom_buf_host(g, N, LOOM_FLOAT16), (loom_buf){0}) == LOOM_ERR_ARG);
+  loom_optim_destroy(o);
+}
+static void test_mixed_sgd(void) { check_mixed(LOOM_OPTIM_SGD); }
+static void test_mixed_adamw(void) { check_mixed(LOOM_OPTIM_ADAMW); }
+
 /* The optimizer object applies the same kernels and exposes its state by name. */
 static void test_optim_object(void) {
   float p[N], g[N], p_ref[N], g_ref[N], m_ref[N] = {0}, v_ref[N] = {0};
@@ -179,6 +235,8 @@ int main(void) {
   CU_add_test(suite, "sgd nesterov + weight decay", test_sgd_nesterov_decay);
   CU_add_test(suite, "adamw", test_adamw);
   CU_add_test(suite, "optimizer object and named state", test_optim_object);
+  CU_add_test(suite, "mixed precision sgd (bf16 gradients, bf16 copy)", test_mixed_sgd);
+  CU_add_test(suite, "mixed precision adamw (bf16 gradients, bf16 copy)", test_mixed_adamw);
   CU_add_test(suite, "optimizer bad parameters", test_optim_bad_params);
   CU_add_test(suite, "schedule and sqrt scaling", test_schedule);
   CU_add_test(suite, "global-norm clipping", test_clip);

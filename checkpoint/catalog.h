@@ -1,0 +1,34 @@
+/* The world's view of a state registry for checkpoints (private to checkpoint/): every rank's
+ * tensor names and specs gathered onto every rank, so that all ranks agree without further
+ * messages on the distinct tensors (ranks may register different ones: each pipeline stage
+ * its own), on which rank writes which slice, and on the shape of the index. Writers: among
+ * the ranks holding identical slices of a tensor (its replicas) one writes, chosen greedily
+ * so the bytes are spread over the replicas (DataStates-LLM, HPDC'24: every rank writes a
+ * share; a replicated model is not written by rank 0 alone). */
+#ifndef LOOM_CHECKPOINT_CATALOG_H
+#define LOOM_CHECKPOINT_CATALOG_H
+
+#include <mpi.h>
+
+#include "runtime/state.h"
+
+typedef struct {
+  int world;             /* ranks */
+  int tensor_count;      /* distinct names over the world */
+  char **names;          /* (tensor_count) sorted */
+  loom_state_spec *specs;/* (tensor_count) */
+  unsigned char *writes; /* (world * tensor_count): rank r writes its slice of tensor t */
+  int local_count;       /* this rank's registered entries */
+  int *local_tensor;     /* (local_count) catalog index of each local entry */
+  unsigned char *local_writes; /* (local_count) this rank writes that entry */
+  double local_bytes;    /* bytes this rank writes */
+} ckpt_catalog;
+
+/* Builds the catalog over `comm` (collective). LOOM_ERR_ARG (on every rank) when two ranks
+ * register one name with different specs. */
+loom_status ckpt_catalog_build(loom_state *state, MPI_Comm comm, ckpt_catalog *out);
+void ckpt_catalog_free(ckpt_catalog *catalog);
+/* Index of `name`, or -1. */
+int ckpt_catalog_find(const ckpt_catalog *catalog, const char *name);
+
+#endif

@@ -1,0 +1,24 @@
+/* Writing one checkpoint from staged slices: the part shared by the synchronous save
+ * (ckpt.c) and the writer thread of asynchronous saves (async.c). Private to checkpoint/. */
+#ifndef LOOM_CHECKPOINT_CKPT_WRITE_H
+#define LOOM_CHECKPOINT_CKPT_WRITE_H
+
+#include "checkpoint/catalog.h"
+#include "checkpoint/ckpt.h"
+
+/* Writes `root`/step-<step>/ (rank files from sources[i] = host copy of local entry i, read
+ * only where catalog->local_writes[i]), publishes it through `latest`, prunes; collective over
+ * `comm` (ranks numbered as the mesh). Every rank returns the same status. *bytes (may be
+ * NULL) gets the bytes this rank wrote. HDF5 error printing is silenced inside. */
+loom_status ckpt_write_checkpoint(loom_state *state, const ckpt_catalog *catalog, MPI_Comm comm,
+                                  const char *root, int64_t step, const loom_ckpt_params *params,
+                                  void *const *sources, double *bytes);
+
+/* Every rank learns the worst status over `comm`; the failing rank keeps its message, the
+ * others get one saying another rank failed. */
+loom_status ckpt_agree(MPI_Comm comm, loom_status mine);
+
+/* Checks params (ranges named in the message). */
+loom_status ckpt_check_params(const loom_ckpt_params *params);
+
+#endif
