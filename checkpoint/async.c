@@ -239,6 +239,7 @@ static loom_status wait_local(loom_ckpt *ck) {
 /* Stage 1: device copies on the side stream, after the compute stream's pending work. */
 static loom_status enqueue_device_copies(loom_ckpt *ck) {
 #ifdef LOOM_HAVE_CUDA
+  if (ck->device_entries == 0) return LOOM_OK;
   cudaStream_t compute = (cudaStream_t)loom_ctx_stream(ck->ctx);
   LOOM_CHECK(cuda_check(cudaEventRecord(ck->compute_ready, compute), "ordering after compute"));
   LOOM_CHECK(cuda_check(cudaStreamWaitEvent(ck->side, ck->compute_ready, 0), "ordering after compute"));

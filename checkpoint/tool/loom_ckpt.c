@@ -22,7 +22,7 @@ static void usage(FILE *stream) {
   fprintf(stream,
           "usage: loom-ckpt COMMAND ...\n"
           "  ls ROOT                        step, mesh, version and every tensor (dtype, shape,\n"
-          "                                 shards, bytes)\n"
+          "                                 shards, bytes); exit 1 when unreadable\n"
           "  verify ROOT                    every rank file present, every shard's crc32 right;\n"
           "                                 exit 0 intact, 1 damaged or not a checkpoint\n"
           "  diff A B                       per tensor max |a-b|, tensors in one only, shape or\n"

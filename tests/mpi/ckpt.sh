@@ -43,4 +43,19 @@ kept=$(cd "$dir" && { ls -d step-* .step-* 2>/dev/null || true; } | tr '\n' ' ')
 [ "$kept" = "step-00000060 step-00000070 " ] || { echo "after keep 2: '$kept'"; exit 1; }
 [ "$(cat "$dir/latest")" = step-00000070 ] || { echo "latest is $(cat "$dir/latest")"; exit 1; }
 run 3 --ckpt-mode load --ckpt-step 70
+# Asynchronous saves: the saved values are those at the call, though the tensors change right
+# after the fence; the busy policy is decided alike on every rank (skip and wait).
+for busy in skip wait; do
+  rm -rf "$dir"/*
+  run 4 --ckpt-mode save-async --ckpt-step 80 --ckpt-busy $busy --ep 2
+  run 3 --ckpt-mode load --ckpt-step 80 --ckpt-dir "$dir/step-00000080"
+done
+# Per-stage tensors: 4 stages saved at pp 2 (each stage's ranks register only their own), loaded
+# at pp 4, pp 1 (one rank holds all) and pp 2 with another dp.
+rm -rf "$dir"/*
+run 4 --ckpt-mode save-stages --pp 2 --ckpt-step 90
+run 4 --ckpt-mode load-stages --pp 4 --ckpt-step 90
+run 1 --ckpt-mode load-stages --ckpt-step 90
+run 2 --ckpt-mode load-stages --pp 2 --ckpt-step 90
+run 6 --ckpt-mode load-stages --pp 2 --ckpt-step 90
 echo "ckpt: ok"
