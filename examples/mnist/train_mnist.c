@@ -20,7 +20,7 @@
 
 typedef struct {
   const char *data_dir, *metrics_path, *hidden, *ckpt_dir, *dump_params;
-  int ckpt_every, resume, stop_at_step;
+  int ckpt_every, resume, stop_at_step, ckpt_async;
   int epochs, batch, chunk, optimizer, schedule, nesterov, overlap, max_steps, warmup_steps;
   double lr, momentum, weight_decay, clip;
   uint64_t bucket_bytes;
@@ -94,10 +94,11 @@ int main(int argc, char **argv) {
       {"overlap", LOOM_OPTION_BOOL, &o.overlap, "reduce buckets during backward (0: after)"},
       {"max-steps", LOOM_OPTION_INT, &o.max_steps, "steps per epoch cap; 0 = whole epoch", NULL, 0, 1 << 30},
       {"metrics", LOOM_OPTION_STRING, &o.metrics_path, "JSON-lines metrics file (rank 0)"},
-      {"ckpt-dir", LOOM_OPTION_STRING, &o.ckpt_dir, "checkpoint root (HDF5; host runs)"},
+      {"ckpt-dir", LOOM_OPTION_STRING, &o.ckpt_dir, "checkpoint root (HDF5)"},
       {"ckpt-every", LOOM_OPTION_INT, &o.ckpt_every, "save every this many steps; 0 = at the end only",
        NULL, 0, 1 << 30},
       {"resume", LOOM_OPTION_BOOL, &o.resume, "resume from the checkpoint root's latest, if any"},
+      {"ckpt-async", LOOM_OPTION_BOOL, &o.ckpt_async, "save in the background (loom_ckpt_save_async)"},
       {"stop-at-step", LOOM_OPTION_INT, &o.stop_at_step, "stop (after saving) at this global step; "
        "0 = run to the end", NULL, 0, 1 << 30},
       {"dump-params", LOOM_OPTION_STRING, &o.dump_params, "write the final float32 parameters "
@@ -136,6 +137,7 @@ int main(int argc, char **argv) {
   int *labels = NULL, *order = NULL;
   FILE *metrics = NULL;
   loom_state *registry = NULL;
+  loom_ckpt *ckpt = NULL; /* with --ckpt-async */
   int64_t global_step = 0;
   if (loom_init(&config, &argc, &argv, &ctx) != LOOM_OK) {
     fprintf(stderr, "train_mnist: %s\n", loom_error_string());
@@ -217,19 +219,24 @@ int main(int argc, char **argv) {
    * and step count) and the global step, from which the data order (seeded per epoch) and the
    * learning-rate schedule follow. */
   if (o.ckpt_dir) {
-    if (gpu) TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "--ckpt-dir with --device cuda: device "
-                                "tensors are not checkpointed yet"));
     TRY(loom_state_create(mesh, &registry));
     for (int l = 0; l < layers; l++) {
       char name[64];
+      size_t n_weight = (size_t)widths[l + 1] * widths[l], n_bias = (size_t)widths[l + 1];
       loom_state_spec weight = {.dtype = LOOM_FLOAT32, .ndims = 2, .shape = {widths[l + 1], widths[l]}};
       loom_state_spec bias = {.dtype = LOOM_FLOAT32, .ndims = 1, .shape = {widths[l + 1]}};
+      loom_buf w = loom_buf_host(model.weight[l], n_weight, LOOM_FLOAT32);
+      loom_buf b = loom_buf_host(model.bias[l], n_bias, LOOM_FLOAT32);
+#ifdef LOOM_EXAMPLES_GPU
+      if (gpu) { /* the parameters the GPU trains; saved from and loaded into device memory */
+        w = loom_buf_device(ctx, device_model.weight[l], n_weight, LOOM_FLOAT32);
+        b = loom_buf_device(ctx, device_model.bias[l], n_bias, LOOM_FLOAT32);
+      }
+#endif
       snprintf(name, sizeof name, "layer%d.weight", l);
-      TRY(loom_state_register(registry, name, &weight,
-                              loom_buf_host(model.weight[l], (size_t)widths[l + 1] * widths[l], LOOM_FLOAT32)));
+      TRY(loom_state_register(registry, name, &weight, w));
       snprintf(name, sizeof name, "layer%d.bias", l);
-      TRY(loom_state_register(registry, name, &bias,
-                              loom_buf_host(model.bias[l], (size_t)widths[l + 1], LOOM_FLOAT32)));
+      TRY(loom_state_register(registry, name, &bias, b));
     }
     for (int i = 0; i < loom_optim_state_count(optim); i++) {
       const char *name;
@@ -250,6 +257,7 @@ int main(int argc, char **argv) {
       TRY(loom_ckpt_load(registry, o.ckpt_dir, &saved));
       if (rank == 0) printf("resumed from %s at step %lld\n", o.ckpt_dir, (long long)global_step);
     }
+    if (o.ckpt_async) TRY(loom_ckpt_create(registry, o.ckpt_dir, NULL, &ckpt));
   }
   int steps_per_epoch = train.count / o.batch;
   if (o.max_steps > 0 && o.max_steps < steps_per_epoch) steps_per_epoch = o.max_steps;
@@ -330,12 +338,20 @@ int main(int argc, char **argv) {
         }
         TRY(loom_clip_grad_norm(NULL, loom_ctx_stream(ctx), grads, 2 * layers, o.clip, NULL));
       }
+      if (ckpt) TRY(loom_ckpt_fence(ckpt)); /* a background save may still be copying */
       TRY(loom_optim_step(optim, loom_schedule_lr(&schedule, global_step)));
       global_step++;
       int last_step = epoch == o.epochs - 1 && step == steps_per_epoch - 1;
       int stop = o.stop_at_step > 0 && global_step == o.stop_at_step;
-      if (registry && ((o.ckpt_every > 0 && global_step % o.ckpt_every == 0) || last_step || stop))
-        TRY(loom_ckpt_save(registry, o.ckpt_dir, global_step));
+      if (registry && ((o.ckpt_every > 0 && global_step % o.ckpt_every == 0) || last_step || stop)) {
+        if (ckpt) { /* the final save is never skipped, and is on disk before the run ends */
+          if (last_step || stop) TRY(loom_ckpt_wait(ckpt));
+          TRY(loom_ckpt_save_async(ckpt, global_step, NULL));
+          if (last_step || stop) TRY(loom_ckpt_wait(ckpt));
+        } else {
+          TRY(loom_ckpt_save(registry, o.ckpt_dir, global_step));
+        }
+      }
       if (stop) {
         stopped = 1;
         break;
@@ -388,6 +404,14 @@ int main(int argc, char **argv) {
     FILE *f = fopen(o.dump_params, "wb");
     if (!f) TRY(loom_error_set(LOOM_ERR_IO, "cannot write --dump-params %s", o.dump_params));
     for (int l = 0; l < layers; l++) {
+#ifdef LOOM_EXAMPLES_GPU
+      if (gpu) { /* the trained values live on the GPU */
+        TRY(loom_device_download(ctx, model.weight[l], device_model.weight[l],
+                                 sizeof(float) * (size_t)widths[l + 1] * widths[l]));
+        TRY(loom_device_download(ctx, model.bias[l], device_model.bias[l],
+                                 sizeof(float) * (size_t)widths[l + 1]));
+      }
+#endif
       fwrite(model.weight[l], sizeof(float), (size_t)widths[l + 1] * widths[l], f);
       fwrite(model.bias[l], sizeof(float), (size_t)widths[l + 1], f);
     }
@@ -403,6 +427,7 @@ done:
 #ifdef LOOM_EXAMPLES_GPU
   if (gpu) mlp_gpu_destroy(&device_model);
 #endif
+  loom_ckpt_destroy(ckpt);
   loom_state_destroy(registry);
   mlp_destroy(&model);
   loom_optim_destroy(optim);

@@ -2,7 +2,7 @@
 # On the GPU machine, in one call: build loom with CUDA and NCCL, run the GPU tests at 1, 2
 # and 4 GPUs (as many as the machine has), then the device benchmarks (loom vs raw NCCL vs
 # torch.distributed). Logs go to $OUT (or /tmp/loom-gpu); a short summary is printed last.
-#   bash tests/gpu/run.sh [tests|bench|all]
+#   bash tests/gpu/run.sh [tests|bench|all|ddp|ckpt|coll]   (bench = ddp + ckpt + coll)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
@@ -40,7 +40,7 @@ check() { # name, command...
   else failures=$((failures + 1)); note "FAIL $name (exit $?)"; tail -15 "$out/$name.log"; fi
 }
 
-if [ "$what" != bench ]; then
+if [ "$what" = tests ] || [ "$what" = all ]; then
   for np in 1 2 4; do
     [ "$np" -le "$gpus" ] || continue
     check "collectives-gpu-np$np" "${limit[@]}" "${mpi[@]}" -np $np "${gpu_env[@]}" build-gpu/tests/mpi/test_collectives
@@ -61,10 +61,50 @@ if [ "$what" != bench ]; then
         awk -F'test_accuracy=' '/^final/ { exit !(\$2 >= 0.88) }' $out/mnist-np$np.txt"
     done
   fi
+  # Bit-exact restart on GPUs: device parameters and optimizer state saved (sync and async),
+  # new processes resume on the same layout, final parameters byte-identical.
+  if [ -d .device-data ] && [ "$gpus" -ge 2 ]; then
+    check "mnist-resume-gpu-np2" "${limit[@]}" bash tests/examples/mnist_resume.sh build-gpu/examples/train_mnist 2 \
+      --device cuda --data-dir .device-data
+  fi
   [ "$gpus" -ge 2 ] && check "timeout-gpu-np2" "${limit[@]}" "${mpi[@]}" -np 2 build-gpu/tests/mpi/test_timeout
 fi
 
-if [ "$what" != tests ]; then
+ddp_bench=build-gpu/bench/loom-gpu-ddp-bench
+if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = ddp ]; then
+  # DDP on the wide MLP: loom (overlap / after) and PyTorch DDP, 1, 2 and 4 GPUs, same call.
+  for np in 1 2 4; do
+    [ "$np" -le "$gpus" ] || continue
+    for dtype in bf16 fp32; do
+      steps=30; [ $dtype = fp32 ] && steps=10
+      timeout 200 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=60 $ddp_bench --dtype $dtype --modes overlap,after \
+        --steps $steps 2>&1 | tee -a "$out/ddp-bench.txt" | grep -v "^\[loom"
+    done
+    timeout 200 torchrun --standalone --nproc_per_node $np bench/peers/torch_ddp.py --steps 30 --dtype bf16 \
+      2>"$out/torch-ddp-np$np.err" | tee -a "$out/ddp-bench.txt"
+    timeout 200 torchrun --standalone --nproc_per_node $np bench/peers/torch_ddp.py --steps 10 --dtype fp32 \
+      2>>"$out/torch-ddp-np$np.err" | tee -a "$out/ddp-bench.txt"
+  done
+fi
+if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = ckpt ]; then
+  # Checkpoints of the bf16 model with AdamW (1.6 GB of state) at 4 GPUs: none / sync / async
+  # every 100 and every 10 steps; PyTorch DCP save / async_save; a plain write of the same bytes.
+  np=$(( gpus >= 4 ? 4 : gpus ))
+  ck=/tmp/loom-ckpt-bench
+  for args in "--ckpt none" "--ckpt sync --ckpt-every 100" "--ckpt async --ckpt-every 100" \
+              "--ckpt async --ckpt-every 10"; do
+    rm -rf $ck
+    timeout 300 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=120 $ddp_bench --dtype bf16 --modes overlap --steps 300 \
+      --ckpt-dir $ck $args 2>&1 | tee -a "$out/ckpt-bench.txt" | grep -v "^\[loom"
+  done
+  grep -h "skipped\|background" "$out/ckpt-bench.txt" | tail -3
+  python3 bench/plain_write.py 1611005952 /tmp/loom-plain-write $np | tee -a "$out/ckpt-bench.txt"
+  rm -rf $ck /tmp/torch-dcp-bench
+  timeout 400 torchrun --standalone --nproc_per_node $np bench/peers/torch_dcp.py --steps 300 --every 100 \
+    2>"$out/torch-dcp.err" | tee -a "$out/ckpt-bench.txt"
+  tail -3 "$out/torch-dcp.err"
+fi
+if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = coll ]; then
   for np in 2 4; do
     [ "$np" -le "$gpus" ] || continue
     "${limit[@]}" "${mpi[@]}" -np $np -x LOOM_TIMEOUT=60 build-gpu/bench/loom-nccl-bench --max-bytes 1G >"$out/nccl-bench-np$np.txt" 2>&1
