@@ -28,28 +28,27 @@ enum { CKPT_NONE, CKPT_SYNC, CKPT_ASYNC };
 typedef struct {
   wide_mlp *model;
   loom_ddp *ddp;
-  int *weight_index, *bias_index;
+  int *index; /* (layers, 1 + grad_chunks): DDP index of the bias, then of each weight block */
 } hook_ctx;
 
-static loom_status layer_ready(int layer, void *user) {
+static loom_status grad_ready(int layer, int chunk, void *user) {
   hook_ctx *h = user;
   if (!h->ddp) return LOOM_OK;
-  LOOM_CHECK(loom_ddp_grad_ready(h->ddp, h->weight_index[layer]));
-  return loom_ddp_grad_ready(h->ddp, h->bias_index[layer]);
+  return loom_ddp_grad_ready(h->ddp, h->index[layer * (1 + h->model->grad_chunks) + chunk + 1]);
 }
 
 static loom_status step(wide_mlp *m, loom_ddp *ddp, hook_ctx *h, loom_optim *optim) {
   if (ddp) LOOM_CHECK(loom_ddp_begin(ddp, 1));
   h->ddp = ddp;
   LOOM_CHECK(wide_mlp_forward(m));
-  LOOM_CHECK(wide_mlp_backward(m, layer_ready, h));
+  LOOM_CHECK(wide_mlp_backward(m, grad_ready, h));
   if (ddp) LOOM_CHECK(loom_ddp_finish(ddp));
   return loom_optim_step(optim, 1e-4);
 }
 
 int main(int argc, char **argv) {
   int dtype_choice = 0, layers = 8, width = 4096, batch = 8192, steps = 20, warmup = 5;
-  int ckpt_mode = CKPT_NONE, ckpt_every = 100, busy_wait = 0;
+  int ckpt_mode = CKPT_NONE, ckpt_every = 100, busy_wait = 0, grad_chunks = 1;
   const char *modes = "overlap,after", *ckpt_dir = "/tmp/loom-gpu-ddp-ckpt";
   uint64_t bucket_bytes = 25u << 20;
   const loom_option options[] = {
@@ -61,6 +60,8 @@ int main(int argc, char **argv) {
       {"warmup", LOOM_OPTION_INT, &warmup, "untimed steps before each mode", NULL, 0, 1000},
       {"modes", LOOM_OPTION_STRING, &modes, "comma-separated: overlap, after, nocomm"},
       {"bucket-bytes", LOOM_OPTION_UINT64, &bucket_bytes, "DDP bucket size"},
+      {"grad-chunks", LOOM_OPTION_INT, &grad_chunks, "row blocks per weight gradient, each its own "
+       "DDP gradient (a block larger than --bucket-bytes is reduced in place)", NULL, 1, 64},
       {"ckpt", LOOM_OPTION_CHOICE, &ckpt_mode, "checkpoints in the timed steps", "none|sync|async"},
       {"ckpt-every", LOOM_OPTION_INT, &ckpt_every, "steps between checkpoints", NULL, 1, 1 << 30},
       {"ckpt-dir", LOOM_OPTION_STRING, &ckpt_dir, "checkpoint root"},
@@ -89,6 +90,7 @@ int main(int argc, char **argv) {
   void *stream = loom_ctx_stream(ctx);
   wide_mlp model;
   TRY(wide_mlp_create(layers, width, batch, dtype, stream, 1234, rank, &model));
+  model.grad_chunks = grad_chunks;
 
   loom_optim_params op = LOOM_OPTIM_PARAMS_INIT;
   op.stream = stream;
@@ -139,8 +141,9 @@ int main(int argc, char **argv) {
 
   loom_ddp_params dp = LOOM_DDP_PARAMS_INIT;
   dp.bucket_bytes = bucket_bytes;
-  int *weight_index = calloc((size_t)layers, sizeof(int)), *bias_index = calloc((size_t)layers, sizeof(int));
-  hook_ctx hook = {.model = &model, .weight_index = weight_index, .bias_index = bias_index};
+  int per_layer = 1 + grad_chunks;
+  int *index = calloc((size_t)layers * (size_t)per_layer, sizeof(int));
+  hook_ctx hook = {.model = &model, .index = index};
   if (rank == 0)
     printf("# loom wide MLP: %d x Linear(%d) + ReLU, batch %d per GPU, %s, %zu parameters, %d GPUs\n",
            layers, width, batch, dtype == LOOM_BFLOAT16 ? "bf16 + fp32 masters" : "fp32",
@@ -156,12 +159,20 @@ int main(int argc, char **argv) {
     if (!nocomm) {
       dp.overlap = overlap;
       TRY(loom_ddp_create(loom_mesh_group(mesh, LOOM_AXIS_GRAD), &dp, &ddp));
+      /* Registered in the reverse of the order backward produces them (DDP's bucket order):
+       * layer 0 first, in each layer the last weight block first and the bias last. */
+      size_t element = loom_dtype_size(dtype);
       for (int l = 0; l < layers; l++) {
-        char name[64];
-        snprintf(name, sizeof name, "layer%d.weight", l);
-        TRY(loom_ddp_register(ddp, name, loom_buf_device(ctx, model.weight_grad[l], wsize, dtype), &weight_index[l]));
+        char name[96];
+        for (int c = grad_chunks - 1; c >= 0; c--) {
+          size_t r0 = (size_t)width * c / grad_chunks, r1 = (size_t)width * (c + 1) / grad_chunks;
+          snprintf(name, sizeof name, "layer%d.weight[%zu:%zu]", l, r0, r1);
+          loom_buf block = loom_buf_device(ctx, (char *)model.weight_grad[l] + r0 * width * element,
+                                           (r1 - r0) * width, dtype);
+          TRY(loom_ddp_register(ddp, name, block, &index[l * per_layer + c + 1]));
+        }
         snprintf(name, sizeof name, "layer%d.bias", l);
-        TRY(loom_ddp_register(ddp, name, loom_buf_device(ctx, model.bias_grad[l], width, dtype), &bias_index[l]));
+        TRY(loom_ddp_register(ddp, name, loom_buf_device(ctx, model.bias_grad[l], width, dtype), &index[l * per_layer]));
       }
     }
     for (int s = 0; s < warmup; s++) TRY(step(&model, ddp, &hook, optim));
@@ -190,18 +201,26 @@ int main(int argc, char **argv) {
     TRY(loom_allreduce(loom_mesh_group(mesh, LOOM_AXIS_WORLD), loom_buf_host(&elapsed, 1, LOOM_FLOAT64),
                        loom_buf_host(&slowest, 1, LOOM_FLOAT64), LOOM_OP_MAX));
     if (ckpt) TRY(loom_ckpt_wait(ckpt));
+    /* Background write rate of the whole job: all ranks' bytes over the slowest rank's time. */
+    loom_ckpt_stats st = {0};
+    if (ckpt) TRY(loom_ckpt_get_stats(ckpt, &st));
+    double mine[2] = {st.total_bytes, -st.total_write_seconds}, sums[2], extremes[2];
+    TRY(loom_allreduce(loom_mesh_group(mesh, LOOM_AXIS_WORLD), loom_buf_host(mine, 2, LOOM_FLOAT64),
+                       loom_buf_host(sums, 2, LOOM_FLOAT64), LOOM_OP_SUM));
+    TRY(loom_allreduce(loom_mesh_group(mesh, LOOM_AXIS_WORLD), loom_buf_host(mine, 2, LOOM_FLOAT64),
+                       loom_buf_host(extremes, 2, LOOM_FLOAT64), LOOM_OP_MIN));
     if (rank == 0) {
-      printf("loom gpus=%d dtype=%s mode=%-7s ckpt=%s every=%d step_ms=%.3f", size,
-             dtype == LOOM_BFLOAT16 ? "bf16" : "fp32", mode,
+      printf("loom gpus=%d dtype=%s mode=%-7s chunks=%d bucket_MiB=%g ckpt=%s every=%d step_ms=%.3f",
+             size, dtype == LOOM_BFLOAT16 ? "bf16" : "fp32", mode, grad_chunks,
+             (double)bucket_bytes / (1 << 20),
              ckpt_mode == CKPT_NONE ? "none" : ckpt_mode == CKPT_SYNC ? "sync" : "async", ckpt_every,
              1e3 * slowest / steps);
       if (ckpt_mode != CKPT_NONE) {
-        loom_ckpt_stats st = {0};
-        if (ckpt) loom_ckpt_get_stats(ckpt, &st);
-        printf(" saves=%d skipped=%d host_ms_per_save=%.1f", saves, skipped,
-               saves ? 1e3 * save_host / saves : 0.0);
-        if (ckpt && st.total_write_seconds > 0)
-          printf(" write_GBps=%.3f", st.total_bytes / st.total_write_seconds / 1e9);
+        printf(" saves=%d skipped=%d host_ms_per_save=%.1f policy=%s", saves, skipped,
+               saves ? 1e3 * save_host / saves : 0.0, busy_wait ? "wait" : "skip");
+        if (ckpt && -extremes[1] > 0)
+          printf(" write_GBps=%.3f bytes_per_save=%.0f", sums[0] / -extremes[1] / 1e9,
+                 saves ? sums[0] / saves : 0.0);
       }
       printf("\n");
       fflush(stdout);
@@ -209,8 +228,7 @@ int main(int argc, char **argv) {
     loom_ddp_destroy(ddp);
   }
   free(list);
-  free(weight_index);
-  free(bias_index);
+  free(index);
   loom_ckpt_destroy(ckpt);
   loom_state_destroy(registry);
   loom_optim_destroy(optim);

@@ -117,6 +117,7 @@ extern "C" loom_status wide_mlp_create(int layers, int width, int batch, loom_dt
                           loom_dtype_name(dtype));
   wide_mlp *m = out;
   m->layers = layers, m->width = width, m->batch = batch, m->dtype = dtype, m->stream = stream;
+  m->grad_chunks = 1;
   size_t element = loom_dtype_size(dtype), wsize = (size_t)width * width,
          asize = (size_t)batch * width;
   cublasHandle_t handle;
@@ -220,11 +221,19 @@ extern "C" loom_status wide_mlp_backward(wide_mlp *m, wide_mlp_hook hook, void *
   for (int l = m->layers - 1; l >= 0; l--) {
     void *dz = m->delta[cur];
     LOOM_CHECK(elementwise(m, 1, dz, m->act[l + 1], n, 0));
-    // dW (out, in) = dZ^T(out, B) X(B, in): column-major (in, out) = X^T(in, B) dZ(B, out)
-    LOOM_CHECK(gemm(m, CUBLAS_OP_N, CUBLAS_OP_T, w, w, b, m->act[l], w, dz, w, m->weight_grad[l], w));
     // db (out) = dZ^T(out, B) 1(B)
     LOOM_CHECK(gemm(m, CUBLAS_OP_N, CUBLAS_OP_N, w, 1, b, dz, w, m->ones, b, m->bias_grad[l], w));
-    if (hook) LOOM_CHECK(hook(l, user));
+    if (hook) LOOM_CHECK(hook(l, -1, user));
+    // dW (out, in) = dZ^T(out, B) X(B, in): column-major (in, out) = X^T(in, B) dZ(B, out);
+    // rows [r0, r1) of dW are columns [r0, r1) of the column-major product: dZ columns r0..r1
+    size_t element = loom_dtype_size(m->dtype);
+    for (int c = 0; c < m->grad_chunks; c++) {
+      int r0 = (int)((long long)w * c / m->grad_chunks), r1 = (int)((long long)w * (c + 1) / m->grad_chunks);
+      LOOM_CHECK(gemm(m, CUBLAS_OP_N, CUBLAS_OP_T, w, r1 - r0, b, m->act[l], w,
+                      (char *)dz + (size_t)r0 * element, w,
+                      (char *)m->weight_grad[l] + (size_t)r0 * w * element, w));
+      if (hook) LOOM_CHECK(hook(l, c, user));
+    }
     if (l > 0) {  // dX (B, in) = dZ(B, out) W(out, in): column-major dX^T(in, B) = W(in, out) dZ^T(out, B)
       LOOM_CHECK(gemm(m, CUBLAS_OP_N, CUBLAS_OP_N, w, b, w, m->weight[l], w, dz, w, m->delta[1 - cur], w));
       cur = 1 - cur;

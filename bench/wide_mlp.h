@@ -15,6 +15,7 @@ extern "C" {
 
 typedef struct {
   int layers, width, batch;
+  int grad_chunks;       /* weight gradients computed in this many row blocks (default 1) */
   loom_dtype dtype;      /* LOOM_BFLOAT16 or LOOM_FLOAT32: weights the GEMMs read, activations,
                           * gradients */
   void *stream;          /* cudaStream_t */
@@ -30,9 +31,12 @@ typedef struct {
   void *ones;            /* device (B), dtype: for bias gradients as a GEMM */
 } wide_mlp;
 
-/* Called in backward right after layer `layer`'s weight and bias gradients are enqueued
- * (layers in reverse order). */
-typedef loom_status (*wide_mlp_hook)(int layer, void *user);
+/* Called in backward right after a gradient is enqueued (layers in reverse order): first the
+ * bias gradient (chunk -1), then each of the grad_chunks row blocks of the weight gradient
+ * (chunk 0, 1, ...: rows [chunk W / C, (chunk + 1) W / C) of the (W, W) gradient). Blocks let a
+ * data-parallel runtime reduce the first rows of the last layer while the GPU computes the
+ * others, so less communication is left exposed after backward. */
+typedef loom_status (*wide_mlp_hook)(int layer, int chunk, void *user);
 
 /* Allocates the model on the current GPU and initialises weights (uniform +-1/sqrt(W), the same
  * on every rank for a given seed) and the input (uniform +-1, from seed + rank). */

@@ -128,7 +128,7 @@ static loom_status write_rank_file(loom_state *state, const ckpt_catalog *c, voi
     if (set >= 0) H5Dclose(set);
     H5Sclose(space);
     size_t n = loom_buf_bytes(local);
-    crcs[c->local_tensor[i]] = (uint32_t)crc32(0L, sources[i], (uInt)n);
+    crcs[c->local_tensor[i]] = (uint32_t)crc32_z(0L, sources[i], n); /* z_size_t: shards >= 4 GiB */
     *bytes += (double)n;
   }
   H5Pclose(lcpl);

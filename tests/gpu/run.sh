@@ -80,6 +80,9 @@ if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = ddp ]; then
       timeout 200 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=60 $ddp_bench --dtype $dtype --modes overlap,after \
         --steps $steps 2>&1 | tee -a "$out/ddp-bench.txt" | grep -v "^\[loom"
     done
+    # weight gradients in 4 row blocks, each reduced in place as soon as it is computed
+    timeout 200 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=60 $ddp_bench --dtype bf16 --modes overlap \
+      --grad-chunks 4 --bucket-bytes 4M --steps 30 2>&1 | tee -a "$out/ddp-bench.txt" | grep -v "^\[loom\|^#"
     timeout 200 torchrun --standalone --nproc_per_node $np bench/peers/torch_ddp.py --steps 30 --dtype bf16 \
       2>"$out/torch-ddp-np$np.err" | tee -a "$out/ddp-bench.txt"
     timeout 200 torchrun --standalone --nproc_per_node $np bench/peers/torch_ddp.py --steps 10 --dtype fp32 \
@@ -92,7 +95,7 @@ if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = ckpt ]; then
   np=$(( gpus >= 4 ? 4 : gpus ))
   ck=/tmp/loom-ckpt-bench
   for args in "--ckpt none" "--ckpt sync --ckpt-every 100" "--ckpt async --ckpt-every 100" \
-              "--ckpt async --ckpt-every 10"; do
+              "--ckpt async --ckpt-every 100 --ckpt-busy-wait" "--ckpt async --ckpt-every 10"; do
     rm -rf $ck
     timeout 300 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=120 $ddp_bench --dtype bf16 --modes overlap --steps 300 \
       --ckpt-dir $ck $args 2>&1 | tee -a "$out/ckpt-bench.txt" | grep -v "^\[loom"
