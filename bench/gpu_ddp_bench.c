@@ -201,14 +201,17 @@ int main(int argc, char **argv) {
     TRY(loom_allreduce(loom_mesh_group(mesh, LOOM_AXIS_WORLD), loom_buf_host(&elapsed, 1, LOOM_FLOAT64),
                        loom_buf_host(&slowest, 1, LOOM_FLOAT64), LOOM_OP_MAX));
     if (ckpt) TRY(loom_ckpt_wait(ckpt));
-    /* Background write rate of the whole job: all ranks' bytes over the slowest rank's time. */
+    /* Background write rate of the whole job: all ranks' bytes over the slowest rank's time to
+     * write and sync its file (data), and over the slowest full save (data, index, publish,
+     * prune of old checkpoints). */
     loom_ckpt_stats st = {0};
     if (ckpt) TRY(loom_ckpt_get_stats(ckpt, &st));
-    double mine[2] = {st.total_bytes, -st.total_write_seconds}, sums[2], extremes[2];
-    TRY(loom_allreduce(loom_mesh_group(mesh, LOOM_AXIS_WORLD), loom_buf_host(mine, 2, LOOM_FLOAT64),
-                       loom_buf_host(sums, 2, LOOM_FLOAT64), LOOM_OP_SUM));
-    TRY(loom_allreduce(loom_mesh_group(mesh, LOOM_AXIS_WORLD), loom_buf_host(mine, 2, LOOM_FLOAT64),
-                       loom_buf_host(extremes, 2, LOOM_FLOAT64), LOOM_OP_MIN));
+    double mine[3] = {st.total_bytes, -st.total_data_seconds, -st.total_write_seconds}, sums[3],
+           extremes[3];
+    TRY(loom_allreduce(loom_mesh_group(mesh, LOOM_AXIS_WORLD), loom_buf_host(mine, 3, LOOM_FLOAT64),
+                       loom_buf_host(sums, 3, LOOM_FLOAT64), LOOM_OP_SUM));
+    TRY(loom_allreduce(loom_mesh_group(mesh, LOOM_AXIS_WORLD), loom_buf_host(mine, 3, LOOM_FLOAT64),
+                       loom_buf_host(extremes, 3, LOOM_FLOAT64), LOOM_OP_MIN));
     if (rank == 0) {
       printf("loom gpus=%d dtype=%s mode=%-7s chunks=%d bucket_MiB=%g ckpt=%s every=%d step_ms=%.3f",
              size, dtype == LOOM_BFLOAT16 ? "bf16" : "fp32", mode, grad_chunks,
@@ -219,8 +222,9 @@ int main(int argc, char **argv) {
         printf(" saves=%d skipped=%d host_ms_per_save=%.1f policy=%s", saves, skipped,
                saves ? 1e3 * save_host / saves : 0.0, busy_wait ? "wait" : "skip");
         if (ckpt && -extremes[1] > 0)
-          printf(" write_GBps=%.3f bytes_per_save=%.0f", sums[0] / -extremes[1] / 1e9,
-                 saves ? sums[0] / saves : 0.0);
+          printf(" data_GBps=%.3f save_GBps=%.3f save_ms=%.0f bytes_per_save=%.0f",
+                 sums[0] / -extremes[1] / 1e9, sums[0] / -extremes[2] / 1e9,
+                 saves ? 1e3 * -extremes[2] / saves : 0.0, saves ? sums[0] / saves : 0.0);
       }
       printf("\n");
       fflush(stdout);

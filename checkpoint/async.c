@@ -91,10 +91,12 @@ static void *writer_main(void *arg) {
 #ifdef LOOM_HAVE_CUDA
     if (ck->device_entries) status = cuda_check(cudaEventSynchronize(ck->copy_done), "device copy");
 #endif
-    double copied = loom_now(), bytes = 0;
+    double copied = loom_now();
+    ckpt_write_report report = {0};
     /* A failed copy still joins the collective write so that every rank learns of it. */
     loom_status written = ckpt_write_checkpoint(ck->state, &ck->catalog, ck->writer, ck->root, step,
-                                                &ck->params, ck->staging, &bytes);
+                                                &ck->params, ck->staging, &report);
+    double bytes = report.bytes;
     if (status == LOOM_OK) status = written;
     double done = loom_now();
     pthread_mutex_lock(&ck->lock);
@@ -104,8 +106,10 @@ static void *writer_main(void *arg) {
     ck->in_flight = 0;
     ck->stats.last_copy_seconds = copied - start;
     ck->stats.last_write_seconds = done - copied;
+    ck->stats.last_data_seconds = report.data_seconds;
     ck->stats.last_bytes = bytes;
     ck->stats.total_write_seconds += done - copied;
+    ck->stats.total_data_seconds += report.data_seconds;
     ck->stats.total_bytes += bytes;
     pthread_cond_broadcast(&ck->cond);
     pthread_mutex_unlock(&ck->lock);

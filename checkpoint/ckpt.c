@@ -275,7 +275,8 @@ static loom_status publish(const char *root, const char *tmp, const char *final,
 
 loom_status ckpt_write_checkpoint(loom_state *state, const ckpt_catalog *c, MPI_Comm comm,
                                   const char *root, int64_t step, const loom_ckpt_params *params,
-                                  void *const *sources, double *bytes) {
+                                  void *const *sources, ckpt_write_report *report) {
+  double start = loom_now();
   int rank;
   MPI_Comm_rank(comm, &rank);
   loom_mesh_shape shape = loom_mesh_get_shape(loom_state_mesh(state));
@@ -303,6 +304,7 @@ loom_status ckpt_write_checkpoint(loom_state *state, const ckpt_catalog *c, MPI_
   snprintf(path, sizeof path, "%s/rank-%05d.h5", tmp, rank);
   if (status == LOOM_OK)
     status = write_rank_file(state, c, sources, path, crcs, params->deflate_level, &written);
+  double data_seconds = loom_now() - start;
   status = ckpt_agree(comm, status);
   if (status == LOOM_OK &&
       MPI_Gather(crcs, c->tensor_count, MPI_UINT32_T, all, c->tensor_count, MPI_UINT32_T, 0,
@@ -317,7 +319,7 @@ loom_status ckpt_write_checkpoint(loom_state *state, const ckpt_catalog *c, MPI_
   free(crcs);
   free(all);
   H5Eset_auto2(H5E_DEFAULT, handler, handler_data);
-  if (bytes) *bytes = written;
+  if (report) *report = (ckpt_write_report){.bytes = written, .data_seconds = data_seconds};
   return ckpt_agree(comm, status);
 }
 

@@ -71,8 +71,9 @@ typedef struct {
   int saves_started, saves_skipped;
   double last_copy_seconds;  /* staging copy of the last save (wall time, writer's view) */
   double last_write_seconds; /* files written, synced and published (this rank's view) */
+  double last_data_seconds;  /* of which: this rank's file written and synced */
   double last_bytes;         /* bytes this rank wrote in the last save */
-  double total_write_seconds, total_bytes;
+  double total_write_seconds, total_data_seconds, total_bytes; /* over all saves */
 } loom_ckpt_stats;
 loom_status loom_ckpt_get_stats(const loom_ckpt *ckpt, loom_ckpt_stats *stats);
 /* Waits for the save in flight and frees everything. Collective when a save is in flight. */

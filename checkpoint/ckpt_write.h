@@ -6,13 +6,19 @@
 #include "checkpoint/catalog.h"
 #include "checkpoint/ckpt.h"
 
+/* What one rank did in a save: bytes written and the seconds until its rank file was
+ * written and synced (the data phase; publishing and pruning come after). */
+typedef struct {
+  double bytes, data_seconds;
+} ckpt_write_report;
+
 /* Writes `root`/step-<step>/ (rank files from sources[i] = host copy of local entry i, read
  * only where catalog->local_writes[i]), publishes it through `latest`, prunes; collective over
- * `comm` (ranks numbered as the mesh). Every rank returns the same status. *bytes (may be
- * NULL) gets the bytes this rank wrote. HDF5 error printing is silenced inside. */
+ * `comm` (ranks numbered as the mesh). Every rank returns the same status. `report` may be
+ * NULL. HDF5 error printing is silenced inside. */
 loom_status ckpt_write_checkpoint(loom_state *state, const ckpt_catalog *catalog, MPI_Comm comm,
                                   const char *root, int64_t step, const loom_ckpt_params *params,
-                                  void *const *sources, double *bytes);
+                                  void *const *sources, ckpt_write_report *report);
 
 /* Every rank learns the worst status over `comm`; the failing rank keeps its message, the
  * others get one saying another rank failed. */

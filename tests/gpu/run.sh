@@ -2,7 +2,7 @@
 # On the GPU machine, in one call: build loom with CUDA and NCCL, run the GPU tests at 1, 2
 # and 4 GPUs (as many as the machine has), then the device benchmarks (loom vs raw NCCL vs
 # torch.distributed). Logs go to $OUT (or /tmp/loom-gpu); a short summary is printed last.
-#   bash tests/gpu/run.sh [tests|bench|all|ddp|ckpt|coll]   (bench = ddp + ckpt + coll)
+#   bash tests/gpu/run.sh [tests|bench|all|ddp|ckpt|coll|profile]   (bench = ddp + ckpt + coll)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
@@ -80,9 +80,6 @@ if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = ddp ]; then
       timeout 200 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=60 $ddp_bench --dtype $dtype --modes overlap,after \
         --steps $steps 2>&1 | tee -a "$out/ddp-bench.txt" | grep -v "^\[loom"
     done
-    # weight gradients in 4 row blocks, each reduced in place as soon as it is computed
-    timeout 200 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=60 $ddp_bench --dtype bf16 --modes overlap \
-      --grad-chunks 4 --bucket-bytes 4M --steps 30 2>&1 | tee -a "$out/ddp-bench.txt" | grep -v "^\[loom\|^#"
     timeout 200 torchrun --standalone --nproc_per_node $np bench/peers/torch_ddp.py --steps 30 --dtype bf16 \
       2>"$out/torch-ddp-np$np.err" | tee -a "$out/ddp-bench.txt"
     timeout 200 torchrun --standalone --nproc_per_node $np bench/peers/torch_ddp.py --steps 10 --dtype fp32 \
@@ -106,6 +103,29 @@ if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = ckpt ]; then
   timeout 400 torchrun --standalone --nproc_per_node $np bench/peers/torch_dcp.py --steps 300 --every 100 \
     2>"$out/torch-dcp.err" | tee -a "$out/ckpt-bench.txt"
   tail -3 "$out/torch-dcp.err"
+fi
+if [ "$what" = profile ]; then
+  # Where the bf16 DDP step goes at 1 and 4 GPUs: Nsight Systems kernel summaries of rank 0
+  # (GEMMs, NCCL, element-wise, optimizer), 20 steps after 5 of warm-up.
+  nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  for np in 1 4; do
+    [ "$np" -le "$gpus" ] || continue
+    timeout 200 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=60 bash -c "if [ \$OMPI_COMM_WORLD_RANK = 0 ]; then \
+      exec $nsys profile -t cuda -o $out/ddp-np$np -f true $ddp_bench --dtype bf16 --modes overlap --steps 20; \
+      else exec $ddp_bench --dtype bf16 --modes overlap --steps 20; fi" 2>&1 | grep "^loom"
+    $nsys stats -q --report cuda_gpu_kern_sum --format csv $out/ddp-np$np.nsys-rep 2>/dev/null \
+      | python3 -c "
+import csv, sys
+rows = [r for r in csv.reader(sys.stdin) if len(r) > 8 and r[0][:1].isdigit()]
+groups = {}
+for r in rows:
+    name = r[-1]; total = float(r[1]) / 1e6
+    key = 'nccl' if 'nccl' in name.lower() else 'gemm' if ('gemm' in name.lower() or 'sm90' in name or 'cutlass' in name.lower()) else 'adamw' if 'adamw' in name else 'other'
+    groups[key] = groups.get(key, 0) + total
+print('np=$np kernel ms over 25 steps: ' + ' '.join(f'{k}={v:.1f}' for k, v in sorted(groups.items())))
+for r in rows[:6]: print('   ', round(float(r[1]) / 1e6, 1), 'ms', r[2], 'calls', r[-1][:90])
+"
+  done
 fi
 if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = coll ]; then
   for np in 2 4; do
