@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -69,11 +70,25 @@ static void remove_tree(const char *path) {
   rmdir(path);
 }
 
+/* Completes `request` without spinning: a writer thread waiting for a slow rank must leave the
+ * cores to training (Open MPI's blocking calls busy-poll). Polls every 100 us. */
+static int wait_politely(MPI_Request *request) {
+  const struct timespec pause = {0, 100000};
+  for (;;) {
+    int done = 0;
+    if (MPI_Test(request, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return MPI_ERR_OTHER;
+    if (done) return MPI_SUCCESS;
+    nanosleep(&pause, NULL);
+  }
+}
+
 loom_status ckpt_agree(MPI_Comm comm, loom_status mine) {
   int code = mine < 0 ? -(int)mine : 0, worst = 0;
   char message[1024];
   snprintf(message, sizeof message, "%s", loom_error_string());
-  if (MPI_Allreduce(&code, &worst, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
+  MPI_Request request;
+  if (MPI_Iallreduce(&code, &worst, 1, MPI_INT, MPI_MAX, comm, &request) != MPI_SUCCESS ||
+      wait_politely(&request) != MPI_SUCCESS)
     return loom_error_set(LOOM_ERR_MPI, "checkpoint: agreeing on the outcome failed (MPI)");
   if (mine < 0) {
     loom_error_restore(message);
@@ -306,9 +321,10 @@ loom_status ckpt_write_checkpoint(loom_state *state, const ckpt_catalog *c, MPI_
     status = write_rank_file(state, c, sources, path, crcs, params->deflate_level, &written);
   double data_seconds = loom_now() - start;
   status = ckpt_agree(comm, status);
+  MPI_Request request;
   if (status == LOOM_OK &&
-      MPI_Gather(crcs, c->tensor_count, MPI_UINT32_T, all, c->tensor_count, MPI_UINT32_T, 0,
-                 comm) != MPI_SUCCESS)
+      (MPI_Igather(crcs, c->tensor_count, MPI_UINT32_T, all, c->tensor_count, MPI_UINT32_T, 0,
+                   comm, &request) != MPI_SUCCESS || wait_politely(&request) != MPI_SUCCESS))
     status = loom_error_set(LOOM_ERR_MPI, "gathering checkpoint checksums failed");
   if (status == LOOM_OK && rank == 0) {
     snprintf(path, sizeof path, "%s/index.h5", tmp);
