@@ -194,6 +194,9 @@ loom_status loom_ckpt_create(loom_state *state, const char *root, const loom_ckp
     return status;
   }
   if (status == LOOM_OK) status = allocate_staging(ck);
+  int rank;
+  MPI_Comm_rank(ck->control, &rank);
+  if (rank == 0) ckpt_remove_stale(root); /* what a crashed earlier run left half written */
 #ifdef LOOM_HAVE_CUDA
   if (status == LOOM_OK && ck->device_entries) {
     status = cuda_check(cudaStreamCreateWithFlags(&ck->side, cudaStreamNonBlocking), "side stream");
@@ -211,8 +214,6 @@ loom_status loom_ckpt_create(loom_state *state, const char *root, const loom_ckp
     loom_ckpt_destroy(ck);
     return status;
   }
-  int rank;
-  MPI_Comm_rank(ck->control, &rank);
   if (rank == 0 || !ck->snapshots_complete)
     loom_log(ck->ctx, LOOM_LOG_INFO, "asynchronous checkpoints to %s: %d tensors, %.1f MB written "
              "by this rank; device tensors staged %s; a save requested while one is in flight is "

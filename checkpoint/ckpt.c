@@ -233,9 +233,26 @@ static loom_status write_index(const ckpt_catalog *c, const loom_mesh_shape *sha
   return status;
 }
 
+void ckpt_remove_stale(const char *root) {
+  DIR *dir = opendir(root);
+  if (!dir) return;
+  struct dirent *e;
+  char path[PATH_BYTES];
+  while ((e = readdir(dir)) != NULL) {
+    long long step;
+    char tail;
+    if (sscanf(e->d_name, ".step-%lld.tm%c", &step, &tail) == 2 && tail == 'p') {
+      snprintf(path, sizeof path, "%s/%s", root, e->d_name);
+      remove_tree(path);
+    }
+  }
+  closedir(dir);
+}
+
 /* Rank 0, after a save: removes stale temporary directories and the oldest checkpoints
  * beyond keep_last (the step just written is the newest and is kept). */
 static void prune(const char *root, int64_t newest, int keep_last) {
+  ckpt_remove_stale(root);
   DIR *dir = opendir(root);
   if (!dir) return;
   enum { MAX_KEPT = 4096 };
@@ -245,11 +262,7 @@ static void prune(const char *root, int64_t newest, int keep_last) {
   char path[PATH_BYTES];
   while ((e = readdir(dir)) != NULL) {
     long long step;
-    char tail;
-    if (sscanf(e->d_name, ".step-%lld.tm%c", &step, &tail) == 2 && tail == 'p') {
-      snprintf(path, sizeof path, "%s/%s", root, e->d_name);
-      remove_tree(path);
-    } else if (sscanf(e->d_name, "step-%lld", &step) == 1 && count < MAX_KEPT) {
+    if (sscanf(e->d_name, "step-%lld", &step) == 1 && count < MAX_KEPT) {
       steps[count++] = step;
     }
   }
@@ -482,6 +495,8 @@ loom_status loom_ckpt_load(loom_state *state, const char *root, int64_t *step) {
   }
   loom_ckpt_info info = {0};
   status = loom_ckpt_info_open(root, &info);
+  if (status == LOOM_ERR_IO) /* nothing there: not a checkpoint (the message names the paths) */
+    status = loom_error_set(LOOM_ERR_ARG, "loom_ckpt_load: %s", loom_error_string());
   if (status == LOOM_OK && info.mesh[0] * info.mesh[1] * info.mesh[2] <= 0)
     status = loom_error_set(LOOM_ERR_CORRUPT, "%s: mesh %d x %d x %d is not valid", info.dir,
                             info.mesh[0], info.mesh[1], info.mesh[2]);

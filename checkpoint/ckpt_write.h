@@ -24,6 +24,10 @@ loom_status ckpt_write_checkpoint(loom_state *state, const ckpt_catalog *catalog
  * others get one saying another rank failed. */
 loom_status ckpt_agree(MPI_Comm comm, loom_status mine);
 
+/* Removes the temporary directories (".step-<n>.tmp") failed saves left in `root`. Rank 0
+ * only, when no save of this job is in flight. */
+void ckpt_remove_stale(const char *root);
+
 /* Checks params (ranges named in the message). */
 loom_status ckpt_check_params(const loom_ckpt_params *params);
 

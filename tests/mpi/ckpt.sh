@@ -35,6 +35,28 @@ done
 run 2 --ckpt-mode load-extra
 run 1 --ckpt-mode corrupt
 run 3 --ckpt-mode load-corrupt
+# Damage of other kinds: each load fails on every rank with LOOM_ERR_CORRUPT (or ERR_ARG for a
+# path that is not a checkpoint) and a message naming the file; nothing is half loaded.
+expect_failure() { # mode, text the messages must contain, then the damage as a command
+  local mode=$1 text=$2; shift 2
+  rm -rf "$dir.damaged" && cp -r "$dir" "$dir.damaged"
+  (cd "$dir.damaged/$(cat "$dir/latest")" && "$@")
+  local log
+  log=$(mpirun --oversubscribe --bind-to none --mca btl self,vader -np 2 "$prog" --ckpt-dir "$dir.damaged" --ckpt-mode $mode 2>&1) || { echo "$log"; exit 1; }
+  grep -q -- "$text" <<<"$log" || { echo "expected '$text' in:"; echo "$log"; exit 1; }
+  echo "refused: $(grep -m1 -- "$text" <<<"$log")"
+}
+run 4 --ckpt-mode save --ep 2 # an intact checkpoint again (corrupt damaged rank 1's file)
+expect_failure load-corrupt "rank-00002.h5" rm rank-00002.h5
+expect_failure load-corrupt "rank-00001.h5" bash -c 'truncate -s $(( $(stat -c %s rank-00001.h5) / 2 )) rank-00001.h5'
+expect_failure load-corrupt "index.h5" /usr/bin/python3 -c "
+import h5py; f = h5py.File('index.h5', 'r+'); f['A'].attrs['loom_dtype'] = 'float64'"
+expect_failure load-corrupt "index.h5" bash -c 'truncate -s $(( $(stat -c %s index.h5) / 2 )) index.h5'
+rm -rf "$dir.damaged"
+mkdir -p "$dir/not_a_checkpoint"
+log=$(mpirun --oversubscribe --bind-to none --mca btl self,vader -np 2 "$prog" --ckpt-dir "$dir/not_a_checkpoint" --ckpt-mode load-arg 2>&1) || { echo "$log"; exit 1; }
+grep -q "not_a_checkpoint" <<<"$log" || { echo "$log"; exit 1; }
+rmdir "$dir/not_a_checkpoint"
 # Retention and cleanup: a stale temporary directory goes, only the newest 2 of 3 new saves
 # stay (compressed), and the newest loads.
 mkdir -p "$dir/.step-00000007.tmp" && touch "$dir/.step-00000007.tmp/rank-00000.h5"

@@ -139,7 +139,8 @@ int main(int argc, char **argv) {
   const char *mode = "load", *dir = NULL;
   int step_number = 42, keep = 0, deflate = 0, busy_wait = 0;
   loom_option options[] = {
-      {"ckpt-mode", LOOM_OPTION_STRING, &mode, "save|load|load-extra|corrupt|load-corrupt"},
+      {"ckpt-mode", LOOM_OPTION_STRING, &mode, "save|load|load-extra|corrupt|load-corrupt|load-arg|"
+       "save-async|save-stages|load-stages"},
       {"ckpt-dir", LOOM_OPTION_STRING, &dir, "checkpoint root"},
       {"ckpt-step", LOOM_OPTION_INT, &step_number, "step saved / expected", NULL, 0, 1 << 30},
       {"ckpt-keep", LOOM_OPTION_INT, &keep, "checkpoints kept (0 = all)", NULL, 0, 1000},
@@ -240,6 +241,9 @@ int main(int argc, char **argv) {
       if (st.rank == 0)
         expect_near(&st, "names the tensor", 0,
                     strstr(loom_error_string(), "not_in_checkpoint") != NULL, 1, 0);
+    } else if (strcmp(mode, "load-arg") == 0) { /* not a checkpoint, or another model */
+      expect_near(&st, "-> ERR_ARG", 0, s, LOOM_ERR_ARG, 0);
+      printf("rank %d: %s\n", st.rank, loom_error_string());
     } else { /* load-corrupt */
       expect_near(&st, "corrupt -> ERR_CORRUPT", 0, s, LOOM_ERR_CORRUPT, 0);
       if (strstr(loom_error_string(), "rank-00001.h5"))
