@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 #include "checkpoint/inspect.h"
 #include "collectives/coll.h"
 #include "runtime/device.h"
+#include "runtime/fault.h"
 #include "runtime/log.h"
 
 enum { PATH_BYTES = LOOM_CKPT_PATH_BYTES };
@@ -333,6 +335,12 @@ loom_status ckpt_write_checkpoint(loom_state *state, const ckpt_catalog *c, MPI_
   if (status == LOOM_OK)
     status = write_rank_file(state, c, sources, path, crcs, params->deflate_level, &written);
   double data_seconds = loom_now() - start;
+  loom_ctx *ctx = loom_group_ctx(loom_mesh_group(loom_state_mesh(state), LOOM_AXIS_WORLD));
+  if (loom_fault_due(ctx, LOOM_FAULT_CKPT_KILL, step)) { /* test: a crash mid-checkpoint */
+    loom_log(ctx, LOOM_LOG_WARN, "fault injection: rank %d dies while writing checkpoint step %lld",
+             rank, (long long)step);
+    raise(SIGKILL);
+  }
   status = ckpt_agree(comm, status);
   MPI_Request request;
   if (status == LOOM_OK &&

@@ -23,6 +23,9 @@ typedef enum {
   LOOM_COLL_SPARSE_EXCHANGE,
 } loom_coll_kind;
 
+/* "loom_allreduce", ... for messages. */
+const char *loom_coll_kind_name(loom_coll_kind kind);
+
 /* Everything a collective needs, captured at post time (arrays copied, owned by the job). */
 typedef struct {
   loom_coll_kind kind;

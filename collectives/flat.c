@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "collectives/coll_impl.h"
+#include "runtime/watchdog.h"
 
 MPI_Datatype loom_coll_mpi_type(loom_dtype dtype) {
   switch (dtype) {
@@ -206,8 +207,31 @@ static loom_status fused_allreduce(loom_coll_job *job) {
   return status;
 }
 
+const char *loom_coll_kind_name(loom_coll_kind kind) {
+  static const char *const names[] = {
+      [LOOM_COLL_ALLREDUCE] = "loom_allreduce", [LOOM_COLL_BROADCAST] = "loom_broadcast",
+      [LOOM_COLL_REDUCE] = "loom_reduce", [LOOM_COLL_ALLGATHER] = "loom_allgather",
+      [LOOM_COLL_REDUCE_SCATTER] = "loom_reduce_scatter", [LOOM_COLL_ALLTOALL] = "loom_alltoall",
+      [LOOM_COLL_ALLTOALLV] = "loom_alltoallv", [LOOM_COLL_BARRIER] = "loom_barrier",
+      [LOOM_COLL_FUSED_ALLREDUCE] = "loom_allreduce_fused",
+      [LOOM_COLL_SPARSE_PLAN] = "loom_sparse_plan_create",
+      [LOOM_COLL_SPARSE_EXCHANGE] = "loom_alltoall_sparse"};
+  return kind >= 0 && kind < (int)(sizeof names / sizeof names[0]) ? names[kind] : "collective";
+}
+
+static loom_status run_job(loom_coll_job *job);
+
+/* Every host collective runs under the watchdog (runtime/watchdog.h): one that does not
+ * complete within LOOM_TIMEOUT aborts the job with its name and group. */
 loom_status loom_coll_run(void *opaque) {
   loom_coll_job *job = opaque;
+  loom_watch_begin(job->group->ctx, loom_coll_kind_name(job->kind), job->group->name);
+  loom_status status = run_job(job);
+  loom_watch_end(job->group->ctx);
+  return status;
+}
+
+static loom_status run_job(loom_coll_job *job) {
   loom_group *g = job->group;
   loom_status status = LOOM_OK;
   switch (job->kind) {

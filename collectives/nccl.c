@@ -48,14 +48,7 @@ typedef struct pending {
   int peer, is_send;
 } pending;
 
-static const char *const kind_names[] = {
-    [LOOM_COLL_ALLREDUCE] = "loom_allreduce", [LOOM_COLL_BROADCAST] = "loom_broadcast",
-    [LOOM_COLL_REDUCE] = "loom_reduce", [LOOM_COLL_ALLGATHER] = "loom_allgather",
-    [LOOM_COLL_REDUCE_SCATTER] = "loom_reduce_scatter", [LOOM_COLL_ALLTOALL] = "loom_alltoall",
-    [LOOM_COLL_ALLTOALLV] = "loom_alltoallv", [LOOM_COLL_BARRIER] = "loom_barrier",
-    [LOOM_COLL_FUSED_ALLREDUCE] = "loom_allreduce_fused",
-    [LOOM_COLL_SPARSE_PLAN] = "loom_sparse_plan_create",
-    [LOOM_COLL_SPARSE_EXCHANGE] = "loom_alltoall_sparse"};
+
 
 /* "group DP (rank 1 of 4; world ranks 0 2 4 6)" */
 static void describe(const loom_group *g, char *out, size_t bytes) {
@@ -553,7 +546,7 @@ loom_status loom_nccl_post(loom_coll_job *job, loom_req **req) {
   double deadline = loom_now() + g->ctx->config.timeout_seconds;
   LOOM_CHECK(join_in(g, st));
   LOOM_CHECK(enqueue(job, st, deadline));
-  return join_out(g, st, kind_names[job->kind], deadline, req);
+  return join_out(g, st, loom_coll_kind_name(job->kind), deadline, req);
 }
 
 /* Issues every waiting point-to-point operation of the group in one NCCL group call. */

@@ -16,6 +16,7 @@
 #include "runtime/mesh.h"
 #include "runtime/device.h"
 #include "runtime/state.h"
+#include "runtime/fault.h"
 #include "collectives/coll.h"
 #include "collectives/sparse.h"
 #include "optim/optim.h"
@@ -23,5 +24,7 @@
 #include "optim/clip.h"
 #include "parallel/ddp.h"
 #include "checkpoint/ckpt.h"
+#include "checkpoint/inspect.h"
+#include "checkpoint/snapshot.h"
 
 #endif

@@ -37,6 +37,11 @@ void loom_config_options(loom_config *c, loom_option *out) {
       {"share-gpus", LOOM_OPTION_BOOL, &c->share_gpus,
        "allow more ranks per host than visible GPUs (they share GPUs)", NULL, 0, 0},
       {"seed", LOOM_OPTION_UINT64, &c->seed, "root seed of every random stream", NULL, 0, 0},
+      {"job-id", LOOM_OPTION_STRING, &c->job_id,
+       "job name of in-memory snapshots (default: SLURM_JOB_ID, else generated)", NULL, 0, 0},
+      {"fault", LOOM_OPTION_STRING, &c->fault,
+       "inject faults (tests): kind:rank:step[:seconds],... with kind kill, node, hang, delay, "
+       "corrupt or ckpt-kill", NULL, 0, 0},
       {"help", LOOM_OPTION_BOOL, &c->help, "print the options and exit", NULL, 0, 0},
   };
   memcpy(out, table, sizeof table);

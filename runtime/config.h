@@ -47,17 +47,21 @@ typedef struct {
   int sparse_nbx_min_ranks; /* sparse plans: NBX discovery from this group size on, a dense
                              * count exchange below it (cheaper for few ranks) */
   uint64_t seed;          /* root of every random stream */
+  const char *job_id;     /* names in-memory snapshot segments; NULL: SLURM_JOB_ID, else a
+                           * generated one (exported as LOOM_JOB_ID for child processes) */
+  const char *fault;      /* fault injection for tests (runtime/fault.h); NULL = none */
   int help;               /* set by --help: the caller prints loom_config_usage and stops */
 } loom_config;
 
 #define LOOM_CONFIG_INIT                                                                   \
   {.pp = 1, .dp = 0, .sp = 1, .ep = 1, .log_level = LOOM_LOG_WARN, .ranks_per_node = 0,    \
    .collective_algo = LOOM_ALGO_AUTO, .hier_threshold_bytes = 1u << 20,                    \
-   .timeout_seconds = 600.0, .sparse_nbx_min_ranks = 32, .device = 0, .share_gpus = 0, .seed = 1234, .help = 0}
+   .timeout_seconds = 600.0, .sparse_nbx_min_ranks = 32, .device = 0, .share_gpus = 0, .seed = 1234,        \
+   .job_id = NULL, .fault = NULL, .help = 0}
 
 /* Number of core options, and the core table bound to `config`'s fields (writes
  * LOOM_CONFIG_OPTION_COUNT entries into `out`). */
-enum { LOOM_CONFIG_OPTION_COUNT = 14 };
+enum { LOOM_CONFIG_OPTION_COUNT = 16 };
 void loom_config_options(loom_config *config, loom_option *out);
 
 /* Applies LOOM_* variables from the environment, then the flags argv[1..argc-1], to `config`

@@ -2,12 +2,17 @@
  * LOOM_RANKS_PER_NODE), launcher detection, the world and node groups and the communication
  * thread. Invariant: a context that loom_init returned is complete; on failure nothing leaks
  * and MPI is left as it was found where possible. */
+#include <ctype.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "runtime/group_impl.h"
 #include "runtime/log.h"
+#include "runtime/watchdog.h"
 
 static const char *detect_launcher(void) {
   if (getenv("OMPI_COMM_WORLD_SIZE")) return getenv("SLURM_JOB_ID") ? "mpirun (Open MPI) in Slurm job" : "mpirun (Open MPI)";
@@ -82,6 +87,28 @@ static void uint8_wrapping_sum(void *in, void *inout, int *len, MPI_Datatype *ty
   for (int i = 0; i < *len; i++) b[i] = (uint8_t)(a[i] + b[i]);
 }
 
+/* ctx->job_id: the configured name, else SLURM_JOB_ID, else "j<seconds>-<pid>" made by rank 0
+ * and broadcast; exported as LOOM_JOB_ID so that restarted children find the same segments.
+ * Only [A-Za-z0-9._-] are kept (it becomes part of a file name). */
+static loom_status resolve_job_id(loom_ctx *ctx) {
+  char id[64] = "";
+  const char *given = ctx->config.job_id ? ctx->config.job_id : getenv("SLURM_JOB_ID");
+  if (given && *given) {
+    snprintf(id, sizeof id, "%s", given);
+  } else {
+    if (ctx->rank == 0) snprintf(id, sizeof id, "j%ld-%d", (long)time(NULL), (int)getpid());
+    LOOM_MPI_CHECK(ctx, MPI_Bcast(id, sizeof id, MPI_CHAR, 0, ctx->world->comm));
+  }
+  size_t n = 0;
+  for (const char *p = id; *p && n + 1 < sizeof ctx->job_id; p++)
+    if (isalnum((unsigned char)*p) || *p == '.' || *p == '_' || *p == '-') ctx->job_id[n++] = *p;
+  ctx->job_id[n] = '\0';
+  if (n == 0)
+    return loom_error_set(LOOM_ERR_ARG, "job id '%s' has no usable character ([A-Za-z0-9._-])", id);
+  setenv("LOOM_JOB_ID", ctx->job_id, 0);
+  return LOOM_OK;
+}
+
 loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_ctx **out) {
   if (!out) return loom_error_set(LOOM_ERR_ARG, "loom_init: out is NULL");
   *out = NULL;
@@ -138,6 +165,8 @@ loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_c
     goto fail;
   }
   LOOM_CHECK_GOTO(loom_device_select(ctx), status, fail);
+  LOOM_CHECK_GOTO(resolve_job_id(ctx), status, fail);
+  LOOM_CHECK_GOTO(loom_watchdog_start(ctx), status, fail);
   int threaded = ctx->thread_level == MPI_THREAD_MULTIPLE;
   LOOM_CHECK_GOTO(loom_executor_create("loom-comm", threaded, &ctx->comm_executor), status, fail);
 
@@ -152,6 +181,7 @@ loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_c
   *out = ctx;
   return LOOM_OK;
 fail:
+  loom_watchdog_stop(ctx);
   loom_executor_destroy(ctx->comm_executor);
   if (ctx->uint8_sum != MPI_OP_NULL && ctx->uint8_sum != 0) MPI_Op_free(&ctx->uint8_sum);
   loom_group_free(ctx->node_group);
@@ -164,6 +194,7 @@ fail:
 
 loom_status loom_finalize(loom_ctx *ctx) {
   if (!ctx) return LOOM_OK;
+  loom_watchdog_stop(ctx);
   loom_executor_destroy(ctx->comm_executor);
   free(ctx->comm_scratch);
   MPI_Op_free(&ctx->uint8_sum);
@@ -187,5 +218,6 @@ int loom_ctx_node(const loom_ctx *ctx) { return ctx->node; }
 int loom_ctx_node_count(const loom_ctx *ctx) { return ctx->node_count; }
 int loom_ctx_thread_level(const loom_ctx *ctx) { return ctx->thread_level; }
 const char *loom_ctx_launcher(const loom_ctx *ctx) { return ctx->launcher; }
+const char *loom_ctx_job_id(const loom_ctx *ctx) { return ctx->job_id; }
 const loom_config *loom_ctx_config(const loom_ctx *ctx) { return &ctx->config; }
 loom_group *loom_ctx_world(loom_ctx *ctx) { return ctx->world; }

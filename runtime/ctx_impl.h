@@ -30,7 +30,11 @@ struct loom_ctx {
    * because the executor runs one job at a time. Grows, freed at finalize. */
   void *comm_scratch;
   size_t comm_scratch_bytes;
+  struct loom_watchdog *watchdog; /* runtime/watchdog.h */
+  char job_id[64];                /* resolved at init, the same on every rank */
 };
+
+typedef struct loom_watchdog loom_watchdog;
 
 /* The serial executor every collective of this context goes through. */
 static inline loom_executor *loom_ctx_comm_executor(loom_ctx *ctx) { return ctx->comm_executor; }

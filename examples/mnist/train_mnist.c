@@ -20,7 +20,7 @@
 
 typedef struct {
   const char *data_dir, *metrics_path, *hidden, *ckpt_dir, *dump_params;
-  int ckpt_every, resume, stop_at_step, ckpt_async;
+  int ckpt_every, resume, stop_at_step, ckpt_async, snapshot_every, snapshot_parity;
   int epochs, batch, chunk, optimizer, schedule, nesterov, overlap, max_steps, warmup_steps;
   double lr, momentum, weight_decay, clip;
   uint64_t bucket_bytes;
@@ -69,7 +69,7 @@ static void shuffle(int *order, int n, uint64_t seed, int epoch) {
 }
 
 int main(int argc, char **argv) {
-  train_options o = {.data_dir = FASHION_MNIST_DEFAULT_DIR, .metrics_path = NULL,
+  train_options o = {.snapshot_parity = 1, .data_dir = FASHION_MNIST_DEFAULT_DIR, .metrics_path = NULL,
                      .hidden = "512,256", .epochs = 5, .batch = 128, .chunk = 32, .optimizer = OPT_SGD,
                      .schedule = LOOM_SCHEDULE_COSINE, .nesterov = 1, .overlap = 1,
                      .max_steps = 0, .warmup_steps = 100, .lr = 0.05, .momentum = 0.9,
@@ -99,6 +99,10 @@ int main(int argc, char **argv) {
        NULL, 0, 1 << 30},
       {"resume", LOOM_OPTION_BOOL, &o.resume, "resume from the checkpoint root's latest, if any"},
       {"ckpt-async", LOOM_OPTION_BOOL, &o.ckpt_async, "save in the background (loom_ckpt_save_async)"},
+      {"snapshot-every", LOOM_OPTION_INT, &o.snapshot_every, "in-memory snapshot every this many "
+       "steps (0 = none); a restart resumes from the newest one every rank can restore", NULL, 0, 1 << 30},
+      {"snapshot-parity", LOOM_OPTION_INT, &o.snapshot_parity, "parity fragments per erasure "
+       "group of the snapshots (0 = no erasure coding)", NULL, 0, 16},
       {"stop-at-step", LOOM_OPTION_INT, &o.stop_at_step, "stop (after saving) at this global step; "
        "0 = run to the end", NULL, 0, 1 << 30},
       {"dump-params", LOOM_OPTION_STRING, &o.dump_params, "write the final float32 parameters "
@@ -138,6 +142,7 @@ int main(int argc, char **argv) {
   FILE *metrics = NULL;
   loom_state *registry = NULL;
   loom_ckpt *ckpt = NULL; /* with --ckpt-async */
+  loom_snapshot *snapshot = NULL; /* with --snapshot-every */
   int64_t global_step = 0;
   if (loom_init(&config, &argc, &argv, &ctx) != LOOM_OK) {
     fprintf(stderr, "train_mnist: %s\n", loom_error_string());
@@ -218,7 +223,7 @@ int main(int argc, char **argv) {
   /* Everything a bit-exact restart needs is registered: parameters, optimizer state (moments
    * and step count) and the global step, from which the data order (seeded per epoch) and the
    * learning-rate schedule follow. */
-  if (o.ckpt_dir) {
+  if (o.ckpt_dir || o.snapshot_every > 0) {
     TRY(loom_state_create(mesh, &registry));
     for (int l = 0; l < layers; l++) {
       char name[64];
@@ -249,15 +254,28 @@ int main(int argc, char **argv) {
     loom_state_spec scalar = {.dtype = LOOM_INT64, .ndims = 0};
     TRY(loom_state_register(registry, "train.global_step", &scalar,
                             loom_buf_host(&global_step, 1, LOOM_INT64)));
+    /* Resume: the newest in-memory snapshot every rank can restore, else the newest HDF5
+     * checkpoint, else a fresh start; the log says which. */
+    int restored = 0;
+    if (o.snapshot_every > 0) {
+      loom_snapshot_params sp = LOOM_SNAPSHOT_PARAMS_INIT;
+      sp.parity = o.snapshot_parity;
+      TRY(loom_snapshot_create(registry, &sp, &snapshot));
+      int64_t snapshot_step = 0;
+      TRY(loom_snapshot_restore(snapshot, &snapshot_step, &restored));
+      if (restored && rank == 0)
+        printf("resumed from the in-memory snapshot at step %lld\n", (long long)global_step);
+    }
     char latest[4096];
-    snprintf(latest, sizeof latest, "%s/latest", o.ckpt_dir);
+    snprintf(latest, sizeof latest, "%s/latest", o.ckpt_dir ? o.ckpt_dir : "");
     struct stat info;
-    if (o.resume && stat(latest, &info) == 0) {
+    if (!restored && o.ckpt_dir && o.resume && stat(latest, &info) == 0) {
       int64_t saved = 0;
       TRY(loom_ckpt_load(registry, o.ckpt_dir, &saved));
       if (rank == 0) printf("resumed from %s at step %lld\n", o.ckpt_dir, (long long)global_step);
     }
-    if (o.ckpt_async) TRY(loom_ckpt_create(registry, o.ckpt_dir, NULL, &ckpt));
+    if (o.ckpt_async && o.ckpt_dir) TRY(loom_ckpt_create(registry, o.ckpt_dir, NULL, &ckpt));
+    if (!restored && rank == 0 && o.resume) printf("fresh start: no snapshot or checkpoint to resume from\n");
   }
   int steps_per_epoch = train.count / o.batch;
   if (o.max_steps > 0 && o.max_steps < steps_per_epoch) steps_per_epoch = o.max_steps;
@@ -343,7 +361,7 @@ int main(int argc, char **argv) {
       global_step++;
       int last_step = epoch == o.epochs - 1 && step == steps_per_epoch - 1;
       int stop = o.stop_at_step > 0 && global_step == o.stop_at_step;
-      if (registry && ((o.ckpt_every > 0 && global_step % o.ckpt_every == 0) || last_step || stop)) {
+      if (o.ckpt_dir && ((o.ckpt_every > 0 && global_step % o.ckpt_every == 0) || last_step || stop)) {
         if (ckpt) { /* the final save is never skipped, and is on disk before the run ends */
           if (last_step || stop) TRY(loom_ckpt_wait(ckpt));
           TRY(loom_ckpt_save_async(ckpt, global_step, NULL));
@@ -352,6 +370,9 @@ int main(int argc, char **argv) {
           TRY(loom_ckpt_save(registry, o.ckpt_dir, global_step));
         }
       }
+      if (snapshot && global_step % o.snapshot_every == 0)
+        TRY(loom_snapshot_take(snapshot, global_step));
+      TRY(loom_fault_step(ctx, global_step)); /* tests: LOOM_FAULT kills, hangs or delays here */
       if (stop) {
         stopped = 1;
         break;
@@ -428,6 +449,7 @@ done:
   if (gpu) mlp_gpu_destroy(&device_model);
 #endif
   loom_ckpt_destroy(ckpt);
+  loom_snapshot_destroy(snapshot);
   loom_state_destroy(registry);
   mlp_destroy(&model);
   loom_optim_destroy(optim);

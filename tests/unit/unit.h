@@ -50,5 +50,6 @@ int register_dtype_suite(void);
 int register_sparse_suite(void);
 int register_executor_suite(void);
 int register_state_suite(void);
+int register_erasure_suite(void);
 
 #endif

@@ -1,0 +1,555 @@
+/* In-memory erasure-coded snapshots (see snapshot.h). Segment layout, bytes:
+ *   [0, 4096)                         header (seg_header)
+ *   [4096, 4096 + 2 L)                two data slots of L bytes (this rank's state, zero-padded
+ *                                     to its group's common length L, a multiple of k)
+ *   [4096 + 2 L, 4096 + 2 L + 2 P)    two parity slots of P bytes (the parity this rank holds
+ *                                     for other groups, at the step of the same slot)
+ * A slot is valid only after its data (and parity) are complete: the flags are written last. */
+#include "checkpoint/snapshot.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "checkpoint/erasure.h"
+#include "collectives/coll.h"
+#include "runtime/device.h"
+#include "runtime/fault.h"
+#include "runtime/log.h"
+
+enum { HEADER_BYTES = 4096, MAX_ROLES = 64 };
+
+typedef struct {
+  int64_t step;
+  uint64_t seq;          /* higher = newer */
+  uint32_t data_crc, parity_crc;
+  int32_t valid, parity_valid;
+} seg_slot;
+
+typedef struct {
+  char magic[8];         /* "LOOMSNP1" */
+  int32_t world, rank;
+  uint64_t payload_bytes, data_bytes, parity_bytes;
+  seg_slot slot[2];
+} seg_header;
+
+typedef struct {
+  int group;       /* group index in the column */
+  int index;       /* parity fragment index i < m */
+  uint64_t offset; /* into a parity slot */
+  uint64_t bytes;  /* the group's L */
+} parity_role;
+
+struct loom_snapshot {
+  loom_state *state;
+  loom_ctx *ctx;
+  MPI_Comm world, column, group; /* group: this rank's data group (MPI_COMM_NULL without EC) */
+  int rank, size;
+  int ec, k, m, n;               /* erasure coding on; k data + m parity; n = column size */
+  int column_index, position;    /* this rank's column (local rank) and place in it */
+  int *column_members;           /* (n) world ranks of this column by position */
+  uint64_t *group_bytes;         /* (n / k) L of each group of this column */
+  int *column_of, *position_of;  /* (size) every rank's column and position */
+  int column_count, *columns;    /* (column_count * n) world ranks by column and position */
+  uint64_t *payload_of;          /* (size) every rank's state bytes */
+  parity_role roles[MAX_ROLES];
+  int role_count;
+  uint64_t payload, data_bytes, parity_bytes;
+  char name[128];
+  int fd;
+  unsigned char *base;
+  size_t mapped;
+};
+
+static seg_header *header(const loom_snapshot *s) { return (seg_header *)s->base; }
+static unsigned char *data_slot(const loom_snapshot *s, int slot) {
+  return s->base + HEADER_BYTES + (size_t)slot * s->data_bytes;
+}
+static unsigned char *parity_slot(const loom_snapshot *s, int slot) {
+  return s->base + HEADER_BYTES + 2 * s->data_bytes + (size_t)slot * s->parity_bytes;
+}
+
+static uint32_t crc_of(const unsigned char *p, uint64_t n) { return (uint32_t)crc32_z(0L, p, n); }
+
+static loom_status mpi_check(int rc, const char *what) {
+  if (rc == MPI_SUCCESS) return LOOM_OK;
+  return loom_error_set(LOOM_ERR_MPI, "snapshot: %s failed (MPI error %d)", what, rc);
+}
+
+/* Largest divisor of n that is <= limit (>= 1), or 0 when limit < 1. */
+static int group_size_for(int n, int limit) {
+  for (int k = limit; k >= 1; k--)
+    if (n % k == 0) return k;
+  return 0;
+}
+
+/* Columns, positions, groups and parity roles from every rank's (node, local rank, bytes). */
+static loom_status plan_layout(loom_snapshot *s, const int64_t *info /* (size, 3) */, int parity) {
+  s->column_of = calloc((size_t)s->size, sizeof(int));
+  s->position_of = calloc((size_t)s->size, sizeof(int));
+  s->payload_of = calloc((size_t)s->size, sizeof(uint64_t));
+  if (!s->column_of || !s->position_of || !s->payload_of)
+    return loom_error_set(LOOM_ERR_NOMEM, "snapshot layout");
+  int columns = 0;
+  for (int r = 0; r < s->size; r++) {
+    s->column_of[r] = (int)info[3 * r + 1];
+    s->payload_of[r] = (uint64_t)info[3 * r + 2];
+    if (s->column_of[r] + 1 > columns) columns = s->column_of[r] + 1;
+  }
+  /* positions: order by node within a column (ranks are numbered node by node) */
+  int *filled = calloc((size_t)columns, sizeof(int));
+  if (!filled) return loom_error_set(LOOM_ERR_NOMEM, "snapshot layout");
+  for (int r = 0; r < s->size; r++) s->position_of[r] = filled[s->column_of[r]]++;
+  int n = filled[0], uniform = 1;
+  for (int c = 1; c < columns; c++) uniform &= filled[c] == n;
+  free(filled);
+  s->column_count = columns;
+  s->n = n;
+  s->column_index = s->column_of[s->rank];
+  s->position = s->position_of[s->rank];
+  s->k = parity > 0 && uniform ? group_size_for(n, n - parity) : 0;
+  s->ec = s->k > 0 && loom_ec_available();
+  s->m = s->ec ? parity : 0;
+  if (!s->ec) s->k = 1;
+  s->columns = malloc(sizeof(int) * (size_t)columns * (size_t)(n ? n : 1));
+  if (!s->columns) return loom_error_set(LOOM_ERR_NOMEM, "snapshot layout");
+  for (int r = 0; r < s->size; r++)
+    if (uniform) s->columns[s->column_of[r] * n + s->position_of[r]] = r;
+  s->column_members = &s->columns[s->column_index * n];
+  int groups = s->ec ? n / s->k : 0;
+  s->group_bytes = calloc((size_t)(groups ? groups : 1), sizeof(uint64_t));
+  if (!s->group_bytes) return loom_error_set(LOOM_ERR_NOMEM, "snapshot layout");
+  for (int g = 0; g < groups; g++) {
+    uint64_t largest = 0;
+    for (int j = 0; j < s->k; j++) {
+      uint64_t b = s->payload_of[s->column_members[g * s->k + j]];
+      if (b > largest) largest = b;
+    }
+    uint64_t slice = (largest + (uint64_t)s->k - 1) / (uint64_t)s->k;
+    s->group_bytes[g] = (slice ? slice : 1) * (uint64_t)s->k;
+  }
+  s->payload = s->payload_of[s->rank];
+  s->data_bytes = s->ec ? s->group_bytes[s->position / s->k] : (s->payload ? s->payload : 1);
+  for (int g = 0; g < groups; g++)
+    for (int i = 0; i < s->m; i++)
+      if (((g + 1) * s->k + i) % n == s->position) {
+        if (s->role_count == MAX_ROLES)
+          return loom_error_set(LOOM_ERR_ARG, "snapshot: more than %d parity roles", MAX_ROLES);
+        s->roles[s->role_count++] = (parity_role){g, i, s->parity_bytes, s->group_bytes[g]};
+        s->parity_bytes += s->group_bytes[g];
+      }
+  return LOOM_OK;
+}
+
+/* Maps the segment, creating or re-initialising it when it does not match this layout. */
+static loom_status map_segment(loom_snapshot *s) {
+  loom_snapshot_segment_name(loom_ctx_job_id(s->ctx), s->rank, s->name, sizeof s->name);
+  s->fd = shm_open(s->name, O_RDWR | O_CREAT, 0600);
+  if (s->fd < 0)
+    return loom_error_set(LOOM_ERR_IO, "snapshot: shm_open(%s): %s", s->name, strerror(errno));
+  s->mapped = HEADER_BYTES + 2 * s->data_bytes + 2 * s->parity_bytes;
+  struct stat st;
+  int fresh = fstat(s->fd, &st) != 0 || (size_t)st.st_size != s->mapped;
+  if (fresh && (ftruncate(s->fd, 0) != 0 || ftruncate(s->fd, (off_t)s->mapped) != 0))
+    return loom_error_set(LOOM_ERR_NOMEM, "snapshot: sizing %s to %zu bytes: %s (is /dev/shm "
+                          "large enough?)", s->name, s->mapped, strerror(errno));
+  void *p = mmap(NULL, s->mapped, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+  if (p == MAP_FAILED)
+    return loom_error_set(LOOM_ERR_NOMEM, "snapshot: mapping %s: %s", s->name, strerror(errno));
+  s->base = p;
+  seg_header *h = header(s);
+  if (fresh || memcmp(h->magic, "LOOMSNP1", 8) != 0 || h->world != s->size || h->rank != s->rank ||
+      h->payload_bytes != s->payload || h->data_bytes != s->data_bytes ||
+      h->parity_bytes != s->parity_bytes) {
+    memset(h, 0, sizeof *h);
+    memcpy(h->magic, "LOOMSNP1", 8);
+    h->world = s->size, h->rank = s->rank;
+    h->payload_bytes = s->payload, h->data_bytes = s->data_bytes, h->parity_bytes = s->parity_bytes;
+  }
+  return LOOM_OK;
+}
+
+loom_status loom_snapshot_create(loom_state *state, const loom_snapshot_params *params,
+                                 loom_snapshot **out) {
+  loom_snapshot_params defaults = LOOM_SNAPSHOT_PARAMS_INIT;
+  if (!params) params = &defaults;
+  if (!state || !out || params->parity < 0 || params->parity >= LOOM_EC_MAX_FRAGMENTS)
+    return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_create: state or out missing, or parity=%d "
+                          "outside [0, %d)", params ? params->parity : -1, LOOM_EC_MAX_FRAGMENTS);
+  loom_group *world = loom_mesh_group(loom_state_mesh(state), LOOM_AXIS_WORLD);
+  loom_snapshot *s = calloc(1, sizeof *s);
+  if (!s) return loom_error_set(LOOM_ERR_NOMEM, "loom_snapshot_create");
+  s->state = state;
+  s->ctx = loom_group_ctx(world);
+  s->fd = -1;
+  s->world = s->column = s->group = MPI_COMM_NULL;
+  loom_status status = mpi_check(MPI_Comm_dup(loom_group_comm(world), &s->world), "MPI_Comm_dup");
+  if (status != LOOM_OK) {
+    free(s);
+    return status;
+  }
+  MPI_Comm_rank(s->world, &s->rank);
+  MPI_Comm_size(s->world, &s->size);
+  uint64_t payload = 0;
+  for (int i = 0; i < loom_state_count(state); i++) {
+    loom_buf local;
+    loom_state_entry(state, i, NULL, NULL, &local, NULL, NULL);
+    payload += loom_buf_bytes(local);
+  }
+  int64_t mine[3] = {loom_ctx_node(s->ctx), loom_ctx_local_rank(s->ctx), (int64_t)payload};
+  int64_t *info = malloc(sizeof(int64_t) * 3 * (size_t)s->size);
+  if (!info) status = loom_error_set(LOOM_ERR_NOMEM, "snapshot layout");
+  if (status == LOOM_OK)
+    status = mpi_check(MPI_Allgather(mine, 3, MPI_INT64_T, info, 3, MPI_INT64_T, s->world), "MPI_Allgather");
+  if (status == LOOM_OK) status = plan_layout(s, info, params->parity);
+  free(info);
+  if (status == LOOM_OK)
+    status = mpi_check(MPI_Comm_split(s->world, s->column_index, s->position, &s->column), "MPI_Comm_split");
+  if (status == LOOM_OK && s->ec)
+    status = mpi_check(MPI_Comm_split(s->column, s->position / s->k, s->position, &s->group),
+                       "MPI_Comm_split");
+  if (status == LOOM_OK) status = map_segment(s);
+  /* the same outcome everywhere (a failed shm_open on one host fails the job) */
+  int bad = status != LOOM_OK, any_bad = 0;
+  MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
+  if (any_bad) {
+    if (!bad) status = loom_error_set(LOOM_ERR_IO, "snapshot: another rank could not set up its "
+                                      "segment (its message names the cause)");
+    loom_snapshot_destroy(s);
+    return status;
+  }
+  if (s->rank == 0) {
+    if (s->ec)
+      loom_log(s->ctx, LOOM_LOG_INFO, "in-memory snapshots of job %s: %.1f MB a rank, erasure "
+               "groups of %d data + %d parity on distinct nodes (columns of %d nodes)",
+               loom_ctx_job_id(s->ctx), (double)s->payload / 1e6, s->k, s->m, s->n);
+    else
+      loom_log(s->ctx, params->parity > 0 ? LOOM_LOG_WARN : LOOM_LOG_INFO, "in-memory snapshots of "
+               "job %s: %.1f MB a rank, no erasure coding (%s): a lost node cannot be rebuilt",
+               loom_ctx_job_id(s->ctx), (double)s->payload / 1e6,
+               params->parity == 0 ? "parity 0" : !loom_ec_available() ? "built without ISA-L"
+               : "too few nodes, or nodes of different rank counts");
+  }
+  *out = s;
+  return LOOM_OK;
+}
+
+/* Packs the registered tensors into `dst` (payload bytes) and zeroes the padding. */
+static loom_status pack(loom_snapshot *s, unsigned char *dst) {
+  uint64_t offset = 0;
+  for (int i = 0; i < loom_state_count(s->state); i++) {
+    loom_buf local;
+    loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
+    size_t bytes = loom_buf_bytes(local);
+    if (local.device.kind == LOOM_DEVICE_CPU) memcpy(dst + offset, local.ptr, bytes);
+    else LOOM_CHECK(loom_device_download(s->ctx, dst + offset, local.ptr, bytes));
+    offset += bytes;
+  }
+  memset(dst + offset, 0, s->data_bytes - offset);
+  return LOOM_OK;
+}
+
+static loom_status unpack(loom_snapshot *s, const unsigned char *src) {
+  uint64_t offset = 0;
+  for (int i = 0; i < loom_state_count(s->state); i++) {
+    loom_buf local;
+    loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
+    size_t bytes = loom_buf_bytes(local);
+    if (local.device.kind == LOOM_DEVICE_CPU) memcpy(local.ptr, src + offset, bytes);
+    else LOOM_CHECK(loom_device_upload(s->ctx, local.ptr, src + offset, bytes));
+    offset += bytes;
+  }
+  return LOOM_OK;
+}
+
+/* Parity of this rank's group for `slot`: member j encodes byte-slice j of the k members'
+ * data, and sends fragment i of its slice to holder i, which stores it at the slice's offset. */
+static loom_status encode_parity(loom_snapshot *s, int slot) {
+  int g = s->position / s->k;
+  uint64_t L = s->data_bytes, slice = L / (uint64_t)s->k;
+  if (slice > (uint64_t)INT32_MAX)
+    return loom_error_set(LOOM_ERR_ARG, "snapshot: a slice of %llu bytes is over 2^31",
+                          (unsigned long long)slice);
+  unsigned char *gathered = malloc(L), *parity = malloc(slice * (uint64_t)s->m);
+  MPI_Request *requests = malloc(sizeof(MPI_Request) * (size_t)(s->m + s->role_count * s->k + 1));
+  loom_status status = LOOM_OK;
+  if (!gathered || !parity || !requests) {
+    status = loom_error_set(LOOM_ERR_NOMEM, "snapshot parity buffers (%llu bytes)", (unsigned long long)L);
+    goto done;
+  }
+  status = mpi_check(MPI_Alltoall(data_slot(s, slot), (int)slice, MPI_BYTE, gathered, (int)slice,
+                                  MPI_BYTE, s->group), "MPI_Alltoall (snapshot slices)");
+  const uint8_t *fragments[LOOM_EC_MAX_FRAGMENTS];
+  uint8_t *outputs[LOOM_EC_MAX_FRAGMENTS];
+  for (int j = 0; j < s->k; j++) fragments[j] = gathered + (uint64_t)j * slice;
+  for (int i = 0; i < s->m; i++) outputs[i] = parity + (uint64_t)i * slice;
+  if (status == LOOM_OK) status = loom_ec_encode(s->k, s->m, slice, fragments, outputs);
+  int count = 0;
+  for (int r = 0; r < s->role_count && status == LOOM_OK; r++) { /* receive what I hold */
+    const parity_role *role = &s->roles[r];
+    uint64_t role_slice = role->bytes / (uint64_t)s->k;
+    for (int j = 0; j < s->k; j++)
+      MPI_Irecv(parity_slot(s, slot) + role->offset + (uint64_t)j * role_slice, (int)role_slice,
+                MPI_BYTE, role->group * s->k + j, 100 + role->group * 64 + role->index, s->column,
+                &requests[count++]);
+  }
+  int j_mine = s->position % s->k;
+  (void)j_mine;
+  for (int i = 0; i < s->m && status == LOOM_OK; i++)
+    MPI_Isend(outputs[i], (int)slice, MPI_BYTE, ((g + 1) * s->k + i) % s->n, 100 + g * 64 + i,
+              s->column, &requests[count++]);
+  if (count > 0 && status == LOOM_OK)
+    status = mpi_check(MPI_Waitall(count, requests, MPI_STATUSES_IGNORE), "MPI_Waitall (parity)");
+done:
+  free(gathered);
+  free(parity);
+  free(requests);
+  return status;
+}
+
+loom_status loom_snapshot_take(loom_snapshot *s, int64_t step) {
+  if (!s || step < 0) return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_take: no snapshot, or step < 0");
+  seg_header *h = header(s);
+  int slot = !h->slot[0].valid ? 0 : !h->slot[1].valid ? 1 : h->slot[0].seq < h->slot[1].seq ? 0 : 1;
+  uint64_t seq = (h->slot[0].seq > h->slot[1].seq ? h->slot[0].seq : h->slot[1].seq) + 1;
+  h->slot[slot].valid = 0; /* from here until the end this slot is incomplete */
+  h->slot[slot].parity_valid = 0;
+  __sync_synchronize();
+  loom_status status = pack(s, data_slot(s, slot));
+  if (status == LOOM_OK && s->ec) status = encode_parity(s, slot);
+  int bad = status != LOOM_OK, any_bad = 0;
+  MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
+  if (any_bad)
+    return bad ? status : loom_error_set(LOOM_ERR_STATE, "snapshot of step %lld failed on another "
+                                          "rank (its message names the cause)", (long long)step);
+  h->slot[slot].step = step;
+  h->slot[slot].seq = seq;
+  h->slot[slot].data_crc = crc_of(data_slot(s, slot), s->data_bytes);
+  h->slot[slot].parity_crc = crc_of(parity_slot(s, slot), s->parity_bytes);
+  __sync_synchronize();
+  h->slot[slot].valid = 1;
+  h->slot[slot].parity_valid = 1;
+  if (loom_fault_due(s->ctx, LOOM_FAULT_CORRUPT, step)) {
+    data_slot(s, slot)[s->payload / 2] ^= 0x5a; /* silent damage the checksum must catch */
+    loom_log(s->ctx, LOOM_LOG_WARN, "fault injection: snapshot of step %lld corrupted on rank %d",
+             (long long)step, s->rank);
+  }
+  return LOOM_OK;
+}
+
+/* This rank's holdings: per slot, its step, whether its data and its parity check out. */
+typedef struct {
+  int64_t step[2];
+  int64_t data_ok[2], parity_ok[2];
+} holdings;
+
+static holdings inspect(const loom_snapshot *s) {
+  const seg_header *h = header(s);
+  holdings out;
+  for (int i = 0; i < 2; i++) {
+    out.step[i] = h->slot[i].valid ? h->slot[i].step : -1;
+    out.data_ok[i] = h->slot[i].valid && crc_of(data_slot(s, i), s->data_bytes) == h->slot[i].data_crc;
+    out.parity_ok[i] = h->slot[i].parity_valid &&
+                       crc_of(parity_slot(s, i), s->parity_bytes) == h->slot[i].parity_crc;
+  }
+  return out;
+}
+
+static int slot_with(const holdings *h, int64_t step, int parity) {
+  for (int i = 0; i < 2; i++)
+    if (h->step[i] == step && (parity ? h->parity_ok[i] : h->data_ok[i])) return i;
+  return -1;
+}
+
+/* Fragments available for group g of column c at `step`: data members then parity holders, in
+ * fragment order; writes up to k of them to `ranks`/`fragment` and returns how many exist. */
+static int available(const loom_snapshot *s, const holdings *all, int c, int g, int64_t step,
+                     int *ranks, int *fragment) {
+  int count = 0, n = s->n, k = s->k;
+  for (int j = 0; j < k; j++) {
+    int r = s->columns[c * n + g * k + j];
+    if (slot_with(&all[r], step, 0) >= 0) {
+      if (count < k) ranks[count] = r, fragment[count] = j;
+      count++;
+    }
+  }
+  for (int i = 0; i < s->m; i++) {
+    int r = s->columns[c * n + ((g + 1) * k + i) % n];
+    if (slot_with(&all[r], step, 1) >= 0) {
+      if (count < k) ranks[count] = r, fragment[count] = k + i;
+      count++;
+    }
+  }
+  return count;
+}
+
+static int restorable(const loom_snapshot *s, const holdings *all, int64_t step, int *rebuilds) {
+  *rebuilds = 0;
+  int missing = 0;
+  for (int r = 0; r < s->size; r++) missing += slot_with(&all[r], step, 0) < 0;
+  if (missing == 0) return 1;
+  if (!s->ec) return 0;
+  int ranks[LOOM_EC_MAX_FRAGMENTS], fragment[LOOM_EC_MAX_FRAGMENTS];
+  for (int c = 0; c < s->column_count; c++)
+    for (int g = 0; g < s->n / s->k; g++)
+      if (available(s, all, c, g, step, ranks, fragment) < s->k) return 0;
+  *rebuilds = missing;
+  return 1;
+}
+
+/* Rebuilds the lost snapshots of this column's groups at `step` into the lost members' free
+ * slots, which become valid (their parity is not: the next snapshot restores it). */
+static loom_status rebuild_column(loom_snapshot *s, const holdings *all, int64_t step) {
+  int k = s->k, n = s->n, c = s->column_index;
+  for (int g = 0; g < n / k; g++) {
+    int ranks[LOOM_EC_MAX_FRAGMENTS], fragment[LOOM_EC_MAX_FRAGMENTS], lost = 0;
+    for (int j = 0; j < k; j++) lost += slot_with(&all[s->columns[c * n + g * k + j]], step, 0) < 0;
+    if (lost == 0) continue;
+    available(s, all, c, g, step, ranks, fragment);
+    uint64_t L = s->group_bytes[g];
+    int rebuilder = ranks[0], me = s->rank, tag = 1000 + g * 128;
+    /* positions in the column communicator */
+    int rebuilder_pos = s->position_of[rebuilder];
+    loom_status status = LOOM_OK;
+    if (me == rebuilder) {
+      unsigned char *buffers[LOOM_EC_MAX_FRAGMENTS] = {0}, *rebuilt[LOOM_EC_MAX_FRAGMENTS] = {0};
+      const uint8_t *fragments[LOOM_EC_MAX_FRAGMENTS] = {0};
+      MPI_Request requests[LOOM_EC_MAX_FRAGMENTS];
+      int count = 0;
+      for (int f = 0; f < k && status == LOOM_OK; f++) {
+        if (ranks[f] == me) { /* my own data slot */
+          fragments[fragment[f]] = data_slot(s, slot_with(&all[me], step, 0));
+          continue;
+        }
+        buffers[f] = malloc(L);
+        if (!buffers[f]) status = loom_error_set(LOOM_ERR_NOMEM, "snapshot rebuild (%llu bytes)", (unsigned long long)L);
+        else MPI_Irecv(buffers[f], (int)L, MPI_BYTE, s->position_of[ranks[f]], tag + fragment[f], s->column, &requests[count++]);
+        fragments[fragment[f]] = buffers[f];
+      }
+      if (count) MPI_Waitall(count, requests, MPI_STATUSES_IGNORE);
+      for (int j = 0; j < k && status == LOOM_OK; j++)
+        if (!fragments[j] && !(rebuilt[j] = malloc(L)))
+          status = loom_error_set(LOOM_ERR_NOMEM, "snapshot rebuild (%llu bytes)", (unsigned long long)L);
+      if (status == LOOM_OK) status = loom_ec_rebuild(k, s->m, L, fragments, rebuilt);
+      count = 0;
+      for (int j = 0; j < k; j++)
+        if (!fragments[j]) MPI_Isend(rebuilt[j], (int)L, MPI_BYTE, g * k + j, tag + 100 + j, s->column, &requests[count++]);
+      if (count) MPI_Waitall(count, requests, MPI_STATUSES_IGNORE);
+      for (int f = 0; f < LOOM_EC_MAX_FRAGMENTS; f++) free(buffers[f]), free(rebuilt[f]);
+    } else {
+      for (int f = 1; f < k; f++) /* survivors send their fragment */
+        if (ranks[f] == me) {
+          const unsigned char *src;
+          if (fragment[f] < k) {
+            src = data_slot(s, slot_with(&all[me], step, 0));
+          } else {
+            int slot = slot_with(&all[me], step, 1);
+            src = parity_slot(s, slot);
+            for (int r = 0; r < s->role_count; r++)
+              if (s->roles[r].group == g && s->roles[r].index == fragment[f] - k) src += s->roles[r].offset;
+          }
+          MPI_Send(src, (int)L, MPI_BYTE, rebuilder_pos, tag + fragment[f], s->column);
+        }
+      if (s->position / k == g && slot_with(&all[me], step, 0) < 0) { /* I was lost */
+        seg_header *h = header(s);
+        int slot = h->slot[0].seq <= h->slot[1].seq ? 0 : 1;
+        h->slot[slot].valid = h->slot[slot].parity_valid = 0;
+        MPI_Recv(data_slot(s, slot), (int)L, MPI_BYTE, rebuilder_pos, tag + 100 + s->position % k,
+                 s->column, MPI_STATUS_IGNORE);
+        h->slot[slot].step = step;
+        h->slot[slot].seq = (h->slot[0].seq > h->slot[1].seq ? h->slot[0].seq : h->slot[1].seq) + 1;
+        h->slot[slot].data_crc = crc_of(data_slot(s, slot), s->data_bytes);
+        __sync_synchronize();
+        h->slot[slot].valid = 1;
+      }
+    }
+    LOOM_CHECK(status);
+  }
+  return LOOM_OK;
+}
+
+loom_status loom_snapshot_restore(loom_snapshot *s, int64_t *step, int *restored) {
+  if (!s || !restored) return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_restore: NULL argument");
+  *restored = 0;
+  holdings mine = inspect(s);
+  holdings *all = malloc(sizeof(holdings) * (size_t)s->size);
+  if (!all) return loom_error_set(LOOM_ERR_NOMEM, "snapshot restore table");
+  loom_status status = mpi_check(MPI_Allgather(&mine, 6, MPI_INT64_T, all, 6, MPI_INT64_T, s->world),
+                                 "MPI_Allgather (snapshot holdings)");
+  int64_t best = -1;
+  int rebuilds = 0, damaged = 0;
+  for (int r = 0; r < s->size && status == LOOM_OK; r++)
+    for (int i = 0; i < 2; i++) {
+      damaged += all[r].step[i] >= 0 && !all[r].data_ok[i];
+      int64_t candidate = all[r].step[i];
+      int needed = 0;
+      if (candidate > best && restorable(s, all, candidate, &needed)) best = candidate, rebuilds = needed;
+    }
+  if (status == LOOM_OK && best < 0) {
+    if (s->rank == 0)
+      loom_log(s->ctx, LOOM_LOG_INFO, "no in-memory snapshot of job %s that every rank can restore "
+               "(%s)", loom_ctx_job_id(s->ctx), damaged ? "damaged or missing ones found" : "none found");
+    free(all);
+    return LOOM_OK;
+  }
+  if (status == LOOM_OK && rebuilds > 0) status = rebuild_column(s, all, best);
+  if (status == LOOM_OK) { /* my slot of `best` after any rebuild */
+    holdings now = inspect(s);
+    int slot = slot_with(&now, best, 0);
+    status = slot < 0 ? loom_error_set(LOOM_ERR_CORRUPT, "snapshot: rank %d has no valid copy of "
+                                       "step %lld after the rebuild", s->rank, (long long)best)
+                      : unpack(s, data_slot(s, slot));
+  }
+  int bad = status != LOOM_OK, any_bad = 0;
+  MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
+  free(all);
+  if (any_bad)
+    return bad ? status : loom_error_set(LOOM_ERR_STATE, "snapshot restore failed on another rank");
+  if (s->rank == 0)
+    loom_log(s->ctx, LOOM_LOG_WARN, "restored step %lld from the in-memory snapshots of job %s%s%s",
+             (long long)best, loom_ctx_job_id(s->ctx), rebuilds ? "; lost or damaged snapshots "
+             "rebuilt from parity: " : "", rebuilds ? (rebuilds == 1 ? "1 rank" : "several ranks") : "");
+  *step = best;
+  *restored = 1;
+  return LOOM_OK;
+}
+
+void loom_snapshot_destroy(loom_snapshot *s) {
+  if (!s) return;
+  if (s->base) munmap(s->base, s->mapped);
+  if (s->fd >= 0) close(s->fd);
+  if (s->group != MPI_COMM_NULL) MPI_Comm_free(&s->group);
+  if (s->column != MPI_COMM_NULL) MPI_Comm_free(&s->column);
+  if (s->world != MPI_COMM_NULL) MPI_Comm_free(&s->world);
+  free(s->column_of);
+  free(s->position_of);
+  free(s->payload_of);
+  free(s->columns);
+  free(s->group_bytes);
+  free(s);
+}
+
+int loom_snapshot_remove_job(const char *job) {
+  char prefix[160];
+  snprintf(prefix, sizeof prefix, "loom-%s-", job);
+  DIR *dir = opendir("/dev/shm");
+  if (!dir) return 0;
+  int removed = 0;
+  struct dirent *e;
+  while ((e = readdir(dir)) != NULL) {
+    if (strncmp(e->d_name, prefix, strlen(prefix)) != 0) continue;
+    char name[300];
+    snprintf(name, sizeof name, "/%s", e->d_name);
+    removed += shm_unlink(name) == 0;
+  }
+  closedir(dir);
+  return removed;
+}

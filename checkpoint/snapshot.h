@@ -1,0 +1,57 @@
+/* In-memory, erasure-coded snapshots of the state registry ("Reliable and Efficient In-Memory
+ * Fault Tolerance of Large Language Model Pretraining": snapshots in host memory that outlive
+ * the training process, Reed-Solomon parity against lost nodes).
+ *
+ * Every rank keeps its registered slices in a POSIX shared-memory segment "/loom-<job>-<rank>"
+ * (mode 0600) that survives a crashed process on a healthy host. The segment holds two slots
+ * (double buffering): a snapshot is written into the older slot and only then marked valid
+ * with its step and crc32, so a crash during a snapshot leaves the previous one whole.
+ *
+ * Erasure coding (params.parity = m > 0): ranks with the same local rank on different nodes
+ * form a column; a column of N nodes is cut into groups of k data members (k the largest
+ * divisor of N with k <= N - m), and the m members of the next nodes hold the group's parity,
+ * so a group's k + m fragments sit on k + m distinct nodes. Member j encodes byte-slice j of
+ * the group's padded snapshots (the work is spread), and the parity is kept in the holders'
+ * segments. Any m lost nodes leave every group at least k fragments: the lost snapshots are
+ * rebuilt on restore. */
+#ifndef LOOM_CHECKPOINT_SNAPSHOT_H
+#define LOOM_CHECKPOINT_SNAPSHOT_H
+
+#include <stdint.h>
+
+#include "runtime/state.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+  int parity; /* m: parity fragments per group; 0 = own segments only (a crashed process is
+               * covered, a lost node is not) */
+} loom_snapshot_params;
+#define LOOM_SNAPSHOT_PARAMS_INIT {.parity = 1}
+
+typedef struct loom_snapshot loom_snapshot;
+
+/* Opens (or creates) this rank's segment for `state` (fixed from now on) under the context's
+ * job id (loom_ctx_job_id), and forms the erasure groups. A segment of another layout is
+ * replaced. Collective over the world. */
+loom_status loom_snapshot_create(loom_state *state, const loom_snapshot_params *params,
+                                 loom_snapshot **out);
+/* Copies the registered state into the older slot, computes its parity across the group, then
+ * marks the slot valid at `step`. Collective over the world. */
+loom_status loom_snapshot_take(loom_snapshot *snap, int64_t step);
+/* Finds the newest step every rank can restore (its own valid slot, or rebuilt from its group's
+ * surviving fragments), rebuilds what is lost, and loads it into the registered tensors:
+ * *restored = 1 and *step set. *restored = 0 when no step is restorable (then nothing was
+ * loaded; the log says why). Every rank returns the same. Collective over the world. */
+loom_status loom_snapshot_restore(loom_snapshot *snap, int64_t *step, int *restored);
+/* Unmaps; the segment stays for a restart. */
+void loom_snapshot_destroy(loom_snapshot *snap);
+/* Removes this host's segments of `job` (after a successful run). Returns how many. */
+int loom_snapshot_remove_job(const char *job);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
