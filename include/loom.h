@@ -17,6 +17,7 @@
 #include "runtime/device.h"
 #include "runtime/state.h"
 #include "runtime/fault.h"
+#include "runtime/signals.h"
 #include "collectives/coll.h"
 #include "collectives/sparse.h"
 #include "optim/optim.h"

@@ -110,7 +110,7 @@ int main(int argc, char **argv) {
   };
   const int option_count = (int)(sizeof options / sizeof options[0]);
   loom_config config = LOOM_CONFIG_INIT;
-  int rank = loom_launcher_rank(), code = 0;
+  int rank = loom_launcher_rank(), code = 0, requeue = 0;
   if (loom_config_parse(&config, options, option_count, argc, argv) != LOOM_OK) {
     if (rank == 0) fprintf(stderr, "train_mnist: %s\n", loom_error_string());
     return 2;
@@ -223,6 +223,14 @@ int main(int argc, char **argv) {
   /* Everything a bit-exact restart needs is registered: parameters, optimizer state (moments
    * and step count) and the global step, from which the data order (seeded per epoch) and the
    * learning-rate schedule follow. */
+  /* Under Slurm: a requeued run resumes by itself, and SIGUSR1/SIGTERM (the scheduler's warning)
+   * stop training after the current step with a checkpoint and exit LOOM_EXIT_REQUEUE. */
+  const char *restarts = getenv("SLURM_RESTART_COUNT");
+  if (restarts && atoi(restarts) > 0 && o.ckpt_dir) {
+    o.resume = 1;
+    if (rank == 0) printf("Slurm restart %s of job %s: resuming\n", restarts, loom_ctx_job_id(ctx));
+  }
+  if (o.ckpt_dir) TRY(loom_signals_install(ctx));
   if (o.ckpt_dir || o.snapshot_every > 0) {
     TRY(loom_state_create(mesh, &registry));
     for (int l = 0; l < layers; l++) {
@@ -373,6 +381,17 @@ int main(int argc, char **argv) {
       if (snapshot && global_step % o.snapshot_every == 0)
         TRY(loom_snapshot_take(snapshot, global_step));
       TRY(loom_fault_step(ctx, global_step)); /* tests: LOOM_FAULT kills, hangs or delays here */
+      int signalled = 0;
+      if (o.ckpt_dir) TRY(loom_stop_agreed(ctx, &signalled));
+      if (signalled && !stop && !last_step) {
+        if (ckpt) TRY(loom_ckpt_wait(ckpt));
+        TRY(loom_ckpt_save(registry, o.ckpt_dir, global_step));
+        if (rank == 0)
+          printf("stopping at step %lld on a signal (%d): checkpoint written, exit %d to be "
+                 "requeued\n", (long long)global_step, loom_stop_signal(), LOOM_EXIT_REQUEUE);
+        requeue = 1;
+        stop = 1;
+      }
       if (stop) {
         stopped = 1;
         break;
@@ -457,5 +476,5 @@ done:
   loom_mesh_destroy(mesh);
   if (code != 0 && loom_ctx_size(ctx) > 1) MPI_Abort(MPI_COMM_WORLD, code);
   loom_finalize(ctx);
-  return code;
+  return code ? code : requeue ? LOOM_EXIT_REQUEUE : 0;
 }
