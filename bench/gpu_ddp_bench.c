@@ -48,7 +48,7 @@ static loom_status step(wide_mlp *m, loom_ddp *ddp, hook_ctx *h, loom_optim *opt
 
 int main(int argc, char **argv) {
   int dtype_choice = 0, layers = 8, width = 4096, batch = 8192, steps = 20, warmup = 5;
-  int ckpt_mode = CKPT_NONE, ckpt_every = 100, busy_wait = 0, grad_chunks = 1;
+  int ckpt_mode = CKPT_NONE, ckpt_every = 100, busy_wait = 0, grad_chunks = 1, snapshot_every = 0;
   const char *modes = "overlap,after", *ckpt_dir = "/tmp/loom-gpu-ddp-ckpt";
   uint64_t bucket_bytes = 25u << 20;
   const loom_option options[] = {
@@ -66,6 +66,8 @@ int main(int argc, char **argv) {
       {"ckpt-every", LOOM_OPTION_INT, &ckpt_every, "steps between checkpoints", NULL, 1, 1 << 30},
       {"ckpt-dir", LOOM_OPTION_STRING, &ckpt_dir, "checkpoint root"},
       {"ckpt-busy-wait", LOOM_OPTION_BOOL, &busy_wait, "async: wait for a save in flight instead of skipping"},
+      {"snapshot-every", LOOM_OPTION_INT, &snapshot_every, "in-memory snapshot (parity 1) every this "
+       "many timed steps; 0 = none", NULL, 0, 1 << 30},
   };
   int option_count = (int)(sizeof options / sizeof options[0]);
   loom_config config = LOOM_CONFIG_INIT;
@@ -118,7 +120,8 @@ int main(int argc, char **argv) {
   loom_ckpt_params cp = LOOM_CKPT_PARAMS_INIT;
   cp.keep_last = 2;
   cp.busy = busy_wait ? LOOM_CKPT_BUSY_WAIT : LOOM_CKPT_BUSY_SKIP;
-  if (ckpt_mode != CKPT_NONE) {
+  loom_snapshot *snapshot = NULL;
+  if (ckpt_mode != CKPT_NONE || snapshot_every > 0) {
     TRY(loom_state_create(mesh, &registry));
     for (int l = 0; l < layers; l++) {
       char name[64];
@@ -137,6 +140,7 @@ int main(int argc, char **argv) {
       TRY(loom_state_register(registry, name, &spec, buf));
     }
     if (ckpt_mode == CKPT_ASYNC) TRY(loom_ckpt_create(registry, ckpt_dir, &cp, &ckpt));
+    if (snapshot_every > 0) TRY(loom_snapshot_create(registry, NULL, &snapshot));
   }
 
   loom_ddp_params dp = LOOM_DDP_PARAMS_INIT;
@@ -183,6 +187,12 @@ int main(int argc, char **argv) {
     for (int s = 1; s <= steps; s++) {
       if (ckpt) TRY(loom_ckpt_fence(ckpt)); /* before the optimizer overwrites staged state */
       TRY(step(&model, ddp, &hook, optim));
+      if (snapshot && s % snapshot_every == 0) {
+        double t0 = loom_now();
+        TRY(loom_snapshot_take(snapshot, loom_optim_step_count(optim)));
+        save_host += loom_now() - t0;
+        saves++;
+      }
       if (ckpt_mode != CKPT_NONE && s % ckpt_every == 0) {
         double t0 = loom_now();
         int started = 1;
@@ -218,6 +228,8 @@ int main(int argc, char **argv) {
              (double)bucket_bytes / (1 << 20),
              ckpt_mode == CKPT_NONE ? "none" : ckpt_mode == CKPT_SYNC ? "sync" : "async", ckpt_every,
              1e3 * slowest / steps);
+      if (snapshot) printf(" snapshot_every=%d snapshots=%d host_ms_per_snapshot=%.1f", snapshot_every,
+                           saves, saves ? 1e3 * save_host / saves : 0.0);
       if (ckpt_mode != CKPT_NONE) {
         printf(" saves=%d skipped=%d host_ms_per_save=%.1f policy=%s", saves, skipped,
                saves ? 1e3 * save_host / saves : 0.0, busy_wait ? "wait" : "skip");
@@ -234,6 +246,7 @@ int main(int argc, char **argv) {
   free(list);
   free(index);
   loom_ckpt_destroy(ckpt);
+  loom_snapshot_destroy(snapshot);
   loom_state_destroy(registry);
   loom_optim_destroy(optim);
   wide_mlp_destroy(&model);

@@ -17,7 +17,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
+#include <isa-l/crc.h>
 
 #include "checkpoint/erasure.h"
 #include "collectives/coll.h"
@@ -77,7 +77,9 @@ static unsigned char *parity_slot(const loom_snapshot *s, int slot) {
   return s->base + HEADER_BYTES + 2 * s->data_bytes + (size_t)slot * s->parity_bytes;
 }
 
-static uint32_t crc_of(const unsigned char *p, uint64_t n) { return (uint32_t)crc32_z(0L, p, n); }
+/* The zlib crc32 (same polynomial and value), computed with ISA-L's folding kernel: about ten
+ * times zlib's speed, which matters for a snapshot every step. */
+static uint32_t crc_of(const unsigned char *p, uint64_t n) { return crc32_gzip_refl(0, p, n); }
 
 static loom_status mpi_check(int rc, const char *what) {
   if (rc == MPI_SUCCESS) return LOOM_OK;

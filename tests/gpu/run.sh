@@ -92,10 +92,12 @@ if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = ckpt ]; then
   np=$(( gpus >= 4 ? 4 : gpus ))
   ck=/tmp/loom-ckpt-bench
   for args in "--ckpt none" "--ckpt sync --ckpt-every 100" "--ckpt async --ckpt-every 100" \
-              "--ckpt async --ckpt-every 100 --ckpt-busy-wait" "--ckpt async --ckpt-every 10"; do
+              "--ckpt async --ckpt-every 100 --ckpt-busy-wait" "--ckpt async --ckpt-every 10" \
+              "--ckpt sync --ckpt-every 10 --steps 50" "--snapshot-every 1 --steps 50" \
+              "--snapshot-every 10 --steps 100"; do
     rm -rf $ck
-    timeout 300 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=120 $ddp_bench --dtype bf16 --modes overlap --steps 300 \
-      --ckpt-dir $ck $args 2>&1 | tee -a "$out/ckpt-bench.txt" | grep -v "^\[loom"
+    timeout 300 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=120 -x LOOM_JOB_ID=gpubench $ddp_bench --dtype bf16 \
+      --modes overlap --steps 300 --ckpt-dir $ck $args 2>&1 | tee -a "$out/ckpt-bench.txt" | grep -v "^\[loom"
   done
   grep -h "skipped\|background" "$out/ckpt-bench.txt" | tail -3
   python3 bench/plain_write.py 1611005952 /tmp/loom-plain-write $np | tee -a "$out/ckpt-bench.txt"
