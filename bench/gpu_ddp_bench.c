@@ -9,6 +9,7 @@
  *   mpirun -np 4 loom-gpu-ddp-bench --dtype bf16 --modes overlap,after
  *   mpirun -np 4 loom-gpu-ddp-bench --dtype bf16 --modes overlap --ckpt async --ckpt-every 100 \
  *       --steps 300 --ckpt-dir /tmp/ck */
+#include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,18 +38,50 @@ static loom_status grad_ready(int layer, int chunk, void *user) {
   return loom_ddp_grad_ready(h->ddp, h->index[layer * (1 + h->model->grad_chunks) + chunk + 1]);
 }
 
-static loom_status step(wide_mlp *m, loom_ddp *ddp, hook_ctx *h, loom_optim *optim) {
+/* --profile: events on the compute stream split a step into forward, backward (its kernels, with
+ * the overlapped reductions running beside them), the wait for the last reductions (the compute
+ * stream is ordered after every bucket before the optimizer) and the optimizer. Summed over
+ * the timed steps; each profiled step waits for its last event. */
+enum { PHASES = 4 };
+static const char *const phase_names[PHASES] = {"forward", "backward", "comm_wait", "optimizer"};
+typedef struct {
+  cudaEvent_t events[PHASES + 1];
+  double ms[PHASES];
+  int steps;
+} profile;
+
+static void mark(profile *p, int i, wide_mlp *m) {
+  if (p) cudaEventRecord(p->events[i], (cudaStream_t)m->stream);
+}
+
+static loom_status step(wide_mlp *m, loom_ddp *ddp, hook_ctx *h, loom_optim *optim, profile *p) {
   if (ddp) LOOM_CHECK(loom_ddp_begin(ddp, 1));
   h->ddp = ddp;
+  mark(p, 0, m);
   LOOM_CHECK(wide_mlp_forward(m));
+  mark(p, 1, m);
   LOOM_CHECK(wide_mlp_backward(m, grad_ready, h));
+  mark(p, 2, m);
   if (ddp) LOOM_CHECK(loom_ddp_finish(ddp));
-  return loom_optim_step(optim, 1e-4);
+  mark(p, 3, m);
+  LOOM_CHECK(loom_optim_step(optim, 1e-4));
+  mark(p, 4, m);
+  if (p) {
+    cudaEventSynchronize(p->events[PHASES]);
+    for (int i = 0; i < PHASES; i++) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, p->events[i], p->events[i + 1]);
+      p->ms[i] += ms;
+    }
+    p->steps++;
+  }
+  return LOOM_OK;
 }
 
 int main(int argc, char **argv) {
   int dtype_choice = 0, layers = 8, width = 4096, batch = 8192, steps = 20, warmup = 5;
   int ckpt_mode = CKPT_NONE, ckpt_every = 100, busy_wait = 0, grad_chunks = 1, snapshot_every = 0;
+  int profiling = 0;
   const char *modes = "overlap,after", *ckpt_dir = "/tmp/loom-gpu-ddp-ckpt";
   uint64_t bucket_bytes = 25u << 20;
   const loom_option options[] = {
@@ -66,6 +99,8 @@ int main(int argc, char **argv) {
       {"ckpt-every", LOOM_OPTION_INT, &ckpt_every, "steps between checkpoints", NULL, 1, 1 << 30},
       {"ckpt-dir", LOOM_OPTION_STRING, &ckpt_dir, "checkpoint root"},
       {"ckpt-busy-wait", LOOM_OPTION_BOOL, &busy_wait, "async: wait for a save in flight instead of skipping"},
+      {"profile", LOOM_OPTION_BOOL, &profiling, "time forward, backward, the wait for the last "
+       "reductions and the optimizer with CUDA events (one host wait a step)"},
       {"snapshot-every", LOOM_OPTION_INT, &snapshot_every, "in-memory snapshot (parity 1) every this "
        "many timed steps; 0 = none", NULL, 0, 1 << 30},
   };
@@ -179,14 +214,16 @@ int main(int argc, char **argv) {
         TRY(loom_ddp_register(ddp, name, loom_buf_device(ctx, model.bias_grad[l], width, dtype), &index[l * per_layer]));
       }
     }
-    for (int s = 0; s < warmup; s++) TRY(step(&model, ddp, &hook, optim));
+    profile prof = {0};
+    for (int i = 0; profiling && i <= PHASES; i++) cudaEventCreate(&prof.events[i]);
+    for (int s = 0; s < warmup; s++) TRY(step(&model, ddp, &hook, optim, NULL));
     TRY(loom_device_synchronize(ctx));
     TRY(loom_barrier(loom_mesh_group(mesh, LOOM_AXIS_WORLD)));
     double start = loom_now(), save_host = 0;
     int saves = 0, skipped = 0;
     for (int s = 1; s <= steps; s++) {
       if (ckpt) TRY(loom_ckpt_fence(ckpt)); /* before the optimizer overwrites staged state */
-      TRY(step(&model, ddp, &hook, optim));
+      TRY(step(&model, ddp, &hook, optim, profiling ? &prof : NULL));
       if (snapshot && s % snapshot_every == 0) {
         double t0 = loom_now();
         TRY(loom_snapshot_take(snapshot, loom_optim_step_count(optim)));
@@ -239,8 +276,14 @@ int main(int argc, char **argv) {
                  saves ? 1e3 * -extremes[2] / saves : 0.0, saves ? sums[0] / saves : 0.0);
       }
       printf("\n");
+      if (profiling && prof.steps) {
+        printf("  profile (rank 0, ms per step):");
+        for (int i = 0; i < PHASES; i++) printf(" %s=%.3f", phase_names[i], prof.ms[i] / prof.steps);
+        printf("\n");
+      }
       fflush(stdout);
     }
+    for (int i = 0; profiling && i <= PHASES; i++) cudaEventDestroy(prof.events[i]);
     loom_ddp_destroy(ddp);
   }
   free(list);

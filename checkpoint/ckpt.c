@@ -19,6 +19,7 @@
 
 #include "checkpoint/catalog.h"
 #include "checkpoint/ckpt_write.h"
+#include "checkpoint/hdf5_types.h"
 #include "checkpoint/inspect.h"
 #include "collectives/coll.h"
 #include "runtime/device.h"
@@ -27,16 +28,6 @@
 
 enum { PATH_BYTES = LOOM_CKPT_PATH_BYTES };
 
-static hid_t file_type(loom_dtype dtype) {
-  switch (dtype) {
-    case LOOM_FLOAT32: return H5T_NATIVE_FLOAT;
-    case LOOM_FLOAT64: return H5T_NATIVE_DOUBLE;
-    case LOOM_INT32: return H5T_NATIVE_INT32;
-    case LOOM_INT64: return H5T_NATIVE_INT64;
-    case LOOM_UINT8: return H5T_NATIVE_UINT8;
-    default: return H5T_NATIVE_UINT16; /* bfloat16, float16: raw bits, dtype in an attribute */
-  }
-}
 
 /* Shape of a tensor in the files: scalars are stored as one element. */
 static int file_dims(const loom_state_spec *spec, const int64_t *extents, hsize_t *dims) {
@@ -138,9 +129,9 @@ static loom_status write_rank_file(loom_state *state, const ckpt_catalog *c, voi
       H5Pset_chunk(dcpl, rank, dims);
       H5Pset_deflate(dcpl, (unsigned)deflate_level);
     }
-    hid_t set = H5Dcreate2(file, name, file_type(spec->dtype), space, lcpl, dcpl, H5P_DEFAULT);
+    hid_t set = H5Dcreate2(file, name, loom_hdf5_type(spec->dtype), space, lcpl, dcpl, H5P_DEFAULT);
     H5Pclose(dcpl);
-    if (set < 0 || H5Dwrite(set, file_type(spec->dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, sources[i]) < 0)
+    if (set < 0 || H5Dwrite(set, loom_hdf5_type(spec->dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, sources[i]) < 0)
       status = loom_error_set(LOOM_ERR_HDF5, "writing tensor '%s' to %s failed (disk full?)", name, path);
     if (set >= 0) H5Dclose(set);
     H5Sclose(space);
@@ -216,7 +207,7 @@ static loom_status write_index(const ckpt_catalog *c, const loom_mesh_shape *sha
       H5Sclose(src_space);
       H5Sclose(vspace);
     }
-    hid_t set = H5Dcreate2(file, name, file_type(spec->dtype), space, lcpl, dcpl, H5P_DEFAULT);
+    hid_t set = H5Dcreate2(file, name, loom_hdf5_type(spec->dtype), space, lcpl, dcpl, H5P_DEFAULT);
     if (set < 0) status = loom_error_set(LOOM_ERR_HDF5, "creating '%s' in %s failed", name, path);
     if (set >= 0) {
       write_text_attribute(set, "loom_dtype", loom_dtype_name(spec->dtype));
@@ -474,7 +465,7 @@ static loom_status read_slices(hid_t index, const char *dir, loom_state *state, 
     loom_status status = LOOM_OK;
     if (!target)
       status = loom_error_set(LOOM_ERR_NOMEM, "loading '%s': host buffer of %zu bytes", name, bytes);
-    else if (H5Dread(set, file_type(spec->dtype), memory, space, H5P_DEFAULT, target) < 0)
+    else if (H5Dread(set, loom_hdf5_type(spec->dtype), memory, space, H5P_DEFAULT, target) < 0)
       status = loom_error_set(LOOM_ERR_CORRUPT, "checkpoint %s: reading tensor '%s' failed "
                               "(a rank file missing or damaged)", dir, name);
     else if (!on_host)

@@ -4,6 +4,8 @@
  * file and tensor named, never a crash; every HDF5 handle opened here is closed here. */
 #include "checkpoint/inspect.h"
 
+#include "checkpoint/hdf5_types.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <hdf5.h>
@@ -41,17 +43,6 @@ static loom_status join_path(char *out, size_t bytes, const char *dir, const cha
   return LOOM_OK;
 }
 
-/* HDF5 type of a loom dtype in memory and in the files (16-bit floats as raw bits). */
-static hid_t memory_type(loom_dtype dtype) {
-  switch (dtype) {
-    case LOOM_FLOAT32: return H5T_NATIVE_FLOAT;
-    case LOOM_FLOAT64: return H5T_NATIVE_DOUBLE;
-    case LOOM_INT32: return H5T_NATIVE_INT32;
-    case LOOM_INT64: return H5T_NATIVE_INT64;
-    case LOOM_UINT8: return H5T_NATIVE_UINT8;
-    default: return H5T_NATIVE_UINT16; /* bfloat16, float16 */
-  }
-}
 
 /* 1 when a stored type holds `dtype` without conversion (class, size and sign agree). */
 static int stored_type_matches(hid_t type, loom_dtype dtype) {
@@ -661,7 +652,7 @@ static loom_status read_tensor(hid_t index, const char *dir, const loom_ckpt_ten
                             "elements: the checkpoint changed while being read", dir, t->name,
                             (long long)t->count);
   else if (t->count > 0 &&
-           H5Dread(set, memory_type(t->dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+           H5Dread(set, loom_hdf5_type(t->dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
     status = loom_error_set(LOOM_ERR_CORRUPT, "checkpoint %s: reading tensor '%s' through "
                             "index.h5 failed (a rank file damaged); run loom-ckpt verify", dir,
                             t->name);
