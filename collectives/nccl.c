@@ -117,7 +117,7 @@ static void free_state(loom_group *g) {
     ncclResult_t r = ncclCommFinalize(st->comm);
     if (settle(g, st, "ncclCommFinalize", r, deadline) == LOOM_OK) ncclCommDestroy(st->comm);
   }
-  if (st->stream) cudaStreamDestroy(st->stream);
+  if (st->stream && st->stream != (cudaStream_t)g->ctx->stream) cudaStreamDestroy(st->stream);
   if (st->ready) cudaEventDestroy(st->ready);
   if (st->joined) cudaEventDestroy(st->joined);
   if (st->scratch) cudaFree(st->scratch);
@@ -149,7 +149,8 @@ static loom_status ensure(loom_group *g, nccl_state **out) {
     if (r != ncclSuccess) memset(&id, 0, sizeof id); /* peers fail at init, naming NCCL */
   }
   LOOM_MPI_CHECK(g->ctx, MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, g->comm));
-  CUDA_TRY(g, cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking));
+  if (g->ctx->config.nccl_stream == 1) st->stream = (cudaStream_t)g->ctx->stream; /* in order */
+  else CUDA_TRY(g, cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking));
   CUDA_TRY(g, cudaEventCreateWithFlags(&st->ready, cudaEventDisableTiming));
   CUDA_TRY(g, cudaEventCreateWithFlags(&st->joined, cudaEventDisableTiming));
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
@@ -466,6 +467,7 @@ static void release_pending(void *opaque) {
 /* Orders st->stream after the compute stream. */
 static loom_status join_in(loom_group *g, nccl_state *st) {
   cudaStream_t compute = g->ctx->stream;
+  if (st->stream == compute) return LOOM_OK; /* --nccl-stream compute: stream order suffices */
   CUDA_TRY(g, cudaEventRecord(st->ready, compute));
   CUDA_TRY(g, cudaStreamWaitEvent(st->stream, st->ready, 0));
   return LOOM_OK;
@@ -525,7 +527,8 @@ static loom_status join_out(loom_group *g, nccl_state *st, const char *what, dou
   loom_req *r = NULL;
   LOOM_CHECK(new_request(&proto, &p, &r));
   cudaError_t e = cudaEventRecord(p->done, st->stream);
-  if (e == cudaSuccess && !req) e = cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, p->done, 0);
+  if (e == cudaSuccess && !req && st->stream != (cudaStream_t)g->ctx->stream)
+    e = cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, p->done, 0);
   if (e != cudaSuccess) {
     loom_status s = cuda_failure(g, what, e);
     char message[1024];
@@ -570,8 +573,10 @@ static loom_status flush_p2p(loom_group *g, nccl_state *st) {
     CUDA_TRY(g, cudaEventRecord(st->p2p[i]->done, st->stream));
     st->p2p[i]->issued = 1;
   }
-  CUDA_TRY(g, cudaEventRecord(st->joined, st->stream));
-  CUDA_TRY(g, cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, st->joined, 0));
+  if (st->stream != (cudaStream_t)g->ctx->stream) {
+    CUDA_TRY(g, cudaEventRecord(st->joined, st->stream));
+    CUDA_TRY(g, cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, st->joined, 0));
+  }
   return LOOM_OK;
 }
 

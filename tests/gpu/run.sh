@@ -50,6 +50,10 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   if [ "$gpus" -ge 4 ]; then
     check "collectives-gpu-np4-hier" "${limit[@]}" "${mpi[@]}" -np 4 "${gpu_env[@]}" -x LOOM_RANKS_PER_NODE=2 build-gpu/tests/mpi/test_collectives
   fi
+  if [ "$gpus" -ge 4 ]; then # device collectives on the compute stream itself (--nccl-stream compute)
+    check "collectives-gpu-np4-compute-stream" "${limit[@]}" "${mpi[@]}" -np 4 "${gpu_env[@]}" -x LOOM_NCCL_STREAM=compute build-gpu/tests/mpi/test_collectives
+    check "ddp-gpu-np4-compute-stream" "${limit[@]}" "${mpi[@]}" -np 4 "${gpu_env[@]}" -x LOOM_NCCL_STREAM=compute build-gpu/tests/mpi/test_ddp
+  fi
   check "kernels-gpu" "${limit[@]}" build-gpu/tests/gpu/test_kernels
   # Fashion-MNIST on GPUs: the Debian data package is absent there, so the files travel in
   # .device-data (copied from /usr/share/datasets/fashion-mnist); >= 88% test accuracy.
