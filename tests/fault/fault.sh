@@ -9,6 +9,7 @@
 #   ckpt     a rank dies while an HDF5 checkpoint is written; the previous checkpoint loads
 #   corrupt  a snapshot silently damaged, then a crash; the checksum catches it, parity rebuilds
 #   hang     a rank hangs; the watchdog aborts after LOOM_TIMEOUT; restart from the snapshots
+#   delay    a rank stalls 3 s (a straggler, under LOOM_TIMEOUT=8): no abort, no restart
 # Usage: fault.sh CASE TRAIN_MNIST LOOM_RUN
 set -euo pipefail
 case=$1 train=$2 loom_run=$3
@@ -53,6 +54,13 @@ case $case in
     run_with_fault "hang:2:17" --snapshot-every 1
     expect_log "watchdog: loom_allreduce on group GRAD has not completed"
     expect_log "resumed from the in-memory snapshot at step 17" ;;
+  delay)
+    export LOOM_TIMEOUT=8
+    start=$(date +%s)
+    run_with_fault "delay:1:12:3" --snapshot-every 1
+    [ $(( $(date +%s) - start )) -ge 3 ] || { cat "$work/log"; echo "FAIL: no delay"; exit 1; }
+    grep -q "attempt 1 failed\|watchdog" "$work/log" && { cat "$work/log"; echo "FAIL: a straggler was treated as a failure"; exit 1; }
+    expect_log "succeeded on attempt 1" ;;
   *) echo "unknown case $case"; exit 2 ;;
 esac
 cmp "$work/straight.bin" "$work/faulted.bin" || { cat "$work/log"; echo "FAIL: parameters differ"; exit 1; }

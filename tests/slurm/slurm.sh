@@ -32,7 +32,7 @@ stop_daemons() {
 cleanup() {
   echo "slurm test: stopping the daemons"
   stop_daemons
-  rm -f /dev/shm/loom-slurmtest-* 2>/dev/null || true
+  rm -f /dev/shm/loom-slurmtest-$$-* 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -84,7 +84,9 @@ wait_for() { # job, state regex, seconds
 run_case() { # name, how to disturb the job (kill|usr1)
   local name=$1 how=$2 out=$work/$1.out
   local id
-  id=$(sbatch --parsable --ntasks=4 --output="$out" --export=ALL "$template" "$train" "${args[@]}" \
+  # A job name of its own: this test's cluster numbers jobs from 1 on every run.
+  id=$(sbatch --parsable --ntasks=4 --output="$out" --export=ALL,LOOM_JOB_ID="slurmtest-$$-$name" \
+       "$template" "$train" "${args[@]}" \
        --ckpt-dir "$work/ckpt-$name" --dump-params "$work/$name.bin")
   wait_for "$id" RUNNING 60
   for _ in $(seq 120); do [ -f "$work/ckpt-$name/latest" ] && break; sleep 0.5; done # mid-run
@@ -95,22 +97,34 @@ run_case() { # name, how to disturb the job (kill|usr1)
     scancel --batch --signal=USR1 "$id"
     echo "$name: sent SIGUSR1 to the batch script of job $id"
   fi
-  # Slurm makes a requeued job eligible only after a delay (its BeginTime moves ahead); the test
-  # lets it start at once, which changes nothing else.
-  for _ in $(seq 120); do
-    [ "${restart_count_seen:=$(restart_count "$id")}" -ge 1 ] 2>/dev/null && [ "$(job_state "$id")" = PENDING ] &&
-      { scontrol update JobId="$id" StartTime=now; break; }
-    restart_count_seen=""
-    job_state "$id" | grep -Eq "COMPLETED|FAILED|CANCELLED" && break
+  # Wait for the requeue itself (a job passes through transient states while it is requeued,
+  # so only Restarts tells), then let it start at once: Slurm makes a requeued job eligible
+  # after a delay (its BeginTime moves ahead), which changes nothing else.
+  local r=0
+  for _ in $(seq 180); do r=$(restart_count "$id"); [ "${r:-0}" -ge 1 ] && break; sleep 1; done
+  [ "${r:-0}" -ge 1 ] || { cat "$out"; echo "FAIL: job $id was not requeued"; exit 1; }
+  for _ in $(seq 60); do
+    state=$(job_state "$id")
+    [ "$state" = PENDING ] && { scontrol update JobId="$id" StartTime=now 2>/dev/null || true; }
+    [ "$state" = RUNNING ] || [ "$state" = COMPLETED ] && break
     sleep 1
   done
-  wait_for "$id" "COMPLETED|FAILED|CANCELLED|TIMEOUT" 300
+  # The end: COMPLETED; a failed or cancelled state that lasts 15 s is a failure.
+  local bad=0
+  for _ in $(seq 300); do
+    state=$(job_state "$id")
+    [ "$state" = COMPLETED ] && break
+    if echo "$state" | grep -Eq "FAILED|CANCELLED|TIMEOUT"; then bad=$((bad + 1)); else bad=0; fi
+    [ "$bad" -ge 15 ] && break
+    sleep 1
+  done
   [ "$(job_state "$id")" = COMPLETED ] || { cat "$out"; echo "FAIL: job $id ended $(job_state "$id")"; exit 1; }
   local restarts
   restarts=$(restart_count "$id")
   [ "${restarts:-0}" -ge 1 ] || { cat "$out"; echo "FAIL: job $id was not requeued"; exit 1; }
   grep -q "requeueing job $id" "$out" && grep -q "Slurm restart 1" "$out" || { cat "$out"; echo "FAIL: no requeue/resume in the log"; exit 1; }
   grep -Eq "resumed from" "$out" || { cat "$out"; echo "FAIL: the requeued run did not resume"; exit 1; }
+  ls /dev/shm | grep -q "loom-slurmtest-$$-$name-" && { cat "$out"; echo "FAIL: segments left"; exit 1; }
   cmp "$work/straight.bin" "$work/$name.bin" || { cat "$out"; echo "FAIL: parameters differ"; exit 1; }
   echo "$name: job $id requeued $restarts time(s), resumed ($(grep -m1 -o 'resumed from[^$]*' "$out")), parameters identical"
 }
