@@ -303,8 +303,6 @@ static loom_status encode_parity(loom_snapshot *s, int slot) {
                 MPI_BYTE, role->group * s->k + j, 100 + role->group * 64 + role->index, s->column,
                 &requests[count++]);
   }
-  int j_mine = s->position % s->k;
-  (void)j_mine;
   for (int i = 0; i < s->m && status == LOOM_OK; i++)
     MPI_Isend(outputs[i], (int)slice, MPI_BYTE, ((g + 1) * s->k + i) % s->n, 100 + g * 64 + i,
               s->column, &requests[count++]);
