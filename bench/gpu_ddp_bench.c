@@ -81,7 +81,7 @@ static loom_status step(wide_mlp *m, loom_ddp *ddp, hook_ctx *h, loom_optim *opt
 int main(int argc, char **argv) {
   int dtype_choice = 0, layers = 8, width = 4096, batch = 8192, steps = 20, warmup = 5;
   int ckpt_mode = CKPT_NONE, ckpt_every = 100, busy_wait = 0, grad_chunks = 1, snapshot_every = 0;
-  int profiling = 0;
+  int profiling = 0, snapshot_async = 0;
   const char *modes = "overlap,after", *ckpt_dir = "/tmp/loom-gpu-ddp-ckpt";
   uint64_t bucket_bytes = 25u << 20;
   const loom_option options[] = {
@@ -101,6 +101,8 @@ int main(int argc, char **argv) {
       {"ckpt-busy-wait", LOOM_OPTION_BOOL, &busy_wait, "async: wait for a save in flight instead of skipping"},
       {"profile", LOOM_OPTION_BOOL, &profiling, "time forward, backward, the wait for the last "
        "reductions and the optimizer with CUDA events (one host wait a step)"},
+      {"snapshot-async", LOOM_OPTION_BOOL, &snapshot_async, "asynchronous snapshots "
+       "(loom_snapshot_take_async: requests while one is in flight are skipped)"},
       {"snapshot-every", LOOM_OPTION_INT, &snapshot_every, "in-memory snapshot (parity 1) every this "
        "many timed steps; 0 = none", NULL, 0, 1 << 30},
   };
@@ -223,12 +225,15 @@ int main(int argc, char **argv) {
     int saves = 0, skipped = 0;
     for (int s = 1; s <= steps; s++) {
       if (ckpt) TRY(loom_ckpt_fence(ckpt)); /* before the optimizer overwrites staged state */
+      if (snapshot && snapshot_async) TRY(loom_snapshot_fence(snapshot));
       TRY(step(&model, ddp, &hook, optim, profiling ? &prof : NULL));
       if (snapshot && s % snapshot_every == 0) {
         double t0 = loom_now();
-        TRY(loom_snapshot_take(snapshot, loom_optim_step_count(optim)));
+        int started = 1;
+        if (snapshot_async) TRY(loom_snapshot_take_async(snapshot, loom_optim_step_count(optim), &started));
+        else TRY(loom_snapshot_take(snapshot, loom_optim_step_count(optim)));
         save_host += loom_now() - t0;
-        saves++;
+        saves += started;
       }
       if (ckpt_mode != CKPT_NONE && s % ckpt_every == 0) {
         double t0 = loom_now();
@@ -245,6 +250,7 @@ int main(int argc, char **argv) {
     }
     TRY(loom_device_synchronize(ctx));
     double elapsed = loom_now() - start, slowest = 0;
+    if (snapshot) TRY(loom_snapshot_wait(snapshot));
     TRY(loom_allreduce(loom_mesh_group(mesh, LOOM_AXIS_WORLD), loom_buf_host(&elapsed, 1, LOOM_FLOAT64),
                        loom_buf_host(&slowest, 1, LOOM_FLOAT64), LOOM_OP_MAX));
     if (ckpt) TRY(loom_ckpt_wait(ckpt));
@@ -265,8 +271,9 @@ int main(int argc, char **argv) {
              (double)bucket_bytes / (1 << 20),
              ckpt_mode == CKPT_NONE ? "none" : ckpt_mode == CKPT_SYNC ? "sync" : "async", ckpt_every,
              1e3 * slowest / steps);
-      if (snapshot) printf(" snapshot_every=%d snapshots=%d host_ms_per_snapshot=%.1f", snapshot_every,
-                           saves, saves ? 1e3 * save_host / saves : 0.0);
+      if (snapshot) printf(" snapshot_every=%d async=%d snapshots=%d skipped=%d host_ms_per_request=%.2f",
+                           snapshot_every, snapshot_async, saves, loom_snapshot_skipped(snapshot),
+                           1e3 * save_host / (steps / snapshot_every));
       if (ckpt_mode != CKPT_NONE) {
         printf(" saves=%d skipped=%d host_ms_per_save=%.1f policy=%s", saves, skipped,
                saves ? 1e3 * save_host / saves : 0.0, busy_wait ? "wait" : "skip");

@@ -8,6 +8,7 @@
 #include "checkpoint/snapshot.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <mpi.h>
@@ -24,6 +25,10 @@
 #include "runtime/device.h"
 #include "runtime/fault.h"
 #include "runtime/log.h"
+
+#ifdef LOOM_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
 
 enum { HEADER_BYTES = 4096, MAX_ROLES = 64 };
 
@@ -67,7 +72,30 @@ struct loom_snapshot {
   int fd;
   unsigned char *base;
   size_t mapped;
+  /* asynchronous snapshots (set up by the first loom_snapshot_take_async) */
+  int async_ready;
+  MPI_Comm worker_world, worker_column, worker_group; /* the worker thread's collectives */
+  void **device_copy;       /* (count) device-side copy of each device entry */
+  int device_entries, registered;
+#ifdef LOOM_HAVE_CUDA
+  cudaStream_t side;
+  cudaEvent_t compute_ready, copied_on_device, copied_to_host;
+#endif
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int job, stop, in_flight, fence_pending, result_pending;
+  int job_slot;
+  uint64_t job_seq;
+  int64_t job_step;
+  loom_status result;
+  char message[1024];
+  int started, skipped;
 };
+
+typedef struct {
+  MPI_Comm world, column, group;
+} snap_comms;
 
 static seg_header *header(const loom_snapshot *s) { return (seg_header *)s->base; }
 static unsigned char *data_slot(const loom_snapshot *s, int slot) {
@@ -193,6 +221,7 @@ loom_status loom_snapshot_create(loom_state *state, const loom_snapshot_params *
   s->ctx = loom_group_ctx(world);
   s->fd = -1;
   s->world = s->column = s->group = MPI_COMM_NULL;
+  s->worker_world = s->worker_column = s->worker_group = MPI_COMM_NULL;
   loom_status status = mpi_check(MPI_Comm_dup(loom_group_comm(world), &s->world), "MPI_Comm_dup");
   if (status != LOOM_OK) {
     free(s);
@@ -274,7 +303,7 @@ static loom_status unpack(loom_snapshot *s, const unsigned char *src) {
 
 /* Parity of this rank's group for `slot`: member j encodes byte-slice j of the k members'
  * data, and sends fragment i of its slice to holder i, which stores it at the slice's offset. */
-static loom_status encode_parity(loom_snapshot *s, int slot) {
+static loom_status encode_parity(loom_snapshot *s, int slot, const snap_comms *c) {
   int g = s->position / s->k;
   uint64_t L = s->data_bytes, slice = L / (uint64_t)s->k;
   if (slice > (uint64_t)INT32_MAX)
@@ -288,7 +317,7 @@ static loom_status encode_parity(loom_snapshot *s, int slot) {
     goto done;
   }
   status = mpi_check(MPI_Alltoall(data_slot(s, slot), (int)slice, MPI_BYTE, gathered, (int)slice,
-                                  MPI_BYTE, s->group), "MPI_Alltoall (snapshot slices)");
+                                  MPI_BYTE, c->group), "MPI_Alltoall (snapshot slices)");
   const uint8_t *fragments[LOOM_EC_MAX_FRAGMENTS];
   uint8_t *outputs[LOOM_EC_MAX_FRAGMENTS];
   for (int j = 0; j < s->k; j++) fragments[j] = gathered + (uint64_t)j * slice;
@@ -300,12 +329,12 @@ static loom_status encode_parity(loom_snapshot *s, int slot) {
     uint64_t role_slice = role->bytes / (uint64_t)s->k;
     for (int j = 0; j < s->k; j++)
       MPI_Irecv(parity_slot(s, slot) + role->offset + (uint64_t)j * role_slice, (int)role_slice,
-                MPI_BYTE, role->group * s->k + j, 100 + role->group * 64 + role->index, s->column,
+                MPI_BYTE, role->group * s->k + j, 100 + role->group * 64 + role->index, c->column,
                 &requests[count++]);
   }
   for (int i = 0; i < s->m && status == LOOM_OK; i++)
     MPI_Isend(outputs[i], (int)slice, MPI_BYTE, ((g + 1) * s->k + i) % s->n, 100 + g * 64 + i,
-              s->column, &requests[count++]);
+              c->column, &requests[count++]);
   if (count > 0 && status == LOOM_OK)
     status = mpi_check(MPI_Waitall(count, requests, MPI_STATUSES_IGNORE), "MPI_Waitall (parity)");
 done:
@@ -315,21 +344,29 @@ done:
   return status;
 }
 
-loom_status loom_snapshot_take(loom_snapshot *s, int64_t step) {
-  if (!s || step < 0) return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_take: no snapshot, or step < 0");
+/* The slot a new snapshot goes to (the older one, or an invalid one), marked invalid until the
+ * snapshot is complete; *seq gets its sequence number. */
+static int begin_slot(loom_snapshot *s, uint64_t *seq) {
   seg_header *h = header(s);
   int slot = !h->slot[0].valid ? 0 : !h->slot[1].valid ? 1 : h->slot[0].seq < h->slot[1].seq ? 0 : 1;
-  uint64_t seq = (h->slot[0].seq > h->slot[1].seq ? h->slot[0].seq : h->slot[1].seq) + 1;
-  h->slot[slot].valid = 0; /* from here until the end this slot is incomplete */
+  *seq = (h->slot[0].seq > h->slot[1].seq ? h->slot[0].seq : h->slot[1].seq) + 1;
+  h->slot[slot].valid = 0;
   h->slot[slot].parity_valid = 0;
   __sync_synchronize();
-  loom_status status = pack(s, data_slot(s, slot));
-  if (status == LOOM_OK && s->ec) status = encode_parity(s, slot);
+  return slot;
+}
+
+/* With the data in `slot`: parity across the group, agreement over the world, then the slot
+ * becomes valid at `step`. `status` is this rank's outcome so far. */
+static loom_status finish_slot(loom_snapshot *s, int slot, uint64_t seq, int64_t step,
+                               loom_status status, const snap_comms *c) {
+  if (status == LOOM_OK && s->ec) status = encode_parity(s, slot, c);
   int bad = status != LOOM_OK, any_bad = 0;
-  MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
+  MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, c->world);
   if (any_bad)
     return bad ? status : loom_error_set(LOOM_ERR_STATE, "snapshot of step %lld failed on another "
                                           "rank (its message names the cause)", (long long)step);
+  seg_header *h = header(s);
   h->slot[slot].step = step;
   h->slot[slot].seq = seq;
   h->slot[slot].data_crc = crc_of(data_slot(s, slot), s->data_bytes);
@@ -344,6 +381,200 @@ loom_status loom_snapshot_take(loom_snapshot *s, int64_t step) {
   }
   return LOOM_OK;
 }
+
+loom_status loom_snapshot_take(loom_snapshot *s, int64_t step) {
+  if (!s || step < 0) return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_take: no snapshot, or step < 0");
+  if (s->async_ready) LOOM_CHECK(loom_snapshot_wait(s)); /* one writer of the slots at a time */
+  uint64_t seq;
+  int slot = begin_slot(s, &seq);
+  snap_comms c = {s->world, s->column, s->group};
+  return finish_slot(s, slot, seq, step, pack(s, data_slot(s, slot)), &c);
+}
+
+/* ---- asynchronous snapshots ---------------------------------------------------------------
+ * The copy of device tensors leaves the training path: on a side stream, behind the compute
+ * stream's pending work, each device tensor is copied to a device-side buffer (HBM speed; the
+ * fence makes the next optimizer step wait only for this) and from there into the segment,
+ * registered with CUDA so the copy runs at PCIe speed. A worker thread then checksums, encodes
+ * the parity with its own communicators and publishes the slot. One snapshot in flight; a
+ * request while one is in flight is skipped on every rank alike (counted, and logged once). */
+
+static void *worker_main(void *arg) {
+  loom_snapshot *s = arg;
+  snap_comms c = {s->worker_world, s->worker_column, s->worker_group};
+  for (;;) {
+    pthread_mutex_lock(&s->lock);
+    while (!s->job && !s->stop) pthread_cond_wait(&s->cond, &s->lock);
+    if (!s->job) {
+      pthread_mutex_unlock(&s->lock);
+      break;
+    }
+    s->job = 0;
+    int slot = s->job_slot;
+    uint64_t seq = s->job_seq;
+    int64_t step = s->job_step;
+    pthread_mutex_unlock(&s->lock);
+    loom_status status = LOOM_OK;
+#ifdef LOOM_HAVE_CUDA
+    if (s->device_entries && cudaEventSynchronize(s->copied_to_host) != cudaSuccess)
+      status = loom_error_set(LOOM_ERR_CUDA, "snapshot: copying device state to host failed");
+#endif
+    status = finish_slot(s, slot, seq, step, status, &c);
+    pthread_mutex_lock(&s->lock);
+    s->result = status;
+    snprintf(s->message, sizeof s->message, "%s", status == LOOM_OK ? "" : loom_error_string());
+    s->result_pending = 1;
+    s->in_flight = 0;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+  }
+  return NULL;
+}
+
+static loom_status setup_async(loom_snapshot *s) {
+  loom_status status = LOOM_OK;
+  if (MPI_Comm_dup(s->world, &s->worker_world) != MPI_SUCCESS ||
+      MPI_Comm_dup(s->column, &s->worker_column) != MPI_SUCCESS ||
+      (s->group != MPI_COMM_NULL && MPI_Comm_dup(s->group, &s->worker_group) != MPI_SUCCESS))
+    return loom_error_set(LOOM_ERR_MPI, "snapshot: duplicating communicators for the worker");
+  int count = loom_state_count(s->state);
+  s->device_copy = calloc((size_t)(count ? count : 1), sizeof(void *));
+  if (!s->device_copy) return loom_error_set(LOOM_ERR_NOMEM, "snapshot: device copy table");
+#ifdef LOOM_HAVE_CUDA
+  for (int i = 0; i < count && status == LOOM_OK; i++) {
+    loom_buf local;
+    loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
+    if (local.device.kind == LOOM_DEVICE_CPU) continue;
+    s->device_entries++;
+    if (cudaMalloc(&s->device_copy[i], loom_buf_bytes(local) ? loom_buf_bytes(local) : 1) != cudaSuccess)
+      status = loom_error_set(LOOM_ERR_CUDA, "snapshot: no GPU memory for the device-side copy "
+                              "(%zu bytes); use loom_snapshot_take", loom_buf_bytes(local));
+  }
+  if (status == LOOM_OK && s->device_entries) {
+    s->registered = cudaHostRegister(s->base, s->mapped, cudaHostRegisterDefault) == cudaSuccess;
+    if (!s->registered) cudaGetLastError(); /* pageable copies: slower, still correct */
+    if (cudaStreamCreateWithFlags(&s->side, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&s->compute_ready, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&s->copied_on_device, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&s->copied_to_host, cudaEventDisableTiming) != cudaSuccess)
+      status = loom_error_set(LOOM_ERR_CUDA, "snapshot: creating the side stream and events");
+  }
+#endif
+  pthread_mutex_init(&s->lock, NULL);
+  pthread_cond_init(&s->cond, NULL);
+  if (status == LOOM_OK && pthread_create(&s->thread, NULL, worker_main, s) != 0)
+    status = loom_error_set(LOOM_ERR_STATE, "snapshot: starting the worker thread");
+  if (status == LOOM_OK) s->async_ready = 1;
+  return status;
+}
+
+/* Host entries copied now; device entries enqueued on the side stream (see above). */
+static loom_status enqueue_copies(loom_snapshot *s, int slot) {
+  unsigned char *dst = data_slot(s, slot);
+  uint64_t offset = 0;
+#ifdef LOOM_HAVE_CUDA
+  if (s->device_entries) {
+    cudaStream_t compute = (cudaStream_t)loom_ctx_stream(s->ctx);
+    if (cudaEventRecord(s->compute_ready, compute) != cudaSuccess ||
+        cudaStreamWaitEvent(s->side, s->compute_ready, 0) != cudaSuccess)
+      return loom_error_set(LOOM_ERR_CUDA, "snapshot: ordering the copies after the compute stream");
+  }
+#endif
+  for (int pass = 0; pass < 2; pass++) { /* device-to-device first, then to the segment */
+    offset = 0;
+    for (int i = 0; i < loom_state_count(s->state); i++) {
+      loom_buf local;
+      loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
+      size_t bytes = loom_buf_bytes(local);
+      if (local.device.kind == LOOM_DEVICE_CPU) {
+        if (pass == 0) memcpy(dst + offset, local.ptr, bytes);
+      } else {
+#ifdef LOOM_HAVE_CUDA
+        cudaError_t e = pass == 0
+            ? cudaMemcpyAsync(s->device_copy[i], local.ptr, bytes, cudaMemcpyDeviceToDevice, s->side)
+            : cudaMemcpyAsync(dst + offset, s->device_copy[i], bytes, cudaMemcpyDeviceToHost, s->side);
+        if (e != cudaSuccess)
+          return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing a copy: %s", cudaGetErrorString(e));
+#endif
+      }
+      offset += bytes;
+    }
+#ifdef LOOM_HAVE_CUDA
+    if (s->device_entries &&
+        cudaEventRecord(pass == 0 ? s->copied_on_device : s->copied_to_host, s->side) != cudaSuccess)
+      return loom_error_set(LOOM_ERR_CUDA, "snapshot: recording a copy event");
+#endif
+  }
+  memset(dst + offset, 0, s->data_bytes - offset);
+  s->fence_pending = s->device_entries > 0;
+  return LOOM_OK;
+}
+
+loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *started) {
+  if (started) *started = 0;
+  if (!s || step < 0)
+    return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_take_async: no snapshot, or step < 0");
+  if (!s->async_ready) {
+    loom_status status = setup_async(s);
+    int bad = status != LOOM_OK, any_bad = 0;
+    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
+    if (any_bad)
+      return bad ? status : loom_error_set(LOOM_ERR_STATE, "snapshot: another rank could not set "
+                                            "up asynchronous snapshots");
+  }
+  pthread_mutex_lock(&s->lock);
+  int busy = s->in_flight, any_busy = 0;
+  pthread_mutex_unlock(&s->lock);
+  MPI_Allreduce(&busy, &any_busy, 1, MPI_INT, MPI_MAX, s->world);
+  if (any_busy) {
+    if (s->skipped++ == 0 && s->rank == 0)
+      loom_log(s->ctx, LOOM_LOG_INFO, "snapshot of step %lld skipped: the previous one is still "
+               "being published (requests while one is in flight are skipped; counted, not "
+               "logged again)", (long long)step);
+    return LOOM_OK;
+  }
+  LOOM_CHECK(loom_snapshot_wait(s)); /* the previous outcome, reported once */
+  LOOM_CHECK(loom_snapshot_fence(s));
+  uint64_t seq;
+  int slot = begin_slot(s, &seq);
+  LOOM_CHECK(enqueue_copies(s, slot));
+  pthread_mutex_lock(&s->lock);
+  s->job = 1, s->in_flight = 1;
+  s->job_slot = slot, s->job_seq = seq, s->job_step = step;
+  s->started++;
+  pthread_cond_broadcast(&s->cond);
+  pthread_mutex_unlock(&s->lock);
+  if (started) *started = 1;
+  return LOOM_OK;
+}
+
+loom_status loom_snapshot_fence(loom_snapshot *s) {
+  if (!s) return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_fence: no snapshot");
+#ifdef LOOM_HAVE_CUDA
+  if (s->fence_pending) {
+    if (cudaStreamWaitEvent((cudaStream_t)loom_ctx_stream(s->ctx), s->copied_on_device, 0) != cudaSuccess)
+      return loom_error_set(LOOM_ERR_CUDA, "snapshot: fencing the compute stream");
+    s->fence_pending = 0;
+  }
+#endif
+  return LOOM_OK;
+}
+
+loom_status loom_snapshot_wait(loom_snapshot *s) {
+  if (!s) return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_wait: no snapshot");
+  if (!s->async_ready) return LOOM_OK;
+  pthread_mutex_lock(&s->lock);
+  while (s->in_flight) pthread_cond_wait(&s->cond, &s->lock);
+  loom_status status = s->result_pending ? s->result : LOOM_OK;
+  char message[1024];
+  snprintf(message, sizeof message, "%s", s->message);
+  s->result_pending = 0;
+  pthread_mutex_unlock(&s->lock);
+  if (status != LOOM_OK) loom_error_restore(message);
+  return status;
+}
+
+int loom_snapshot_skipped(const loom_snapshot *s) { return s ? s->skipped : 0; }
 
 /* This rank's holdings: per slot, its step, whether its data and its parity check out. */
 typedef struct {
@@ -524,6 +755,28 @@ loom_status loom_snapshot_restore(loom_snapshot *s, int64_t *step, int *restored
 
 void loom_snapshot_destroy(loom_snapshot *s) {
   if (!s) return;
+  if (s->async_ready) {
+    loom_snapshot_wait(s);
+    pthread_mutex_lock(&s->lock);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->thread, NULL);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+  }
+#ifdef LOOM_HAVE_CUDA
+  for (int i = 0; s->device_copy && i < loom_state_count(s->state); i++) cudaFree(s->device_copy[i]);
+  if (s->registered) cudaHostUnregister(s->base);
+  if (s->side) cudaStreamDestroy(s->side);
+  if (s->compute_ready) cudaEventDestroy(s->compute_ready);
+  if (s->copied_on_device) cudaEventDestroy(s->copied_on_device);
+  if (s->copied_to_host) cudaEventDestroy(s->copied_to_host);
+#endif
+  free(s->device_copy);
+  if (s->worker_group != MPI_COMM_NULL) MPI_Comm_free(&s->worker_group);
+  if (s->worker_column != MPI_COMM_NULL) MPI_Comm_free(&s->worker_column);
+  if (s->worker_world != MPI_COMM_NULL) MPI_Comm_free(&s->worker_world);
   if (s->base) munmap(s->base, s->mapped);
   if (s->fd >= 0) close(s->fd);
   if (s->group != MPI_COMM_NULL) MPI_Comm_free(&s->group);

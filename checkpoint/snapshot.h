@@ -46,7 +46,21 @@ loom_status loom_snapshot_take(loom_snapshot *snap, int64_t step);
  * *restored = 1 and *step set. *restored = 0 when no step is restorable (then nothing was
  * loaded; the log says why). Every rank returns the same. Collective over the world. */
 loom_status loom_snapshot_restore(loom_snapshot *snap, int64_t *step, int *restored);
-/* Unmaps; the segment stays for a restart. */
+/* Asynchronous form for device state (the GPU model): right after an optimizer step, enqueues
+ * a device-side copy of the state and a copy from it into the segment on a side stream, and
+ * returns; a worker thread checksums, encodes the parity and publishes the slot. Call
+ * loom_snapshot_fence before the next optimizer step (the compute stream waits on the GPU for
+ * the device-side copy only). While a snapshot is in flight a request is skipped on every rank
+ * alike (*started = 0; the first skip is logged, all are counted): the snapshot interval then
+ * adapts to what copying and publishing take. Host tensors are copied at the call. A failure
+ * of the previous snapshot is returned by the next call. Collective over the world. */
+loom_status loom_snapshot_take_async(loom_snapshot *snap, int64_t step, int *started);
+loom_status loom_snapshot_fence(loom_snapshot *snap);
+/* Waits for the snapshot in flight; returns its outcome (the same on every rank). */
+loom_status loom_snapshot_wait(loom_snapshot *snap);
+/* Asynchronous requests skipped so far. */
+int loom_snapshot_skipped(const loom_snapshot *snap);
+/* Unmaps; the segment stays for a restart. Waits for a snapshot in flight. */
 void loom_snapshot_destroy(loom_snapshot *snap);
 /* Removes this host's segments of `job` (after a successful run). Returns how many. */
 int loom_snapshot_remove_job(const char *job);

@@ -20,7 +20,7 @@
 
 typedef struct {
   const char *data_dir, *metrics_path, *hidden, *ckpt_dir, *dump_params;
-  int ckpt_every, resume, stop_at_step, ckpt_async, snapshot_every, snapshot_parity;
+  int ckpt_every, resume, stop_at_step, ckpt_async, snapshot_every, snapshot_parity, snapshot_async;
   int epochs, batch, chunk, optimizer, schedule, nesterov, overlap, max_steps, warmup_steps;
   double lr, momentum, weight_decay, clip;
   uint64_t bucket_bytes;
@@ -101,6 +101,8 @@ int main(int argc, char **argv) {
       {"ckpt-async", LOOM_OPTION_BOOL, &o.ckpt_async, "save in the background (loom_ckpt_save_async)"},
       {"snapshot-every", LOOM_OPTION_INT, &o.snapshot_every, "in-memory snapshot every this many "
        "steps (0 = none); a restart resumes from the newest one every rank can restore", NULL, 0, 1 << 30},
+      {"snapshot-async", LOOM_OPTION_BOOL, &o.snapshot_async, "take snapshots in the background "
+       "(loom_snapshot_take_async; a request while one is in flight is skipped)"},
       {"snapshot-parity", LOOM_OPTION_INT, &o.snapshot_parity, "parity fragments per erasure "
        "group of the snapshots (0 = no erasure coding)", NULL, 0, 16},
       {"stop-at-step", LOOM_OPTION_INT, &o.stop_at_step, "stop (after saving) at this global step; "
@@ -365,6 +367,7 @@ int main(int argc, char **argv) {
         TRY(loom_clip_grad_norm(NULL, loom_ctx_stream(ctx), grads, 2 * layers, o.clip, NULL));
       }
       if (ckpt) TRY(loom_ckpt_fence(ckpt)); /* a background save may still be copying */
+      if (snapshot && o.snapshot_async) TRY(loom_snapshot_fence(snapshot));
       TRY(loom_optim_step(optim, loom_schedule_lr(&schedule, global_step)));
       global_step++;
       int last_step = epoch == o.epochs - 1 && step == steps_per_epoch - 1;
@@ -378,8 +381,10 @@ int main(int argc, char **argv) {
           TRY(loom_ckpt_save(registry, o.ckpt_dir, global_step));
         }
       }
-      if (snapshot && global_step % o.snapshot_every == 0)
-        TRY(loom_snapshot_take(snapshot, global_step));
+      if (snapshot && global_step % o.snapshot_every == 0) {
+        if (o.snapshot_async) TRY(loom_snapshot_take_async(snapshot, global_step, NULL));
+        else TRY(loom_snapshot_take(snapshot, global_step));
+      }
       TRY(loom_fault_step(ctx, global_step)); /* tests: LOOM_FAULT kills, hangs or delays here */
       int signalled = 0;
       if (o.ckpt_dir) TRY(loom_stop_agreed(ctx, &signalled));

@@ -9,6 +9,8 @@
 #   ckpt     a rank dies while an HDF5 checkpoint is written; the previous checkpoint loads
 #   corrupt  a snapshot silently damaged, then a crash; the checksum catches it, parity rebuilds
 #   hang     a rank hangs; the watchdog aborts after LOOM_TIMEOUT; restart from the snapshots
+#   async    kill -9 of a random rank with asynchronous snapshots (some requests skipped while
+#            one is in flight); restart from the newest published one
 #   delay    a rank stalls 3 s (a straggler, under LOOM_TIMEOUT=8): no abort, no restart
 # Usage: fault.sh CASE TRAIN_MNIST LOOM_RUN
 set -euo pipefail
@@ -36,6 +38,12 @@ case $case in
     run_with_fault "kill:$rank:$step" --snapshot-every 1
     expect_log "rank $rank killed at step $step"
     expect_log "resumed from the in-memory snapshot at step $step" ;;
+  async)
+    rank=$((RANDOM % 4)) step=$((5 + RANDOM % 24))
+    echo "kill -9 of rank $rank at step $step, asynchronous snapshots"
+    run_with_fault "kill:$rank:$step" --snapshot-every 1 --snapshot-async
+    expect_log "rank $rank killed at step $step"
+    expect_log "resumed from the in-memory snapshot at step" ;;
   node)
     run_with_fault "node:1:17" --snapshot-every 1
     expect_log "node 1 lost at step 17"
