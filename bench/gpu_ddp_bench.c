@@ -219,6 +219,10 @@ int main(int argc, char **argv) {
     profile prof = {0};
     for (int i = 0; profiling && i <= PHASES; i++) cudaEventCreate(&prof.events[i]);
     for (int s = 0; s < warmup; s++) TRY(step(&model, ddp, &hook, optim, NULL));
+    if (snapshot && snapshot_async) { /* setup (device copies, pinning the segment) untimed */
+      TRY(loom_snapshot_take_async(snapshot, loom_optim_step_count(optim), NULL));
+      TRY(loom_snapshot_wait(snapshot));
+    }
     TRY(loom_device_synchronize(ctx));
     TRY(loom_barrier(loom_mesh_group(mesh, LOOM_AXIS_WORLD)));
     double start = loom_now(), save_host = 0;
