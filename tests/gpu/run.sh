@@ -71,6 +71,14 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     check "mnist-resume-gpu-np2" "${limit[@]}" bash tests/examples/mnist_resume.sh build-gpu/examples/train_mnist 2 \
       --device cuda --data-dir .device-data
   fi
+  # Fault tolerance with device state: asynchronous snapshots (side-stream copies) and a lost
+  # node rebuilt from parity, restored by upload; parameters byte-identical (4 GPUs).
+  if [ -d .device-data ] && [ "$gpus" -ge 4 ]; then
+    for c in async node; do
+      check "fault-$c-gpu" env LOOM_DEVICE=cuda FASHION_MNIST_DIR="$PWD/.device-data" "${limit[@]}" \
+        bash tests/fault/fault.sh $c build-gpu/examples/train_mnist build-gpu/checkpoint/tool/loom-run
+    done
+  fi
   [ "$gpus" -ge 2 ] && check "timeout-gpu-np2" "${limit[@]}" "${mpi[@]}" -np 2 build-gpu/tests/mpi/test_timeout
 fi
 
