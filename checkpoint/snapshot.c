@@ -8,7 +8,6 @@
 #include "checkpoint/snapshot.h"
 
 #include <dirent.h>
-#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <mpi.h>
@@ -23,6 +22,7 @@
 #include "checkpoint/erasure.h"
 #include "collectives/coll.h"
 #include "runtime/device.h"
+#include "runtime/executor.h"
 #include "runtime/fault.h"
 #include "runtime/log.h"
 
@@ -81,15 +81,14 @@ struct loom_snapshot {
   cudaStream_t side;
   cudaEvent_t compute_ready, copied_on_device, copied_to_host;
 #endif
-  pthread_t thread;
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  int job, stop, in_flight, fence_pending, result_pending;
-  int job_slot;
+  loom_executor *worker;    /* publishes snapshots, one at a time */
+  loom_req *in_flight;      /* the snapshot being published, or NULL */
+  loom_status finished;     /* outcome of the last one, reported by the next call */
+  char finished_message[1024];
+  int fence_pending;
+  int job_slot;             /* the job in flight (owned by the worker while it runs) */
   uint64_t job_seq;
   int64_t job_step;
-  loom_status result;
-  char message[1024];
   int started, skipped;
 };
 
@@ -399,36 +398,37 @@ loom_status loom_snapshot_take(loom_snapshot *s, int64_t step) {
  * the parity with its own communicators and publishes the slot. One snapshot in flight; a
  * request while one is in flight is skipped on every rank alike (counted, and logged once). */
 
-static void *worker_main(void *arg) {
+/* The worker's job: wait for the copies into the slot, then publish it. */
+static loom_status publish_job(void *arg) {
   loom_snapshot *s = arg;
   snap_comms c = {s->worker_world, s->worker_column, s->worker_group};
-  for (;;) {
-    pthread_mutex_lock(&s->lock);
-    while (!s->job && !s->stop) pthread_cond_wait(&s->cond, &s->lock);
-    if (!s->job) {
-      pthread_mutex_unlock(&s->lock);
-      break;
-    }
-    s->job = 0;
-    int slot = s->job_slot;
-    uint64_t seq = s->job_seq;
-    int64_t step = s->job_step;
-    pthread_mutex_unlock(&s->lock);
-    loom_status status = LOOM_OK;
+  loom_status status = LOOM_OK;
 #ifdef LOOM_HAVE_CUDA
-    if (s->device_entries && cudaEventSynchronize(s->copied_to_host) != cudaSuccess)
-      status = loom_error_set(LOOM_ERR_CUDA, "snapshot: copying device state to host failed");
+  if (s->device_entries && cudaEventSynchronize(s->copied_to_host) != cudaSuccess)
+    status = loom_error_set(LOOM_ERR_CUDA, "snapshot: copying device state to host failed");
 #endif
-    status = finish_slot(s, slot, seq, step, status, &c);
-    pthread_mutex_lock(&s->lock);
-    s->result = status;
-    snprintf(s->message, sizeof s->message, "%s", status == LOOM_OK ? "" : loom_error_string());
-    s->result_pending = 1;
-    s->in_flight = 0;
-    pthread_cond_broadcast(&s->cond);
-    pthread_mutex_unlock(&s->lock);
-  }
-  return NULL;
+  return finish_slot(s, s->job_slot, s->job_seq, s->job_step, status, &c);
+}
+
+/* 1 while a snapshot is being published; when it has finished, keeps its outcome in
+ * s->finished (and its message) for the next call to report. */
+static int still_publishing(loom_snapshot *s) {
+  if (!s->in_flight) return 0;
+  int done = 0;
+  loom_status status = loom_test(&s->in_flight, &done);
+  if (!done) return 1;
+  s->finished = status;
+  snprintf(s->finished_message, sizeof s->finished_message, "%s",
+           status == LOOM_OK ? "" : loom_error_string());
+  return 0;
+}
+
+/* The last finished snapshot's outcome, once. */
+static loom_status take_finished(loom_snapshot *s) {
+  loom_status status = s->finished;
+  s->finished = LOOM_OK;
+  if (status != LOOM_OK) loom_error_restore(s->finished_message);
+  return status;
 }
 
 static loom_status setup_async(loom_snapshot *s) {
@@ -460,10 +460,7 @@ static loom_status setup_async(loom_snapshot *s) {
       status = loom_error_set(LOOM_ERR_CUDA, "snapshot: creating the side stream and events");
   }
 #endif
-  pthread_mutex_init(&s->lock, NULL);
-  pthread_cond_init(&s->cond, NULL);
-  if (status == LOOM_OK && pthread_create(&s->thread, NULL, worker_main, s) != 0)
-    status = loom_error_set(LOOM_ERR_STATE, "snapshot: starting the worker thread");
+  if (status == LOOM_OK) status = loom_executor_create("loom-snapshot", 1, &s->worker);
   if (status == LOOM_OK) s->async_ready = 1;
   return status;
 }
@@ -522,9 +519,7 @@ loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *starte
       return bad ? status : loom_error_set(LOOM_ERR_STATE, "snapshot: another rank could not set "
                                             "up asynchronous snapshots");
   }
-  pthread_mutex_lock(&s->lock);
-  int busy = s->in_flight, any_busy = 0;
-  pthread_mutex_unlock(&s->lock);
+  int busy = still_publishing(s), any_busy = 0;
   MPI_Allreduce(&busy, &any_busy, 1, MPI_INT, MPI_MAX, s->world);
   if (any_busy) {
     if (s->skipped++ == 0 && s->rank == 0)
@@ -533,17 +528,14 @@ loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *starte
                "logged again)", (long long)step);
     return LOOM_OK;
   }
-  LOOM_CHECK(loom_snapshot_wait(s)); /* the previous outcome, reported once */
+  LOOM_CHECK(take_finished(s)); /* every rank has finished it: the same outcome everywhere */
   LOOM_CHECK(loom_snapshot_fence(s));
   uint64_t seq;
   int slot = begin_slot(s, &seq);
   LOOM_CHECK(enqueue_copies(s, slot));
-  pthread_mutex_lock(&s->lock);
-  s->job = 1, s->in_flight = 1;
   s->job_slot = slot, s->job_seq = seq, s->job_step = step;
+  LOOM_CHECK(loom_executor_post(s->worker, publish_job, s, NULL, &s->in_flight));
   s->started++;
-  pthread_cond_broadcast(&s->cond);
-  pthread_mutex_unlock(&s->lock);
   if (started) *started = 1;
   return LOOM_OK;
 }
@@ -563,15 +555,11 @@ loom_status loom_snapshot_fence(loom_snapshot *s) {
 loom_status loom_snapshot_wait(loom_snapshot *s) {
   if (!s) return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_wait: no snapshot");
   if (!s->async_ready) return LOOM_OK;
-  pthread_mutex_lock(&s->lock);
-  while (s->in_flight) pthread_cond_wait(&s->cond, &s->lock);
-  loom_status status = s->result_pending ? s->result : LOOM_OK;
-  char message[1024];
-  snprintf(message, sizeof message, "%s", s->message);
-  s->result_pending = 0;
-  pthread_mutex_unlock(&s->lock);
-  if (status != LOOM_OK) loom_error_restore(message);
-  return status;
+  if (s->in_flight) {
+    loom_status status = loom_wait(&s->in_flight);
+    if (status != LOOM_OK) return status;
+  }
+  return take_finished(s);
 }
 
 int loom_snapshot_skipped(const loom_snapshot *s) { return s ? s->skipped : 0; }
@@ -755,16 +743,8 @@ loom_status loom_snapshot_restore(loom_snapshot *s, int64_t *step, int *restored
 
 void loom_snapshot_destroy(loom_snapshot *s) {
   if (!s) return;
-  if (s->async_ready) {
-    loom_snapshot_wait(s);
-    pthread_mutex_lock(&s->lock);
-    s->stop = 1;
-    pthread_cond_broadcast(&s->cond);
-    pthread_mutex_unlock(&s->lock);
-    pthread_join(s->thread, NULL);
-    pthread_mutex_destroy(&s->lock);
-    pthread_cond_destroy(&s->cond);
-  }
+  if (s->async_ready) loom_snapshot_wait(s);
+  loom_executor_destroy(s->worker);
 #ifdef LOOM_HAVE_CUDA
   for (int i = 0; s->device_copy && i < loom_state_count(s->state); i++) cudaFree(s->device_copy[i]);
   if (s->registered) cudaHostUnregister(s->base);
