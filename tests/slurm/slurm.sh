@@ -55,6 +55,7 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
+KillWait=5
 SlurmctldLogFile=$work/slurmctld.log
 SlurmdLogFile=$work/slurmd.log
 SlurmctldPidFile=$work/slurmctld.pid
@@ -109,13 +110,14 @@ run_case() { # name, how to disturb the job (kill|usr1)
     [ "$state" = RUNNING ] || [ "$state" = COMPLETED ] && break
     sleep 1
   done
-  # The end: COMPLETED; a failed or cancelled state that lasts 15 s is a failure.
+  # The end: COMPLETED. Right after a requeue the job may show FAILED or CANCELLED while its
+  # old step is torn down, so only such a state lasting 90 s counts as the end.
   local bad=0
   for _ in $(seq 300); do
     state=$(job_state "$id")
     [ "$state" = COMPLETED ] && break
     if echo "$state" | grep -Eq "FAILED|CANCELLED|TIMEOUT"; then bad=$((bad + 1)); else bad=0; fi
-    [ "$bad" -ge 15 ] && break
+    [ "$bad" -ge 90 ] && break
     sleep 1
   done
   [ "$(job_state "$id")" = COMPLETED ] || { cat "$out"; echo "FAIL: job $id ended $(job_state "$id")"; exit 1; }
