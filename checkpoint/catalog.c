@@ -66,6 +66,26 @@ int ckpt_catalog_find(const ckpt_catalog *c, const char *name) {
   return -1;
 }
 
+int ckpt_catalog_replicas(const ckpt_catalog *c, const loom_mesh_shape *shape, int t, int rank,
+                          int *out) {
+  const loom_state_spec *spec = &c->specs[t];
+  int64_t mine_offsets[LOOM_STATE_MAX_DIMS] = {0}, mine_extents[LOOM_STATE_MAX_DIMS] = {0};
+  int64_t offsets[LOOM_STATE_MAX_DIMS] = {0}, extents[LOOM_STATE_MAX_DIMS] = {0};
+  loom_mesh_coords coords = loom_mesh_coords_of(shape, rank);
+  if (loom_state_slice(spec, shape, &coords, mine_offsets, mine_extents) != LOOM_OK) return -1;
+  int count = 0, holds = 0;
+  for (int h = c->holder_start[t]; h < c->holder_start[t + 1]; h++) {
+    int other = c->holder_ranks[h];
+    holds |= other == rank;
+    coords = loom_mesh_coords_of(shape, other);
+    if (loom_state_slice(spec, shape, &coords, offsets, extents) != LOOM_OK) return -1;
+    if (memcmp(offsets, mine_offsets, sizeof offsets) == 0 &&
+        memcmp(extents, mine_extents, sizeof extents) == 0)
+      out[count++] = other;
+  }
+  return holds ? count : 0;
+}
+
 /* Writers of tensor t (of `tensors`, the row length of c->writes): holders grouped by identical slices; in each group the holder with the
  * fewest bytes assigned so far writes (ties: the lowest rank). */
 static void assign_writers(ckpt_catalog *c, int t, int tensors, const int *holders,
@@ -168,7 +188,9 @@ loom_status ckpt_catalog_build(loom_state *state, MPI_Comm comm, ckpt_catalog *c
   c->names = calloc((size_t)(distinct ? distinct : 1), sizeof(char *));
   c->specs = calloc((size_t)(distinct ? distinct : 1), sizeof(loom_state_spec));
   c->writes = calloc((size_t)world * (size_t)(distinct ? distinct : 1), 1);
-  if (!c->names || !c->specs || !c->writes) {
+  c->holder_start = calloc((size_t)distinct + 1, sizeof(int));
+  c->holder_ranks = calloc(entry_count ? entry_count : 1, sizeof(int));
+  if (!c->names || !c->specs || !c->writes || !c->holder_start || !c->holder_ranks) {
     free(names);
     status = loom_error_set(LOOM_ERR_NOMEM, "checkpoint catalog (%d tensors)", distinct);
     goto out;
@@ -185,7 +207,9 @@ loom_status ckpt_catalog_build(loom_state *state, MPI_Comm comm, ckpt_catalog *c
                                 "different shapes, dtypes or placements on ranks %d and %d; a "
                                 "name must mean one tensor", raw[i].name, raw[i].rank, raw[j].rank);
       holders[holder_count++] = raw[j].rank;
+      c->holder_ranks[j] = raw[j].rank;
     }
+    c->holder_start[t + 1] = (int)j;
     if (!c->names[t]) status = loom_error_set(LOOM_ERR_NOMEM, "checkpoint catalog names");
     if (status == LOOM_OK) assign_writers(c, t, distinct, holders, holder_count, &shape, assigned);
     i = j;
@@ -226,5 +250,7 @@ void ckpt_catalog_free(ckpt_catalog *c) {
   free(c->writes);
   free(c->local_tensor);
   free(c->local_writes);
+  free(c->holder_start);
+  free(c->holder_ranks);
   memset(c, 0, sizeof *c);
 }

@@ -22,6 +22,9 @@ typedef struct {
   int *local_tensor;     /* (local_count) catalog index of each local entry */
   unsigned char *local_writes; /* (local_count) this rank writes that entry */
   double local_bytes;    /* bytes this rank writes */
+  int *holder_start;     /* (tensor_count + 1) holders of tensor t: holder_ranks[holder_start[t]
+                          * .. holder_start[t + 1]), ascending */
+  int *holder_ranks;     /* (entries over the world) */
 } ckpt_catalog;
 
 /* Builds the catalog over `comm` (collective). LOOM_ERR_ARG (on every rank) when two ranks
@@ -30,5 +33,11 @@ loom_status ckpt_catalog_build(loom_state *state, MPI_Comm comm, ckpt_catalog *o
 void ckpt_catalog_free(ckpt_catalog *catalog);
 /* Index of `name`, or -1. */
 int ckpt_catalog_find(const ckpt_catalog *catalog, const char *name);
+/* The replicas of `rank`'s slice of tensor t (ranks holding the identical slice, `rank`
+ * included) into `out` (capacity catalog->world), ascending; returns how many (0 when `rank`
+ * does not hold t, -1 on a bad spec). In-memory snapshots keep 1/count of such a slice per
+ * replica. */
+int ckpt_catalog_replicas(const ckpt_catalog *catalog, const loom_mesh_shape *shape, int t,
+                          int rank, int *out);
 
 #endif

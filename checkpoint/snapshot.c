@@ -1,7 +1,8 @@
 /* In-memory erasure-coded snapshots (see snapshot.h). Segment layout, bytes:
  *   [0, 4096)                         header (seg_header)
- *   [4096, 4096 + 2 L)                two data slots of L bytes (this rank's state, zero-padded
- *                                     to its group's common length L, a multiple of k)
+ *   [4096, 4096 + 2 L)                two data slots of L bytes (this rank's shares of its
+ *                                     entries, each at an 8-byte aligned offset, zero-padded
+ *                                     to its group's common length L, a multiple of 8 k)
  *   [4096 + 2 L, 4096 + 2 L + 2 P)    two parity slots of P bytes (the parity this rank holds
  *                                     for other groups, at the step of the same slot)
  * A slot is valid only after its data (and parity) are complete: the flags are written last. */
@@ -17,9 +18,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <isa-l/crc.h>
 
+#include "checkpoint/catalog.h"
 #include "checkpoint/erasure.h"
+#include "checkpoint/snapshot_sum.h"
 #include "collectives/coll.h"
 #include "runtime/device.h"
 #include "runtime/executor.h"
@@ -35,12 +37,12 @@ enum { HEADER_BYTES = 4096, MAX_ROLES = 64 };
 typedef struct {
   int64_t step;
   uint64_t seq;          /* higher = newer */
-  uint32_t data_crc, parity_crc;
+  uint64_t data_sum, parity_sum; /* snapshot_sum.h */
   int32_t valid, parity_valid;
 } seg_slot;
 
 typedef struct {
-  char magic[8];         /* "LOOMSNP1" */
+  char magic[8];         /* "LOOMSNP2" */
   int32_t world, rank;
   uint64_t payload_bytes, data_bytes, parity_bytes;
   seg_slot slot[2];
@@ -53,10 +55,26 @@ typedef struct {
   uint64_t bytes;  /* the group's L */
 } parity_role;
 
+/* A rank keeps a share of each registered slice: 1/R of it when R ranks hold the identical
+ * slice (replicas, as in data parallelism), so a replicated model costs each rank 1/R of its
+ * bytes and the replicas' shares together make the slice; restore gathers them back. */
+typedef struct {
+  uint64_t entry_bytes, element;    /* the local slice; bytes of one element */
+  uint64_t share_offset, share_bytes; /* this rank's share of it */
+  uint64_t slot_offset;             /* where the share sits in a data slot (8-byte aligned) */
+  int tensor;                       /* catalog index: every rank exchanges in this order */
+  int replica_count, replica_index;
+  int *replicas;                    /* (replica_count) ranks holding the slice, ascending */
+  int device;                       /* the slice is in device memory */
+} entry_share;
+
 struct loom_snapshot {
   loom_state *state;
+  entry_share *shares;              /* (entries) in registration order */
+  int *order;                       /* (entries) local indices by catalog index */
   loom_ctx *ctx;
   MPI_Comm world, column, group; /* group: this rank's data group (MPI_COMM_NULL without EC) */
+  MPI_Datatype word;             /* 8 bytes: slot transfers count words, up to 16 GiB each */
   int rank, size;
   int ec, k, m, n;               /* erasure coding on; k data + m parity; n = column size */
   int column_index, position;    /* this rank's column (local rank) and place in it */
@@ -75,7 +93,10 @@ struct loom_snapshot {
   /* asynchronous snapshots (set up by the first loom_snapshot_take_async) */
   int async_ready;
   MPI_Comm worker_world, worker_column, worker_group; /* the worker thread's collectives */
-  void **device_copy;       /* (count) device-side copy of each device entry */
+  unsigned char *staging;   /* (data_bytes) device image of a data slot, when any entry is on
+                             * the device: shares are copied in, summed, then copied out at once */
+  uint64_t *staging_sum;    /* device word: the image's checksum */
+  uint64_t *host_sum;       /* pinned host word it is copied to */
   int device_entries, registered;
 #ifdef LOOM_HAVE_CUDA
   cudaStream_t side;
@@ -104,9 +125,8 @@ static unsigned char *parity_slot(const loom_snapshot *s, int slot) {
   return s->base + HEADER_BYTES + 2 * s->data_bytes + (size_t)slot * s->parity_bytes;
 }
 
-/* The zlib crc32 (same polynomial and value), computed with ISA-L's folding kernel: about ten
- * times zlib's speed, which matters for a snapshot every step. */
-static uint32_t crc_of(const unsigned char *p, uint64_t n) { return crc32_gzip_refl(0, p, n); }
+static uint64_t sum_of(const unsigned char *p, uint64_t n) { return loom_snapshot_sum(p, n, 0); }
+static uint64_t round8(uint64_t n) { return (n + 7) / 8 * 8; }
 
 static loom_status mpi_check(int rc, const char *what) {
   if (rc == MPI_SUCCESS) return LOOM_OK;
@@ -132,6 +152,11 @@ static loom_status plan_layout(loom_snapshot *s, const int64_t *info /* (size, 3
     s->column_of[r] = (int)info[3 * r + 1];
     s->payload_of[r] = (uint64_t)info[3 * r + 2];
     if (s->column_of[r] + 1 > columns) columns = s->column_of[r] + 1;
+    /* every rank sees every payload: the same verdict everywhere */
+    if (s->payload_of[r] > 8 * (uint64_t)(INT32_MAX - 1024))
+      return loom_error_set(LOOM_ERR_ARG, "snapshot: rank %d keeps %.1f GB of state, over the "
+                            "16 GiB a slot transfer allows; spread the state over more ranks",
+                            r, (double)s->payload_of[r] / 1e9);
   }
   /* positions: order by node within a column (ranks are numbered node by node) */
   int *filled = calloc((size_t)columns, sizeof(int));
@@ -162,11 +187,11 @@ static loom_status plan_layout(loom_snapshot *s, const int64_t *info /* (size, 3
       uint64_t b = s->payload_of[s->column_members[g * s->k + j]];
       if (b > largest) largest = b;
     }
-    uint64_t slice = (largest + (uint64_t)s->k - 1) / (uint64_t)s->k;
-    s->group_bytes[g] = (slice ? slice : 1) * (uint64_t)s->k;
+    uint64_t slice = round8((largest + (uint64_t)s->k - 1) / (uint64_t)s->k);
+    s->group_bytes[g] = (slice ? slice : 8) * (uint64_t)s->k;
   }
   s->payload = s->payload_of[s->rank];
-  s->data_bytes = s->ec ? s->group_bytes[s->position / s->k] : (s->payload ? s->payload : 1);
+  s->data_bytes = s->ec ? s->group_bytes[s->position / s->k] : (s->payload ? s->payload : 8);
   for (int g = 0; g < groups; g++)
     for (int i = 0; i < s->m; i++)
       if (((g + 1) * s->k + i) % n == s->position) {
@@ -195,15 +220,81 @@ static loom_status map_segment(loom_snapshot *s) {
     return loom_error_set(LOOM_ERR_NOMEM, "snapshot: mapping %s: %s", s->name, strerror(errno));
   s->base = p;
   seg_header *h = header(s);
-  if (fresh || memcmp(h->magic, "LOOMSNP1", 8) != 0 || h->world != s->size || h->rank != s->rank ||
+  if (fresh || memcmp(h->magic, "LOOMSNP2", 8) != 0 || h->world != s->size || h->rank != s->rank ||
       h->payload_bytes != s->payload || h->data_bytes != s->data_bytes ||
       h->parity_bytes != s->parity_bytes) {
     memset(h, 0, sizeof *h);
-    memcpy(h->magic, "LOOMSNP1", 8);
+    memcpy(h->magic, "LOOMSNP2", 8);
     h->world = s->size, h->rank = s->rank;
     h->payload_bytes = s->payload, h->data_bytes = s->data_bytes, h->parity_bytes = s->parity_bytes;
   }
   return LOOM_OK;
+}
+
+static int by_tensor(const void *a, const void *b, void *arg) {
+  const entry_share *shares = arg;
+  int x = shares[*(const int *)a].tensor, y = shares[*(const int *)b].tensor;
+  return (x > y) - (x < y);
+}
+
+/* Byte range [*offset, *offset + *bytes) of replica q's share of entry e: replica q of R keeps
+ * elements [q ceil(E/R), (q + 1) ceil(E/R)) of the E in the slice. */
+static void share_range(const entry_share *e, int q, uint64_t *offset, uint64_t *bytes) {
+  uint64_t elements = e->entry_bytes / e->element, R = (uint64_t)e->replica_count;
+  uint64_t per = (elements + R - 1) / R, lo = per * (uint64_t)q;
+  if (lo > elements) lo = elements;
+  uint64_t hi = lo + per < elements ? lo + per : elements;
+  *offset = lo * e->element;
+  *bytes = (hi - lo) * e->element;
+}
+
+/* Every entry's replicas (from the world's catalog) and this rank's share of it (share_range).
+ * Sets s->payload.
+ * Collective over s->world. */
+static loom_status plan_shares(loom_snapshot *s) {
+  int count = loom_state_count(s->state);
+  ckpt_catalog catalog;
+  LOOM_CHECK(ckpt_catalog_build(s->state, s->world, &catalog));
+  loom_mesh_shape shape = loom_mesh_get_shape(loom_state_mesh(s->state));
+  int *ranks = malloc(sizeof(int) * (size_t)s->size);
+  s->shares = calloc((size_t)(count ? count : 1), sizeof *s->shares);
+  s->order = calloc((size_t)(count ? count : 1), sizeof(int));
+  loom_status status = ranks && s->shares && s->order ? LOOM_OK
+                       : loom_error_set(LOOM_ERR_NOMEM, "snapshot shares (%d entries)", count);
+  uint64_t offset = 0;
+  for (int i = 0; i < count && status == LOOM_OK; i++) {
+    const char *name;
+    loom_buf local;
+    loom_state_entry(s->state, i, &name, NULL, &local, NULL, NULL);
+    entry_share *e = &s->shares[i];
+    e->tensor = catalog.local_tensor[i];
+    e->replica_count = ckpt_catalog_replicas(&catalog, &shape, e->tensor, s->rank, ranks);
+    if (e->replica_count < 1) {
+      status = loom_error_set(LOOM_ERR_ARG, "snapshot: no slice of '%s' for rank %d (bad placement)",
+                              name, s->rank);
+      break;
+    }
+    e->replicas = malloc(sizeof(int) * (size_t)e->replica_count);
+    if (!e->replicas) {
+      status = loom_error_set(LOOM_ERR_NOMEM, "snapshot shares");
+      break;
+    }
+    memcpy(e->replicas, ranks, sizeof(int) * (size_t)e->replica_count);
+    for (int q = 0; q < e->replica_count; q++)
+      if (ranks[q] == s->rank) e->replica_index = q;
+    e->element = loom_dtype_size(local.dtype);
+    e->entry_bytes = loom_buf_bytes(local);
+    share_range(e, e->replica_index, &e->share_offset, &e->share_bytes);
+    e->slot_offset = offset;
+    e->device = local.device.kind != LOOM_DEVICE_CPU;
+    offset = round8(offset + e->share_bytes);
+    s->order[i] = i;
+  }
+  if (status == LOOM_OK) qsort_r(s->order, (size_t)count, sizeof(int), by_tensor, s->shares);
+  s->payload = offset;
+  free(ranks);
+  ckpt_catalog_free(&catalog);
+  return status;
 }
 
 loom_status loom_snapshot_create(loom_state *state, const loom_snapshot_params *params,
@@ -221,22 +312,26 @@ loom_status loom_snapshot_create(loom_state *state, const loom_snapshot_params *
   s->fd = -1;
   s->world = s->column = s->group = MPI_COMM_NULL;
   s->worker_world = s->worker_column = s->worker_group = MPI_COMM_NULL;
+  s->word = MPI_DATATYPE_NULL;
   loom_status status = mpi_check(MPI_Comm_dup(loom_group_comm(world), &s->world), "MPI_Comm_dup");
+  if (status == LOOM_OK && (MPI_Type_contiguous(8, MPI_BYTE, &s->word) != MPI_SUCCESS ||
+                            MPI_Type_commit(&s->word) != MPI_SUCCESS))
+    status = loom_error_set(LOOM_ERR_MPI, "snapshot: creating an MPI datatype");
   if (status != LOOM_OK) {
-    free(s);
+    loom_snapshot_destroy(s);
     return status;
   }
   MPI_Comm_rank(s->world, &s->rank);
   MPI_Comm_size(s->world, &s->size);
-  uint64_t payload = 0;
-  for (int i = 0; i < loom_state_count(state); i++) {
-    loom_buf local;
-    loom_state_entry(state, i, NULL, NULL, &local, NULL, NULL);
-    payload += loom_buf_bytes(local);
-  }
-  int64_t mine[3] = {loom_ctx_node(s->ctx), loom_ctx_local_rank(s->ctx), (int64_t)payload};
+  status = plan_shares(s);
+  int64_t mine[3] = {loom_ctx_node(s->ctx), loom_ctx_local_rank(s->ctx), (int64_t)s->payload};
   int64_t *info = malloc(sizeof(int64_t) * 3 * (size_t)s->size);
-  if (!info) status = loom_error_set(LOOM_ERR_NOMEM, "snapshot layout");
+  if (!info && status == LOOM_OK) status = loom_error_set(LOOM_ERR_NOMEM, "snapshot layout");
+  int failed = status != LOOM_OK, any_failed = 0; /* before the next collective */
+  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, s->world);
+  if (any_failed && !failed)
+    status = loom_error_set(LOOM_ERR_STATE, "snapshot: another rank could not plan its shares (its "
+                            "message names the cause)");
   if (status == LOOM_OK)
     status = mpi_check(MPI_Allgather(mine, 3, MPI_INT64_T, info, 3, MPI_INT64_T, s->world), "MPI_Allgather");
   if (status == LOOM_OK) status = plan_layout(s, info, params->parity);
@@ -258,12 +353,13 @@ loom_status loom_snapshot_create(loom_state *state, const loom_snapshot_params *
   }
   if (s->rank == 0) {
     if (s->ec)
-      loom_log(s->ctx, LOOM_LOG_INFO, "in-memory snapshots of job %s: %.1f MB a rank, erasure "
-               "groups of %d data + %d parity on distinct nodes (columns of %d nodes)",
+      loom_log(s->ctx, LOOM_LOG_INFO, "in-memory snapshots of job %s: %.1f MB on rank 0 (its share of "
+               "replicated state), erasure groups of %d data + %d parity on distinct nodes (columns of %d nodes)",
                loom_ctx_job_id(s->ctx), (double)s->payload / 1e6, s->k, s->m, s->n);
     else
       loom_log(s->ctx, params->parity > 0 ? LOOM_LOG_WARN : LOOM_LOG_INFO, "in-memory snapshots of "
-               "job %s: %.1f MB a rank, no erasure coding (%s): a lost node cannot be rebuilt",
+               "job %s: %.1f MB on rank 0 (its share of replicated state), no erasure coding (%s): "
+               "a lost node cannot be rebuilt",
                loom_ctx_job_id(s->ctx), (double)s->payload / 1e6,
                params->parity == 0 ? "parity 0" : !loom_ec_available() ? "built without ISA-L"
                : "too few nodes, or nodes of different rank counts");
@@ -272,42 +368,88 @@ loom_status loom_snapshot_create(loom_state *state, const loom_snapshot_params *
   return LOOM_OK;
 }
 
-/* Packs the registered tensors into `dst` (payload bytes) and zeroes the padding. */
-static loom_status pack(loom_snapshot *s, unsigned char *dst) {
-  uint64_t offset = 0;
+/* Zeroes the bytes of a data slot image that no share covers (alignment gaps, the tail). */
+static void zero_gaps(const loom_snapshot *s, unsigned char *dst) {
+  uint64_t end = 0;
   for (int i = 0; i < loom_state_count(s->state); i++) {
+    const entry_share *e = &s->shares[i];
+    memset(dst + end, 0, e->slot_offset - end);
+    end = e->slot_offset + e->share_bytes;
+  }
+  memset(dst + end, 0, s->data_bytes - end);
+}
+
+/* Copies this rank's shares into the data slot image `dst` (data_bytes). */
+static loom_status pack(loom_snapshot *s, unsigned char *dst) {
+  for (int i = 0; i < loom_state_count(s->state); i++) {
+    const entry_share *e = &s->shares[i];
     loom_buf local;
     loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
-    size_t bytes = loom_buf_bytes(local);
-    if (local.device.kind == LOOM_DEVICE_CPU) memcpy(dst + offset, local.ptr, bytes);
-    else LOOM_CHECK(loom_device_download(s->ctx, dst + offset, local.ptr, bytes));
-    offset += bytes;
+    const unsigned char *src = (const unsigned char *)local.ptr + e->share_offset;
+    if (!e->device) memcpy(dst + e->slot_offset, src, e->share_bytes);
+    else LOOM_CHECK(loom_device_download(s->ctx, dst + e->slot_offset, src, e->share_bytes));
   }
-  memset(dst + offset, 0, s->data_bytes - offset);
+  zero_gaps(s, dst);
   return LOOM_OK;
 }
 
+/* Posts the transfer of `bytes` at p to or from `peer` in pieces of at most 1 GiB (MPI counts
+ * are ints); adds the requests at requests[*count]. */
+enum { PIECE_BYTES = 1 << 30 };
+static void post_pieces(int send, unsigned char *p, uint64_t bytes, int peer, MPI_Comm comm,
+                        MPI_Request *requests, int *count) {
+  for (uint64_t done = 0; done < bytes; done += PIECE_BYTES) {
+    int piece = (int)(bytes - done < PIECE_BYTES ? bytes - done : PIECE_BYTES);
+    if (send) MPI_Isend(p + done, piece, MPI_BYTE, peer, 7, comm, &requests[(*count)++]);
+    else MPI_Irecv(p + done, piece, MPI_BYTE, peer, 7, comm, &requests[(*count)++]);
+  }
+}
+
+/* Loads the snapshot in data slot `src` into the registered tensors: this rank's shares, then
+ * the other replicas' shares, exchanged entry by entry in catalog order (the same order on
+ * every rank, so the messages of one pair match in order). Device slices are assembled on the
+ * host and uploaded. Collective over the world. */
 static loom_status unpack(loom_snapshot *s, const unsigned char *src) {
-  uint64_t offset = 0;
-  for (int i = 0; i < loom_state_count(s->state); i++) {
+  loom_status status = LOOM_OK;
+  for (int n = 0; n < loom_state_count(s->state) && status == LOOM_OK; n++) {
+    int i = s->order[n];
+    const entry_share *e = &s->shares[i];
     loom_buf local;
     loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
-    size_t bytes = loom_buf_bytes(local);
-    if (local.device.kind == LOOM_DEVICE_CPU) memcpy(local.ptr, src + offset, bytes);
-    else LOOM_CHECK(loom_device_upload(s->ctx, local.ptr, src + offset, bytes));
-    offset += bytes;
+    unsigned char *slice = e->device ? malloc(e->entry_bytes ? e->entry_bytes : 1) : local.ptr;
+    uint64_t pieces = (e->entry_bytes + PIECE_BYTES - 1) / PIECE_BYTES + 1;
+    MPI_Request *requests = malloc(sizeof(MPI_Request) * 2 * (size_t)e->replica_count * pieces);
+    if (!slice || !requests) {
+      if (e->device) free(slice);
+      free(requests);
+      return loom_error_set(LOOM_ERR_NOMEM, "snapshot restore (%llu bytes)",
+                            (unsigned long long)e->entry_bytes);
+    }
+    memcpy(slice + e->share_offset, src + e->slot_offset, e->share_bytes);
+    int count = 0;
+    for (int q = 0; q < e->replica_count; q++) {
+      if (q == e->replica_index) continue;
+      uint64_t offset, bytes;
+      share_range(e, q, &offset, &bytes);
+      post_pieces(0, slice + offset, bytes, e->replicas[q], s->world, requests, &count);
+      post_pieces(1, slice + e->share_offset, e->share_bytes, e->replicas[q], s->world, requests, &count);
+    }
+    if (count) status = mpi_check(MPI_Waitall(count, requests, MPI_STATUSES_IGNORE),
+                                  "MPI_Waitall (gathering snapshot shares from replicas)");
+    free(requests);
+    if (e->device) {
+      if (status == LOOM_OK) status = loom_device_upload(s->ctx, local.ptr, slice, e->entry_bytes);
+      free(slice);
+    }
   }
-  return LOOM_OK;
+  return status;
 }
 
 /* Parity of this rank's group for `slot`: member j encodes byte-slice j of the k members'
  * data, and sends fragment i of its slice to holder i, which stores it at the slice's offset. */
 static loom_status encode_parity(loom_snapshot *s, int slot, const snap_comms *c) {
   int g = s->position / s->k;
-  uint64_t L = s->data_bytes, slice = L / (uint64_t)s->k;
-  if (slice > (uint64_t)INT32_MAX)
-    return loom_error_set(LOOM_ERR_ARG, "snapshot: a slice of %llu bytes is over 2^31",
-                          (unsigned long long)slice);
+  uint64_t L = s->data_bytes, slice = L / (uint64_t)s->k; /* multiples of 8 */
   unsigned char *gathered = malloc(L), *parity = malloc(slice * (uint64_t)s->m);
   MPI_Request *requests = malloc(sizeof(MPI_Request) * (size_t)(s->m + s->role_count * s->k + 1));
   loom_status status = LOOM_OK;
@@ -315,8 +457,8 @@ static loom_status encode_parity(loom_snapshot *s, int slot, const snap_comms *c
     status = loom_error_set(LOOM_ERR_NOMEM, "snapshot parity buffers (%llu bytes)", (unsigned long long)L);
     goto done;
   }
-  status = mpi_check(MPI_Alltoall(data_slot(s, slot), (int)slice, MPI_BYTE, gathered, (int)slice,
-                                  MPI_BYTE, c->group), "MPI_Alltoall (snapshot slices)");
+  status = mpi_check(MPI_Alltoall(data_slot(s, slot), (int)(slice / 8), s->word, gathered,
+                                  (int)(slice / 8), s->word, c->group), "MPI_Alltoall (snapshot slices)");
   const uint8_t *fragments[LOOM_EC_MAX_FRAGMENTS];
   uint8_t *outputs[LOOM_EC_MAX_FRAGMENTS];
   for (int j = 0; j < s->k; j++) fragments[j] = gathered + (uint64_t)j * slice;
@@ -327,12 +469,12 @@ static loom_status encode_parity(loom_snapshot *s, int slot, const snap_comms *c
     const parity_role *role = &s->roles[r];
     uint64_t role_slice = role->bytes / (uint64_t)s->k;
     for (int j = 0; j < s->k; j++)
-      MPI_Irecv(parity_slot(s, slot) + role->offset + (uint64_t)j * role_slice, (int)role_slice,
-                MPI_BYTE, role->group * s->k + j, 100 + role->group * 64 + role->index, c->column,
+      MPI_Irecv(parity_slot(s, slot) + role->offset + (uint64_t)j * role_slice, (int)(role_slice / 8),
+                s->word, role->group * s->k + j, 100 + role->group * 64 + role->index, c->column,
                 &requests[count++]);
   }
   for (int i = 0; i < s->m && status == LOOM_OK; i++)
-    MPI_Isend(outputs[i], (int)slice, MPI_BYTE, ((g + 1) * s->k + i) % s->n, 100 + g * 64 + i,
+    MPI_Isend(outputs[i], (int)(slice / 8), s->word, ((g + 1) * s->k + i) % s->n, 100 + g * 64 + i,
               c->column, &requests[count++]);
   if (count > 0 && status == LOOM_OK)
     status = mpi_check(MPI_Waitall(count, requests, MPI_STATUSES_IGNORE), "MPI_Waitall (parity)");
@@ -356,9 +498,10 @@ static int begin_slot(loom_snapshot *s, uint64_t *seq) {
 }
 
 /* With the data in `slot`: parity across the group, agreement over the world, then the slot
- * becomes valid at `step`. `status` is this rank's outcome so far. */
+ * becomes valid at `step`. `status` is this rank's outcome so far; `data_sum` the slot's
+ * checksum when the GPU computed it, else NULL (summed here). */
 static loom_status finish_slot(loom_snapshot *s, int slot, uint64_t seq, int64_t step,
-                               loom_status status, const snap_comms *c) {
+                               loom_status status, const uint64_t *data_sum, const snap_comms *c) {
   if (status == LOOM_OK && s->ec) status = encode_parity(s, slot, c);
   int bad = status != LOOM_OK, any_bad = 0;
   MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, c->world);
@@ -368,8 +511,8 @@ static loom_status finish_slot(loom_snapshot *s, int slot, uint64_t seq, int64_t
   seg_header *h = header(s);
   h->slot[slot].step = step;
   h->slot[slot].seq = seq;
-  h->slot[slot].data_crc = crc_of(data_slot(s, slot), s->data_bytes);
-  h->slot[slot].parity_crc = crc_of(parity_slot(s, slot), s->parity_bytes);
+  h->slot[slot].data_sum = data_sum ? *data_sum : sum_of(data_slot(s, slot), s->data_bytes);
+  h->slot[slot].parity_sum = sum_of(parity_slot(s, slot), s->parity_bytes);
   __sync_synchronize();
   h->slot[slot].valid = 1;
   h->slot[slot].parity_valid = 1;
@@ -387,27 +530,33 @@ loom_status loom_snapshot_take(loom_snapshot *s, int64_t step) {
   uint64_t seq;
   int slot = begin_slot(s, &seq);
   snap_comms c = {s->world, s->column, s->group};
-  return finish_slot(s, slot, seq, step, pack(s, data_slot(s, slot)), &c);
+  return finish_slot(s, slot, seq, step, pack(s, data_slot(s, slot)), NULL, &c);
 }
 
 /* ---- asynchronous snapshots ---------------------------------------------------------------
- * The copy of device tensors leaves the training path: on a side stream, behind the compute
- * stream's pending work, each device tensor is copied to a device-side buffer (HBM speed; the
- * fence makes the next optimizer step wait only for this) and from there into the segment,
- * registered with CUDA so the copy runs at PCIe speed. A worker thread then checksums, encodes
- * the parity with its own communicators and publishes the slot. One snapshot in flight; a
- * request while one is in flight is skipped on every rank alike (counted, and logged once). */
+ * The copy of device state leaves the training path. On a side stream, behind the compute
+ * stream's pending work, each device share is copied into a device image of the data slot
+ * (HBM speed; the fence makes the next optimizer step wait only for this), host shares are
+ * uploaded into it, the GPU checksums the image, and one copy moves it into the segment,
+ * registered with CUDA so it runs at PCIe speed. A worker thread then encodes the parity with
+ * its own communicators and publishes the slot. One snapshot in flight; a request while one is
+ * in flight is skipped on every rank alike (counted, and logged once). Without device entries
+ * the shares are copied into the slot at the call and the worker checksums them. */
 
 /* The worker's job: wait for the copies into the slot, then publish it. */
 static loom_status publish_job(void *arg) {
   loom_snapshot *s = arg;
   snap_comms c = {s->worker_world, s->worker_column, s->worker_group};
   loom_status status = LOOM_OK;
+  const uint64_t *data_sum = NULL;
 #ifdef LOOM_HAVE_CUDA
-  if (s->device_entries && cudaEventSynchronize(s->copied_to_host) != cudaSuccess)
-    status = loom_error_set(LOOM_ERR_CUDA, "snapshot: copying device state to host failed");
+  if (s->device_entries) {
+    if (cudaEventSynchronize(s->copied_to_host) != cudaSuccess)
+      status = loom_error_set(LOOM_ERR_CUDA, "snapshot: copying device state to host failed");
+    data_sum = s->host_sum;
+  }
 #endif
-  return finish_slot(s, s->job_slot, s->job_seq, s->job_step, status, &c);
+  return finish_slot(s, s->job_slot, s->job_seq, s->job_step, status, data_sum, &c);
 }
 
 /* 1 while a snapshot is being published; when it has finished, keeps its outcome in
@@ -437,18 +586,17 @@ static loom_status setup_async(loom_snapshot *s) {
       MPI_Comm_dup(s->column, &s->worker_column) != MPI_SUCCESS ||
       (s->group != MPI_COMM_NULL && MPI_Comm_dup(s->group, &s->worker_group) != MPI_SUCCESS))
     return loom_error_set(LOOM_ERR_MPI, "snapshot: duplicating communicators for the worker");
-  int count = loom_state_count(s->state);
-  s->device_copy = calloc((size_t)(count ? count : 1), sizeof(void *));
-  if (!s->device_copy) return loom_error_set(LOOM_ERR_NOMEM, "snapshot: device copy table");
+  for (int i = 0; i < loom_state_count(s->state); i++) s->device_entries += s->shares[i].device;
 #ifdef LOOM_HAVE_CUDA
-  for (int i = 0; i < count && status == LOOM_OK; i++) {
-    loom_buf local;
-    loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
-    if (local.device.kind == LOOM_DEVICE_CPU) continue;
-    s->device_entries++;
-    if (cudaMalloc(&s->device_copy[i], loom_buf_bytes(local) ? loom_buf_bytes(local) : 1) != cudaSuccess)
-      status = loom_error_set(LOOM_ERR_CUDA, "snapshot: no GPU memory for the device-side copy "
-                              "(%zu bytes); use loom_snapshot_take", loom_buf_bytes(local));
+  if (s->device_entries) {
+    cudaError_t e = cudaMalloc((void **)&s->staging, s->data_bytes);
+    if (e == cudaSuccess) e = cudaMemset(s->staging, 0, s->data_bytes); /* gaps stay zero */
+    if (e == cudaSuccess) e = cudaMalloc((void **)&s->staging_sum, sizeof(uint64_t));
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&s->host_sum, sizeof(uint64_t));
+    if (e != cudaSuccess)
+      status = loom_error_set(LOOM_ERR_CUDA, "snapshot: no GPU memory for the device image of a "
+                              "slot (%llu bytes): %s; use loom_snapshot_take",
+                              (unsigned long long)s->data_bytes, cudaGetErrorString(e));
   }
   if (status == LOOM_OK && s->device_entries) {
     s->registered = cudaHostRegister(s->base, s->mapped, cudaHostRegisterDefault) == cudaSuccess;
@@ -465,46 +613,43 @@ static loom_status setup_async(loom_snapshot *s) {
   return status;
 }
 
-/* Host entries copied now; device entries enqueued on the side stream (see above). */
-static loom_status enqueue_copies(loom_snapshot *s, int slot) {
-  unsigned char *dst = data_slot(s, slot);
-  uint64_t offset = 0;
 #ifdef LOOM_HAVE_CUDA
-  if (s->device_entries) {
-    cudaStream_t compute = (cudaStream_t)loom_ctx_stream(s->ctx);
-    if (cudaEventRecord(s->compute_ready, compute) != cudaSuccess ||
-        cudaStreamWaitEvent(s->side, s->compute_ready, 0) != cudaSuccess)
-      return loom_error_set(LOOM_ERR_CUDA, "snapshot: ordering the copies after the compute stream");
+/* Device path: shares into the device image, checksum, image and sum to the host (above). */
+static loom_status enqueue_device_copies(loom_snapshot *s, unsigned char *dst) {
+  cudaStream_t compute = (cudaStream_t)loom_ctx_stream(s->ctx);
+  if (cudaEventRecord(s->compute_ready, compute) != cudaSuccess ||
+      cudaStreamWaitEvent(s->side, s->compute_ready, 0) != cudaSuccess)
+    return loom_error_set(LOOM_ERR_CUDA, "snapshot: ordering the copies after the compute stream");
+  for (int i = 0; i < loom_state_count(s->state); i++) {
+    const entry_share *e = &s->shares[i];
+    loom_buf local;
+    loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
+    if (e->share_bytes == 0) continue;
+    /* a host share is staged by the driver before the call returns: it may change afterwards */
+    cudaError_t rc = cudaMemcpyAsync(s->staging + e->slot_offset,
+                                     (const unsigned char *)local.ptr + e->share_offset, e->share_bytes,
+                                     e->device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice, s->side);
+    if (rc != cudaSuccess)
+      return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing a copy: %s", cudaGetErrorString(rc));
   }
-#endif
-  for (int pass = 0; pass < 2; pass++) { /* device-to-device first, then to the segment */
-    offset = 0;
-    for (int i = 0; i < loom_state_count(s->state); i++) {
-      loom_buf local;
-      loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
-      size_t bytes = loom_buf_bytes(local);
-      if (local.device.kind == LOOM_DEVICE_CPU) {
-        if (pass == 0) memcpy(dst + offset, local.ptr, bytes);
-      } else {
-#ifdef LOOM_HAVE_CUDA
-        cudaError_t e = pass == 0
-            ? cudaMemcpyAsync(s->device_copy[i], local.ptr, bytes, cudaMemcpyDeviceToDevice, s->side)
-            : cudaMemcpyAsync(dst + offset, s->device_copy[i], bytes, cudaMemcpyDeviceToHost, s->side);
-        if (e != cudaSuccess)
-          return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing a copy: %s", cudaGetErrorString(e));
-#endif
-      }
-      offset += bytes;
-    }
-#ifdef LOOM_HAVE_CUDA
-    if (s->device_entries &&
-        cudaEventRecord(pass == 0 ? s->copied_on_device : s->copied_to_host, s->side) != cudaSuccess)
-      return loom_error_set(LOOM_ERR_CUDA, "snapshot: recording a copy event");
-#endif
-  }
-  memset(dst + offset, 0, s->data_bytes - offset);
-  s->fence_pending = s->device_entries > 0;
+  if (cudaEventRecord(s->copied_on_device, s->side) != cudaSuccess)
+    return loom_error_set(LOOM_ERR_CUDA, "snapshot: recording a copy event");
+  LOOM_CHECK(loom_snapshot_sum_device(s->staging, s->data_bytes, s->staging_sum, s->side));
+  if (cudaMemcpyAsync(dst, s->staging, s->data_bytes, cudaMemcpyDeviceToHost, s->side) != cudaSuccess ||
+      cudaMemcpyAsync(s->host_sum, s->staging_sum, sizeof(uint64_t), cudaMemcpyDeviceToHost, s->side) != cudaSuccess ||
+      cudaEventRecord(s->copied_to_host, s->side) != cudaSuccess)
+    return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing the copy to the segment");
+  s->fence_pending = 1;
   return LOOM_OK;
+}
+#endif
+
+/* The shares into `slot`: enqueued on the GPU when any entry is on the device, else copied now. */
+static loom_status enqueue_copies(loom_snapshot *s, int slot) {
+#ifdef LOOM_HAVE_CUDA
+  if (s->device_entries) return enqueue_device_copies(s, data_slot(s, slot));
+#endif
+  return pack(s, data_slot(s, slot));
 }
 
 loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *started) {
@@ -563,6 +708,11 @@ loom_status loom_snapshot_wait(loom_snapshot *s) {
 }
 
 int loom_snapshot_skipped(const loom_snapshot *s) { return s ? s->skipped : 0; }
+uint64_t loom_snapshot_share_bytes(const loom_snapshot *s) {
+  uint64_t bytes = 0;
+  for (int i = 0; s && i < loom_state_count(s->state); i++) bytes += s->shares[i].share_bytes;
+  return bytes;
+}
 
 /* This rank's holdings: per slot, its step, whether its data and its parity check out. */
 typedef struct {
@@ -575,9 +725,9 @@ static holdings inspect(const loom_snapshot *s) {
   holdings out;
   for (int i = 0; i < 2; i++) {
     out.step[i] = h->slot[i].valid ? h->slot[i].step : -1;
-    out.data_ok[i] = h->slot[i].valid && crc_of(data_slot(s, i), s->data_bytes) == h->slot[i].data_crc;
+    out.data_ok[i] = h->slot[i].valid && sum_of(data_slot(s, i), s->data_bytes) == h->slot[i].data_sum;
     out.parity_ok[i] = h->slot[i].parity_valid &&
-                       crc_of(parity_slot(s, i), s->parity_bytes) == h->slot[i].parity_crc;
+                       sum_of(parity_slot(s, i), s->parity_bytes) == h->slot[i].parity_sum;
   }
   return out;
 }
@@ -624,6 +774,17 @@ static int restorable(const loom_snapshot *s, const holdings *all, int64_t step,
   return 1;
 }
 
+/* Where this rank keeps fragment `fragment` of group g at `step`: its data slot (a data
+ * member, fragment < k) or its piece of a parity slot (a parity holder). */
+static const unsigned char *own_fragment(const loom_snapshot *s, const holdings *all, int64_t step,
+                                         int g, int fragment) {
+  if (fragment < s->k) return data_slot(s, slot_with(&all[s->rank], step, 0));
+  const unsigned char *src = parity_slot(s, slot_with(&all[s->rank], step, 1));
+  for (int r = 0; r < s->role_count; r++)
+    if (s->roles[r].group == g && s->roles[r].index == fragment - s->k) return src + s->roles[r].offset;
+  return NULL; /* not reached: available() lists only fragments this rank holds */
+}
+
 /* Rebuilds the lost snapshots of this column's groups at `step` into the lost members' free
  * slots, which become valid (their parity is not: the next snapshot restores it). */
 static loom_status rebuild_column(loom_snapshot *s, const holdings *all, int64_t step) {
@@ -644,13 +805,13 @@ static loom_status rebuild_column(loom_snapshot *s, const holdings *all, int64_t
       MPI_Request requests[LOOM_EC_MAX_FRAGMENTS];
       int count = 0;
       for (int f = 0; f < k && status == LOOM_OK; f++) {
-        if (ranks[f] == me) { /* my own data slot */
-          fragments[fragment[f]] = data_slot(s, slot_with(&all[me], step, 0));
+        if (ranks[f] == me) { /* my own data slot or parity piece */
+          fragments[fragment[f]] = own_fragment(s, all, step, g, fragment[f]);
           continue;
         }
         buffers[f] = malloc(L);
         if (!buffers[f]) status = loom_error_set(LOOM_ERR_NOMEM, "snapshot rebuild (%llu bytes)", (unsigned long long)L);
-        else MPI_Irecv(buffers[f], (int)L, MPI_BYTE, s->position_of[ranks[f]], tag + fragment[f], s->column, &requests[count++]);
+        else MPI_Irecv(buffers[f], (int)(L / 8), s->word, s->position_of[ranks[f]], tag + fragment[f], s->column, &requests[count++]);
         fragments[fragment[f]] = buffers[f];
       }
       if (count) MPI_Waitall(count, requests, MPI_STATUSES_IGNORE);
@@ -660,32 +821,23 @@ static loom_status rebuild_column(loom_snapshot *s, const holdings *all, int64_t
       if (status == LOOM_OK) status = loom_ec_rebuild(k, s->m, L, fragments, rebuilt);
       count = 0;
       for (int j = 0; j < k; j++)
-        if (!fragments[j]) MPI_Isend(rebuilt[j], (int)L, MPI_BYTE, g * k + j, tag + 100 + j, s->column, &requests[count++]);
+        if (!fragments[j]) MPI_Isend(rebuilt[j], (int)(L / 8), s->word, g * k + j, tag + 100 + j, s->column, &requests[count++]);
       if (count) MPI_Waitall(count, requests, MPI_STATUSES_IGNORE);
       for (int f = 0; f < LOOM_EC_MAX_FRAGMENTS; f++) free(buffers[f]), free(rebuilt[f]);
     } else {
       for (int f = 1; f < k; f++) /* survivors send their fragment */
-        if (ranks[f] == me) {
-          const unsigned char *src;
-          if (fragment[f] < k) {
-            src = data_slot(s, slot_with(&all[me], step, 0));
-          } else {
-            int slot = slot_with(&all[me], step, 1);
-            src = parity_slot(s, slot);
-            for (int r = 0; r < s->role_count; r++)
-              if (s->roles[r].group == g && s->roles[r].index == fragment[f] - k) src += s->roles[r].offset;
-          }
-          MPI_Send(src, (int)L, MPI_BYTE, rebuilder_pos, tag + fragment[f], s->column);
-        }
+        if (ranks[f] == me)
+          MPI_Send(own_fragment(s, all, step, g, fragment[f]), (int)(L / 8), s->word, rebuilder_pos,
+                   tag + fragment[f], s->column);
       if (s->position / k == g && slot_with(&all[me], step, 0) < 0) { /* I was lost */
         seg_header *h = header(s);
         int slot = h->slot[0].seq <= h->slot[1].seq ? 0 : 1;
         h->slot[slot].valid = h->slot[slot].parity_valid = 0;
-        MPI_Recv(data_slot(s, slot), (int)L, MPI_BYTE, rebuilder_pos, tag + 100 + s->position % k,
+        MPI_Recv(data_slot(s, slot), (int)(L / 8), s->word, rebuilder_pos, tag + 100 + s->position % k,
                  s->column, MPI_STATUS_IGNORE);
         h->slot[slot].step = step;
         h->slot[slot].seq = (h->slot[0].seq > h->slot[1].seq ? h->slot[0].seq : h->slot[1].seq) + 1;
-        h->slot[slot].data_crc = crc_of(data_slot(s, slot), s->data_bytes);
+        h->slot[slot].data_sum = sum_of(data_slot(s, slot), s->data_bytes);
         __sync_synchronize();
         h->slot[slot].valid = 1;
       }
@@ -720,15 +872,21 @@ loom_status loom_snapshot_restore(loom_snapshot *s, int64_t *step, int *restored
     return LOOM_OK;
   }
   if (status == LOOM_OK && rebuilds > 0) status = rebuild_column(s, all, best);
-  if (status == LOOM_OK) { /* my slot of `best` after any rebuild */
+  int slot = -1; /* my slot of `best` after any rebuild */
+  if (status == LOOM_OK) {
     holdings now = inspect(s);
-    int slot = slot_with(&now, best, 0);
-    status = slot < 0 ? loom_error_set(LOOM_ERR_CORRUPT, "snapshot: rank %d has no valid copy of "
-                                       "step %lld after the rebuild", s->rank, (long long)best)
-                      : unpack(s, data_slot(s, slot));
+    slot = slot_with(&now, best, 0);
+    if (slot < 0)
+      status = loom_error_set(LOOM_ERR_CORRUPT, "snapshot: rank %d has no valid copy of step %lld "
+                              "after the rebuild", s->rank, (long long)best);
   }
-  int bad = status != LOOM_OK, any_bad = 0;
+  int bad = status != LOOM_OK, any_bad = 0; /* agreed before the shares are exchanged */
   MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
+  if (!any_bad) {
+    status = unpack(s, data_slot(s, slot));
+    bad = status != LOOM_OK;
+    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
+  }
   free(all);
   if (any_bad)
     return bad ? status : loom_error_set(LOOM_ERR_STATE, "snapshot restore failed on another rank");
@@ -746,14 +904,18 @@ void loom_snapshot_destroy(loom_snapshot *s) {
   if (s->async_ready) loom_snapshot_wait(s);
   loom_executor_destroy(s->worker);
 #ifdef LOOM_HAVE_CUDA
-  for (int i = 0; s->device_copy && i < loom_state_count(s->state); i++) cudaFree(s->device_copy[i]);
+  if (s->staging) cudaFree(s->staging);
+  if (s->staging_sum) cudaFree(s->staging_sum);
+  if (s->host_sum) cudaFreeHost(s->host_sum);
   if (s->registered) cudaHostUnregister(s->base);
   if (s->side) cudaStreamDestroy(s->side);
   if (s->compute_ready) cudaEventDestroy(s->compute_ready);
   if (s->copied_on_device) cudaEventDestroy(s->copied_on_device);
   if (s->copied_to_host) cudaEventDestroy(s->copied_to_host);
 #endif
-  free(s->device_copy);
+  for (int i = 0; s->shares && i < loom_state_count(s->state); i++) free(s->shares[i].replicas);
+  free(s->shares);
+  free(s->order);
   if (s->worker_group != MPI_COMM_NULL) MPI_Comm_free(&s->worker_group);
   if (s->worker_column != MPI_COMM_NULL) MPI_Comm_free(&s->worker_column);
   if (s->worker_world != MPI_COMM_NULL) MPI_Comm_free(&s->worker_world);
@@ -762,6 +924,7 @@ void loom_snapshot_destroy(loom_snapshot *s) {
   if (s->group != MPI_COMM_NULL) MPI_Comm_free(&s->group);
   if (s->column != MPI_COMM_NULL) MPI_Comm_free(&s->column);
   if (s->world != MPI_COMM_NULL) MPI_Comm_free(&s->world);
+  if (s->word != MPI_DATATYPE_NULL) MPI_Type_free(&s->word);
   free(s->column_of);
   free(s->position_of);
   free(s->payload_of);

@@ -34,8 +34,11 @@ typedef struct {
 typedef struct loom_snapshot loom_snapshot;
 
 /* Opens (or creates) this rank's segment for `state` (fixed from now on) under the context's
- * job id (loom_ctx_job_id), and forms the erasure groups. A segment of another layout is
- * replaced. Collective over the world. */
+ * job id (loom_ctx_job_id), and forms the erasure groups. A rank keeps a share of each slice:
+ * of R ranks holding an identical slice (replicas: data parallelism), each keeps 1/R of its
+ * elements, so a replicated model costs each rank 1/R of its bytes per snapshot, and restore
+ * gathers the slices from the replicas' shares. A segment of another layout is replaced.
+ * Collective over the world. */
 loom_status loom_snapshot_create(loom_state *state, const loom_snapshot_params *params,
                                  loom_snapshot **out);
 /* Copies the registered state into the older slot, computes its parity across the group, then
@@ -60,6 +63,9 @@ loom_status loom_snapshot_fence(loom_snapshot *snap);
 loom_status loom_snapshot_wait(loom_snapshot *snap);
 /* Asynchronous requests skipped so far. */
 int loom_snapshot_skipped(const loom_snapshot *snap);
+/* Bytes of state this rank keeps per snapshot: its shares (see loom_snapshot_create), without
+ * padding and parity. */
+uint64_t loom_snapshot_share_bytes(const loom_snapshot *snap);
 /* Unmaps; the segment stays for a restart. Waits for a snapshot in flight. */
 void loom_snapshot_destroy(loom_snapshot *snap);
 /* Removes this host's segments of `job` (after a successful run). Returns how many. */

@@ -71,6 +71,9 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     check "mnist-resume-gpu-np2" "${limit[@]}" bash tests/examples/mnist_resume.sh build-gpu/examples/train_mnist 2 \
       --device cuda --data-dir .device-data
   fi
+  # Snapshots of device tensors over several layouts: the GPU checksums the device image and
+  # the host verifies it at restore, shares gathered and uploaded (ranks may share a GPU).
+  check "snapshot-layouts-gpu" env LOOM_DEVICE=cuda "${limit[@]}" bash tests/mpi/snapshot.sh build-gpu/tests/mpi/test_snapshot
   # Fault tolerance with device state: asynchronous snapshots (side-stream copies) and a lost
   # node rebuilt from parity, restored by upload; parameters byte-identical (4 GPUs).
   if [ -d .device-data ] && [ "$gpus" -ge 4 ]; then

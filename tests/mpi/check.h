@@ -104,6 +104,19 @@ static inline void expect_near(check_state *st, const char *what, size_t index, 
             st->rank, what, index, got, expected, tolerance);
 }
 
+/* Flat global index of local element i of a slice (offsets `off`, extents `ext`) of a tensor
+ * of spec `s`: tests fill slices from the global index so any layout can be checked. */
+static inline int64_t global_index(const loom_state_spec *s, const int64_t *off, const int64_t *ext,
+                                   int64_t i) {
+  int64_t flat = 0, rest = i, local[LOOM_STATE_MAX_DIMS];
+  for (int d = s->ndims - 1; d >= 0; d--) {
+    local[d] = rest % ext[d];
+    rest /= ext[d];
+  }
+  for (int d = 0; d < s->ndims; d++) flat = flat * s->shape[d] + off[d] + local[d];
+  return flat;
+}
+
 /* The start every multi-rank test shares: parse flags and LOOM_* variables, start loom, fill
  * `st`. Returns -1 to go on, or the exit code: 2 for bad flags, 77 (skip) when --device cuda
  * finds no GPU, 1 when loom_init fails. `seed_factor` spreads the tests' input seeds. */

@@ -41,17 +41,6 @@ static double global_value(int t, int64_t flat) {
   return input_value(s.dtype, 4242, t, (size_t)flat);
 }
 
-/* Flat global index of local element i of a slice. */
-static int64_t global_index(const loom_state_spec *s, const int64_t *off, const int64_t *ext,
-                            int64_t i) {
-  int64_t flat = 0, rest = i, local[LOOM_STATE_MAX_DIMS];
-  for (int d = s->ndims - 1; d >= 0; d--) {
-    local[d] = rest % ext[d];
-    rest /= ext[d];
-  }
-  for (int d = 0; d < s->ndims; d++) flat = flat * s->shape[d] + off[d] + local[d];
-  return flat;
-}
 
 enum { STAGES = 4 };
 

@@ -51,5 +51,6 @@ int register_sparse_suite(void);
 int register_executor_suite(void);
 int register_state_suite(void);
 int register_erasure_suite(void);
+int register_snapshot_sum_suite(void);
 
 #endif

@@ -65,7 +65,7 @@ int main(int argc, char **argv) {
   static int (*const register_suites[])(void) = {
       register_status_suite, register_config_suite, register_mesh_suite,
       register_rng_suite,    register_dtype_suite,  register_sparse_suite,
-      register_executor_suite, register_state_suite, register_erasure_suite};
+      register_executor_suite, register_state_suite, register_erasure_suite, register_snapshot_sum_suite};
 
   if (CU_initialize_registry() != CUE_SUCCESS) {
     fprintf(stderr, "test_unit: CUnit registry: %s\n", CU_get_error_msg());
