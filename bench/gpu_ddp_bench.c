@@ -81,7 +81,7 @@ static loom_status step(wide_mlp *m, loom_ddp *ddp, hook_ctx *h, loom_optim *opt
 int main(int argc, char **argv) {
   int dtype_choice = 0, layers = 8, width = 4096, batch = 8192, steps = 20, warmup = 5;
   int ckpt_mode = CKPT_NONE, ckpt_every = 100, busy_wait = 0, grad_chunks = 1, snapshot_every = 0;
-  int profiling = 0, snapshot_async = 0;
+  int profiling = 0, snapshot_async = 0, snapshot_parity = 1;
   const char *modes = "overlap,after", *ckpt_dir = "/tmp/loom-gpu-ddp-ckpt";
   uint64_t bucket_bytes = 25u << 20;
   const loom_option options[] = {
@@ -103,8 +103,10 @@ int main(int argc, char **argv) {
        "reductions and the optimizer with CUDA events (one host wait a step)"},
       {"snapshot-async", LOOM_OPTION_BOOL, &snapshot_async, "asynchronous snapshots "
        "(loom_snapshot_take_async: requests while one is in flight are skipped)"},
-      {"snapshot-every", LOOM_OPTION_INT, &snapshot_every, "in-memory snapshot (parity 1) every this "
-       "many timed steps; 0 = none", NULL, 0, 1 << 30},
+      {"snapshot-every", LOOM_OPTION_INT, &snapshot_every, "in-memory snapshot every this many timed "
+       "steps; 0 = none", NULL, 0, 1 << 30},
+      {"snapshot-parity", LOOM_OPTION_INT, &snapshot_parity, "snapshot parity fragments per erasure "
+       "group (needs several nodes, or LOOM_RANKS_PER_NODE)", NULL, 0, 8},
   };
   int option_count = (int)(sizeof options / sizeof options[0]);
   loom_config config = LOOM_CONFIG_INIT;
@@ -177,7 +179,8 @@ int main(int argc, char **argv) {
       TRY(loom_state_register(registry, name, &spec, buf));
     }
     if (ckpt_mode == CKPT_ASYNC) TRY(loom_ckpt_create(registry, ckpt_dir, &cp, &ckpt));
-    if (snapshot_every > 0) TRY(loom_snapshot_create(registry, NULL, &snapshot));
+    loom_snapshot_params sp = {.parity = snapshot_parity};
+    if (snapshot_every > 0) TRY(loom_snapshot_create(registry, &sp, &snapshot));
   }
 
   loom_ddp_params dp = LOOM_DDP_PARAMS_INIT;
@@ -275,9 +278,17 @@ int main(int argc, char **argv) {
              (double)bucket_bytes / (1 << 20),
              ckpt_mode == CKPT_NONE ? "none" : ckpt_mode == CKPT_SYNC ? "sync" : "async", ckpt_every,
              1e3 * slowest / steps);
-      if (snapshot) printf(" snapshot_every=%d async=%d snapshots=%d skipped=%d host_ms_per_request=%.2f",
-                           snapshot_every, snapshot_async, saves, loom_snapshot_skipped(snapshot),
-                           1e3 * save_host / (steps / snapshot_every));
+      if (snapshot) {
+        /* published counts the untimed first one; the times are averages over published ones */
+        loom_snapshot_stats ss = loom_snapshot_get_stats(snapshot);
+        printf(" snapshot_every=%d async=%d snapshots=%d skipped=%d host_ms_per_request=%.2f "
+               "share_MB=%.1f", snapshot_every, snapshot_async, saves, loom_snapshot_skipped(snapshot),
+               1e3 * save_host / (steps / snapshot_every),
+               (double)loom_snapshot_share_bytes(snapshot) / 1e6);
+        if (ss.published)
+          printf(" copy_ms=%.1f publish_ms=%.1f", 1e3 * ss.copy_seconds / ss.published,
+                 1e3 * ss.publish_seconds / ss.published);
+      }
       if (ckpt_mode != CKPT_NONE) {
         printf(" saves=%d skipped=%d host_ms_per_save=%.1f policy=%s", saves, skipped,
                saves ? 1e3 * save_host / saves : 0.0, busy_wait ? "wait" : "skip");

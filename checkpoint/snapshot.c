@@ -111,6 +111,9 @@ struct loom_snapshot {
   uint64_t job_seq;
   int64_t job_step;
   int started, skipped;
+  double job_requested;     /* loom_now() at the request in flight */
+  double job_copied, job_published; /* set by the worker; folded into stats when it is done */
+  loom_snapshot_stats stats;
 };
 
 typedef struct {
@@ -556,7 +559,19 @@ static loom_status publish_job(void *arg) {
     data_sum = s->host_sum;
   }
 #endif
-  return finish_slot(s, s->job_slot, s->job_seq, s->job_step, status, data_sum, &c);
+  s->job_copied = loom_now();
+  status = finish_slot(s, s->job_slot, s->job_seq, s->job_step, status, data_sum, &c);
+  s->job_published = loom_now();
+  return status;
+}
+
+/* The training thread's record of a finished job (the request's completion orders the
+ * worker's writes before these reads). */
+static void record_job(loom_snapshot *s, loom_status status) {
+  if (status != LOOM_OK) return;
+  s->stats.published++;
+  s->stats.copy_seconds += s->job_copied - s->job_requested;
+  s->stats.publish_seconds += s->job_published - s->job_requested;
 }
 
 /* 1 while a snapshot is being published; when it has finished, keeps its outcome in
@@ -566,6 +581,7 @@ static int still_publishing(loom_snapshot *s) {
   int done = 0;
   loom_status status = loom_test(&s->in_flight, &done);
   if (!done) return 1;
+  record_job(s, status);
   s->finished = status;
   snprintf(s->finished_message, sizeof s->finished_message, "%s",
            status == LOOM_OK ? "" : loom_error_string());
@@ -676,6 +692,7 @@ loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *starte
   LOOM_CHECK(take_finished(s)); /* every rank has finished it: the same outcome everywhere */
   LOOM_CHECK(loom_snapshot_fence(s));
   uint64_t seq;
+  s->job_requested = loom_now();
   int slot = begin_slot(s, &seq);
   LOOM_CHECK(enqueue_copies(s, slot));
   s->job_slot = slot, s->job_seq = seq, s->job_step = step;
@@ -702,12 +719,21 @@ loom_status loom_snapshot_wait(loom_snapshot *s) {
   if (!s->async_ready) return LOOM_OK;
   if (s->in_flight) {
     loom_status status = loom_wait(&s->in_flight);
+    record_job(s, status);
     if (status != LOOM_OK) return status;
   }
   return take_finished(s);
 }
 
 int loom_snapshot_skipped(const loom_snapshot *s) { return s ? s->skipped : 0; }
+loom_snapshot_stats loom_snapshot_get_stats(const loom_snapshot *s) {
+  loom_snapshot_stats out = {0};
+  if (!s) return out;
+  out = s->stats;
+  out.skipped = s->skipped;
+  return out;
+}
+
 uint64_t loom_snapshot_share_bytes(const loom_snapshot *s) {
   uint64_t bytes = 0;
   for (int i = 0; s && i < loom_state_count(s->state); i++) bytes += s->shares[i].share_bytes;

@@ -63,6 +63,14 @@ loom_status loom_snapshot_fence(loom_snapshot *snap);
 loom_status loom_snapshot_wait(loom_snapshot *snap);
 /* Asynchronous requests skipped so far. */
 int loom_snapshot_skipped(const loom_snapshot *snap);
+/* What this rank's asynchronous snapshots cost, for monitoring and benchmarks. Times are
+ * seconds from the request to the state being in the segment (copied) and to the slot being
+ * valid (published), summed over the published snapshots. */
+typedef struct {
+  int published, skipped;
+  double copy_seconds, publish_seconds;
+} loom_snapshot_stats;
+loom_snapshot_stats loom_snapshot_get_stats(const loom_snapshot *snap);
 /* Bytes of state this rank keeps per snapshot: its shares (see loom_snapshot_create), without
  * padding and parity. */
 uint64_t loom_snapshot_share_bytes(const loom_snapshot *snap);

@@ -2,7 +2,7 @@
 # On the GPU machine, in one call: build loom with CUDA and NCCL, run the GPU tests at 1, 2
 # and 4 GPUs (as many as the machine has), then the device benchmarks (loom vs raw NCCL vs
 # torch.distributed). Logs go to $OUT (or /tmp/loom-gpu); a short summary is printed last.
-#   bash tests/gpu/run.sh [tests|bench|all|ddp|ckpt|coll|profile]   (bench = ddp + ckpt + coll)
+#   bash tests/gpu/run.sh [tests|bench|all|ddp|ckpt|coll|snapshot|profile]   (bench = ddp + ckpt + coll + snapshot)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
@@ -108,8 +108,7 @@ if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = ckpt ]; then
   ck=/tmp/loom-ckpt-bench
   for args in "--ckpt none" "--ckpt sync --ckpt-every 100" "--ckpt async --ckpt-every 100" \
               "--ckpt async --ckpt-every 100 --ckpt-busy-wait" "--ckpt async --ckpt-every 10" \
-              "--ckpt sync --ckpt-every 10 --steps 50" "--snapshot-every 1 --steps 50" \
-              "--snapshot-every 10 --steps 100"; do
+              "--ckpt sync --ckpt-every 10 --steps 50"; do
     rm -rf $ck
     timeout 300 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=120 -x LOOM_JOB_ID=gpubench $ddp_bench --dtype bf16 \
       --modes overlap --steps 300 --ckpt-dir $ck $args 2>&1 | tee -a "$out/ckpt-bench.txt" | grep -v "^\[loom"
@@ -120,6 +119,20 @@ if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = ckpt ]; then
   timeout 400 torchrun --standalone --nproc_per_node $np bench/peers/torch_dcp.py --steps 300 --every 100 \
     2>"$out/torch-dcp.err" | tee -a "$out/ckpt-bench.txt"
   tail -3 "$out/torch-dcp.err"
+fi
+if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = snapshot ]; then
+  # In-memory snapshots of the bf16 model (1.6 GB of state replicated over 4 GPUs; each rank
+  # keeps a quarter): none, asynchronous every step on one node (no parity), and asynchronous
+  # every step over 4 simulated nodes with erasure groups of 2 data + 1 parity; synchronous
+  # snapshots every step for comparison.
+  np=$(( gpus >= 4 ? 4 : gpus ))
+  for args in "" "--snapshot-every 1 --snapshot-async" "--snapshot-every 1 --snapshot-async RPN1" \
+              "--snapshot-every 1 --steps 30"; do
+    extra=(); [[ $args == *RPN1 ]] && extra=(-x LOOM_RANKS_PER_NODE=1) && args=${args% RPN1}
+    timeout 300 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=120 -x LOOM_JOB_ID=gpusnap "${extra[@]}" $ddp_bench \
+      --dtype bf16 --modes overlap --steps 200 $args 2>&1 | tee -a "$out/snapshot-bench.txt" | grep -v "^\[loom"
+    rm -f /dev/shm/loom-gpusnap-*
+  done
 fi
 if [ "$what" = profile ]; then
   # Where the bf16 DDP step goes at 1 and 4 GPUs: Nsight Systems kernel summaries of rank 0
