@@ -85,6 +85,8 @@ struct loom_snapshot {
   uint64_t *payload_of;          /* (size) every rank's state bytes */
   parity_role roles[MAX_ROLES];
   int role_count;
+  unsigned char *gathered, *parity; /* encode_parity's buffers (L and m L / k bytes), kept:
+                                     * fresh pages each snapshot cost more than the encoding */
   uint64_t payload, data_bytes, parity_bytes;
   char name[128];
   int fd;
@@ -453,11 +455,16 @@ static loom_status unpack(loom_snapshot *s, const unsigned char *src) {
 static loom_status encode_parity(loom_snapshot *s, int slot, const snap_comms *c) {
   int g = s->position / s->k;
   uint64_t L = s->data_bytes, slice = L / (uint64_t)s->k; /* multiples of 8 */
-  unsigned char *gathered = malloc(L), *parity = malloc(slice * (uint64_t)s->m);
+  if (!s->gathered) s->gathered = malloc(L);
+  if (!s->parity) s->parity = malloc(slice * (uint64_t)s->m);
+  unsigned char *gathered = s->gathered, *parity = s->parity;
   MPI_Request *requests = malloc(sizeof(MPI_Request) * (size_t)(s->m + s->role_count * s->k + 1));
   loom_status status = LOOM_OK;
-  if (!gathered || !parity || !requests) {
-    status = loom_error_set(LOOM_ERR_NOMEM, "snapshot parity buffers (%llu bytes)", (unsigned long long)L);
+  int short_of_memory = !gathered || !parity || !requests, group_short = 0;
+  MPI_Allreduce(&short_of_memory, &group_short, 1, MPI_INT, MPI_MAX, c->group); /* before the Alltoall */
+  if (group_short) {
+    status = loom_error_set(LOOM_ERR_NOMEM, "snapshot parity buffers (%llu bytes)%s",
+                            (unsigned long long)L, short_of_memory ? "" : " on another group member");
     goto done;
   }
   status = mpi_check(MPI_Alltoall(data_slot(s, slot), (int)(slice / 8), s->word, gathered,
@@ -482,8 +489,6 @@ static loom_status encode_parity(loom_snapshot *s, int slot, const snap_comms *c
   if (count > 0 && status == LOOM_OK)
     status = mpi_check(MPI_Waitall(count, requests, MPI_STATUSES_IGNORE), "MPI_Waitall (parity)");
 done:
-  free(gathered);
-  free(parity);
   free(requests);
   return status;
 }
@@ -951,6 +956,8 @@ void loom_snapshot_destroy(loom_snapshot *s) {
   if (s->column != MPI_COMM_NULL) MPI_Comm_free(&s->column);
   if (s->world != MPI_COMM_NULL) MPI_Comm_free(&s->world);
   if (s->word != MPI_DATATYPE_NULL) MPI_Type_free(&s->word);
+  free(s->gathered);
+  free(s->parity);
   free(s->column_of);
   free(s->position_of);
   free(s->payload_of);
