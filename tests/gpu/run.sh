@@ -126,8 +126,9 @@ if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = snapshot ]; then
   # every step over 4 simulated nodes with erasure groups of 2 data + 1 parity; synchronous
   # snapshots every step for comparison.
   np=$(( gpus >= 4 ? 4 : gpus ))
-  for args in "" "--snapshot-every 1 --snapshot-async" "--snapshot-every 1 --snapshot-async RPN1" \
-              "--snapshot-every 1 --steps 30"; do
+  timeout 120 "${mpi[@]}" -np $np build-gpu/bench/loom-host-copy-bench --mb 400 2>&1 | tee -a "$out/snapshot-bench.txt"
+  for args in "" "--snapshot-every 1 --snapshot-async" "--snapshot-every 3 --snapshot-async" \
+              "--snapshot-every 1 --snapshot-async RPN1" "--snapshot-every 1 --steps 30"; do
     extra=(); [[ $args == *RPN1 ]] && extra=(-x LOOM_RANKS_PER_NODE=1) && args=${args% RPN1}
     timeout 300 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=120 -x LOOM_JOB_ID=gpusnap "${extra[@]}" $ddp_bench \
       --dtype bf16 --modes overlap --steps 200 $args 2>&1 | tee -a "$out/snapshot-bench.txt" | grep -v "^\[loom"
