@@ -54,7 +54,11 @@ static void mark(profile *p, int i, wide_mlp *m) {
   if (p) cudaEventRecord(p->events[i], (cudaStream_t)m->stream);
 }
 
-static loom_status step(wide_mlp *m, loom_ddp *ddp, hook_ctx *h, loom_optim *optim, profile *p) {
+/* One training step. A background checkpoint or snapshot still copying the state is fenced
+ * just before the optimizer overwrites it, so its device-side copy overlaps forward and
+ * backward. */
+static loom_status step(wide_mlp *m, loom_ddp *ddp, hook_ctx *h, loom_optim *optim, profile *p,
+                        loom_ckpt *ckpt, loom_snapshot *snapshot) {
   if (ddp) LOOM_CHECK(loom_ddp_begin(ddp, 1));
   h->ddp = ddp;
   mark(p, 0, m);
@@ -64,6 +68,8 @@ static loom_status step(wide_mlp *m, loom_ddp *ddp, hook_ctx *h, loom_optim *opt
   mark(p, 2, m);
   if (ddp) LOOM_CHECK(loom_ddp_finish(ddp));
   mark(p, 3, m);
+  if (ckpt) LOOM_CHECK(loom_ckpt_fence(ckpt));
+  if (snapshot) LOOM_CHECK(loom_snapshot_fence(snapshot));
   LOOM_CHECK(loom_optim_step(optim, 1e-4));
   mark(p, 4, m);
   if (p) {
@@ -221,7 +227,7 @@ int main(int argc, char **argv) {
     }
     profile prof = {0};
     for (int i = 0; profiling && i <= PHASES; i++) cudaEventCreate(&prof.events[i]);
-    for (int s = 0; s < warmup; s++) TRY(step(&model, ddp, &hook, optim, NULL));
+    for (int s = 0; s < warmup; s++) TRY(step(&model, ddp, &hook, optim, NULL, NULL, NULL));
     if (snapshot && snapshot_async) { /* setup (device copies, pinning the segment) untimed */
       TRY(loom_snapshot_take_async(snapshot, loom_optim_step_count(optim), NULL));
       TRY(loom_snapshot_wait(snapshot));
@@ -231,9 +237,8 @@ int main(int argc, char **argv) {
     double start = loom_now(), save_host = 0;
     int saves = 0, skipped = 0;
     for (int s = 1; s <= steps; s++) {
-      if (ckpt) TRY(loom_ckpt_fence(ckpt)); /* before the optimizer overwrites staged state */
-      if (snapshot && snapshot_async) TRY(loom_snapshot_fence(snapshot));
-      TRY(step(&model, ddp, &hook, optim, profiling ? &prof : NULL));
+      TRY(step(&model, ddp, &hook, optim, profiling ? &prof : NULL, ckpt,
+               snapshot && snapshot_async ? snapshot : NULL));
       if (snapshot && s % snapshot_every == 0) {
         double t0 = loom_now();
         int started = 1;

@@ -99,6 +99,9 @@ struct loom_snapshot {
                              * the device: shares are copied in, summed, then copied out at once */
   uint64_t *staging_sum;    /* device word: the image's checksum */
   uint64_t *host_sum;       /* pinned host word it is copied to */
+  unsigned char *host_stage; /* pinned (data_bytes): host shares are copied here at the request
+                              * and uploaded from here, never from pageable memory (a pageable
+                              * upload may wait for the side stream, so for the compute stream) */
   int device_entries, registered;
 #ifdef LOOM_HAVE_CUDA
   cudaStream_t side;
@@ -614,6 +617,10 @@ static loom_status setup_async(loom_snapshot *s) {
     if (e == cudaSuccess) e = cudaMemset(s->staging, 0, s->data_bytes); /* gaps stay zero */
     if (e == cudaSuccess) e = cudaMalloc((void **)&s->staging_sum, sizeof(uint64_t));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&s->host_sum, sizeof(uint64_t));
+    uint64_t host_bytes = 0;
+    for (int i = 0; i < loom_state_count(s->state); i++)
+      if (!s->shares[i].device) host_bytes = s->shares[i].slot_offset + s->shares[i].share_bytes;
+    if (e == cudaSuccess && host_bytes) e = cudaMallocHost((void **)&s->host_stage, host_bytes);
     if (e != cudaSuccess)
       status = loom_error_set(LOOM_ERR_CUDA, "snapshot: no GPU memory for the device image of a "
                               "slot (%llu bytes): %s; use loom_snapshot_take",
@@ -646,9 +653,12 @@ static loom_status enqueue_device_copies(loom_snapshot *s, unsigned char *dst) {
     loom_buf local;
     loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
     if (e->share_bytes == 0) continue;
-    /* a host share is staged by the driver before the call returns: it may change afterwards */
-    cudaError_t rc = cudaMemcpyAsync(s->staging + e->slot_offset,
-                                     (const unsigned char *)local.ptr + e->share_offset, e->share_bytes,
+    const unsigned char *src = (const unsigned char *)local.ptr + e->share_offset;
+    if (!e->device) { /* the previous upload from the stage has finished (one snapshot in flight) */
+      memcpy(s->host_stage + e->slot_offset, src, e->share_bytes);
+      src = s->host_stage + e->slot_offset;
+    }
+    cudaError_t rc = cudaMemcpyAsync(s->staging + e->slot_offset, src, e->share_bytes,
                                      e->device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice, s->side);
     if (rc != cudaSuccess)
       return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing a copy: %s", cudaGetErrorString(rc));
@@ -938,6 +948,7 @@ void loom_snapshot_destroy(loom_snapshot *s) {
   if (s->staging) cudaFree(s->staging);
   if (s->staging_sum) cudaFree(s->staging_sum);
   if (s->host_sum) cudaFreeHost(s->host_sum);
+  if (s->host_stage) cudaFreeHost(s->host_stage);
   if (s->registered) cudaHostUnregister(s->base);
   if (s->side) cudaStreamDestroy(s->side);
   if (s->compute_ready) cudaEventDestroy(s->compute_ready);

@@ -134,6 +134,13 @@ if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = snapshot ]; then
       --dtype bf16 --modes overlap --steps 200 $args 2>&1 | tee -a "$out/snapshot-bench.txt" | grep -v "^\[loom"
     rm -f /dev/shm/loom-gpusnap-*
   done
+  # The same model at twice the batch (a step long enough for the copy of a quarter of the
+  # state at the measured host-copy rate): none, and asynchronous every step.
+  for args in "" "--snapshot-every 1 --snapshot-async"; do
+    timeout 300 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=120 -x LOOM_JOB_ID=gpusnap $ddp_bench --dtype bf16 \
+      --batch 16384 --modes overlap --steps 100 $args 2>&1 | tee -a "$out/snapshot-bench.txt" | grep -v "^\[loom"
+    rm -f /dev/shm/loom-gpusnap-*
+  done
 fi
 if [ "$what" = profile ]; then
   # Where the bf16 DDP step goes at 1 and 4 GPUs: Nsight Systems kernel summaries of rank 0
