@@ -87,7 +87,7 @@ static loom_status step(wide_mlp *m, loom_ddp *ddp, hook_ctx *h, loom_optim *opt
 int main(int argc, char **argv) {
   int dtype_choice = 0, layers = 8, width = 4096, batch = 8192, steps = 20, warmup = 5;
   int ckpt_mode = CKPT_NONE, ckpt_every = 100, busy_wait = 0, grad_chunks = 1, snapshot_every = 0;
-  int profiling = 0, snapshot_async = 0, snapshot_parity = 1;
+  int profiling = 0, snapshot_async = 0, snapshot_parity = 1, host_sync = 0;
   const char *modes = "overlap,after", *ckpt_dir = "/tmp/loom-gpu-ddp-ckpt";
   uint64_t bucket_bytes = 25u << 20;
   const loom_option options[] = {
@@ -107,6 +107,8 @@ int main(int argc, char **argv) {
       {"ckpt-busy-wait", LOOM_OPTION_BOOL, &busy_wait, "async: wait for a save in flight instead of skipping"},
       {"profile", LOOM_OPTION_BOOL, &profiling, "time forward, backward, the wait for the last "
        "reductions and the optimizer with CUDA events (one host wait a step)"},
+      {"host-sync", LOOM_OPTION_BOOL, &host_sync, "wait for the GPU at the end of every step, as a "
+       "loop that reads its loss does (otherwise the host runs steps ahead of the GPU)"},
       {"snapshot-async", LOOM_OPTION_BOOL, &snapshot_async, "asynchronous snapshots "
        "(loom_snapshot_take_async: requests while one is in flight are skipped)"},
       {"snapshot-every", LOOM_OPTION_INT, &snapshot_every, "in-memory snapshot every this many timed "
@@ -239,6 +241,7 @@ int main(int argc, char **argv) {
     for (int s = 1; s <= steps; s++) {
       TRY(step(&model, ddp, &hook, optim, profiling ? &prof : NULL, ckpt,
                snapshot && snapshot_async ? snapshot : NULL));
+      if (host_sync) TRY(loom_device_synchronize(ctx));
       if (snapshot && s % snapshot_every == 0) {
         double t0 = loom_now();
         int started = 1;
@@ -278,8 +281,9 @@ int main(int argc, char **argv) {
     TRY(loom_allreduce(loom_mesh_group(mesh, LOOM_AXIS_WORLD), loom_buf_host(mine, 3, LOOM_FLOAT64),
                        loom_buf_host(extremes, 3, LOOM_FLOAT64), LOOM_OP_MIN));
     if (rank == 0) {
-      printf("loom gpus=%d dtype=%s mode=%-7s chunks=%d bucket_MiB=%g ckpt=%s every=%d step_ms=%.3f",
-             size, dtype == LOOM_BFLOAT16 ? "bf16" : "fp32", mode, grad_chunks,
+      printf("loom gpus=%d dtype=%s batch=%d host_sync=%d mode=%-7s chunks=%d bucket_MiB=%g ckpt=%s "
+             "every=%d step_ms=%.3f", size, dtype == LOOM_BFLOAT16 ? "bf16" : "fp32", batch, host_sync,
+             mode, grad_chunks,
              (double)bucket_bytes / (1 << 20),
              ckpt_mode == CKPT_NONE ? "none" : ckpt_mode == CKPT_SYNC ? "sync" : "async", ckpt_every,
              1e3 * slowest / steps);

@@ -99,6 +99,8 @@ struct loom_snapshot {
                              * the device: shares are copied in, summed, then copied out at once */
   uint64_t *staging_sum;    /* device word: the image's checksum */
   uint64_t *host_sum;       /* pinned host word it is copied to */
+  uint64_t *host_start;     /* pinned host word: the sum's start (host shares, zero tail) */
+  uint64_t tail_sum;        /* terms of the zero words past the shares (padding to L) */
   unsigned char *host_stage; /* pinned (data_bytes): host shares are copied here at the request
                               * and uploaded from here, never from pageable memory (a pageable
                               * upload may wait for the side stream, so for the compute stream) */
@@ -546,9 +548,9 @@ loom_status loom_snapshot_take(loom_snapshot *s, int64_t step) {
 
 /* ---- asynchronous snapshots ---------------------------------------------------------------
  * The copy of device state leaves the training path. On a side stream, behind the compute
- * stream's pending work, each device share is copied into a device image of the data slot
- * (HBM speed; the fence makes the next optimizer step wait only for this), host shares are
- * uploaded into it, the GPU checksums the image, and one copy moves it into the segment,
+ * stream's pending work, each device share is copied into a device image of the data slot and
+ * checksummed in the same pass (HBM speed; the fence makes the next optimizer step wait only
+ * for this), host shares are uploaded into it, and one copy moves it into the segment,
  * registered with CUDA so it runs at PCIe speed. A worker thread then encodes the parity with
  * its own communicators and publishes the slot. One snapshot in flight; a request while one is
  * in flight is skipped on every rank alike (counted, and logged once). Without device entries
@@ -617,10 +619,13 @@ static loom_status setup_async(loom_snapshot *s) {
     if (e == cudaSuccess) e = cudaMemset(s->staging, 0, s->data_bytes); /* gaps stay zero */
     if (e == cudaSuccess) e = cudaMalloc((void **)&s->staging_sum, sizeof(uint64_t));
     if (e == cudaSuccess) e = cudaMallocHost((void **)&s->host_sum, sizeof(uint64_t));
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&s->host_start, sizeof(uint64_t));
     uint64_t host_bytes = 0;
     for (int i = 0; i < loom_state_count(s->state); i++)
-      if (!s->shares[i].device) host_bytes = s->shares[i].slot_offset + s->shares[i].share_bytes;
+      if (!s->shares[i].device) host_bytes = s->shares[i].slot_offset + round8(s->shares[i].share_bytes);
     if (e == cudaSuccess && host_bytes) e = cudaMallocHost((void **)&s->host_stage, host_bytes);
+    if (e == cudaSuccess && host_bytes) memset(s->host_stage, 0, host_bytes);
+    for (uint64_t w = s->payload / 8; w < s->data_bytes / 8; w++) s->tail_sum += loom_snapshot_sum_term(0, w);
     if (e != cudaSuccess)
       status = loom_error_set(LOOM_ERR_CUDA, "snapshot: no GPU memory for the device image of a "
                               "slot (%llu bytes): %s; use loom_snapshot_take",
@@ -642,31 +647,43 @@ static loom_status setup_async(loom_snapshot *s) {
 }
 
 #ifdef LOOM_HAVE_CUDA
-/* Device path: shares into the device image, checksum, image and sum to the host (above). */
+/* Device path (above). The image's checksum starts on the host with the terms of the host
+ * shares and of the zero tail, and the GPU adds those of the device shares as it copies them. */
 static loom_status enqueue_device_copies(loom_snapshot *s, unsigned char *dst) {
   cudaStream_t compute = (cudaStream_t)loom_ctx_stream(s->ctx);
   if (cudaEventRecord(s->compute_ready, compute) != cudaSuccess ||
       cudaStreamWaitEvent(s->side, s->compute_ready, 0) != cudaSuccess)
     return loom_error_set(LOOM_ERR_CUDA, "snapshot: ordering the copies after the compute stream");
-  for (int i = 0; i < loom_state_count(s->state); i++) {
+  uint64_t start = s->tail_sum;
+  for (int i = 0; i < loom_state_count(s->state); i++) { /* host shares: staged, summed */
+    const entry_share *e = &s->shares[i];
+    loom_buf local;
+    loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
+    if (e->device || e->share_bytes == 0) continue;
+    /* the previous upload from the stage has finished (one snapshot in flight); pad bytes stay 0 */
+    memcpy(s->host_stage + e->slot_offset, (const unsigned char *)local.ptr + e->share_offset, e->share_bytes);
+    start += loom_snapshot_sum(s->host_stage + e->slot_offset, round8(e->share_bytes), e->slot_offset / 8);
+  }
+  *s->host_start = start;
+  cudaError_t rc = cudaMemcpyAsync(s->staging_sum, s->host_start, sizeof(uint64_t),
+                                   cudaMemcpyHostToDevice, s->side);
+  for (int i = 0; i < loom_state_count(s->state) && rc == cudaSuccess; i++) {
     const entry_share *e = &s->shares[i];
     loom_buf local;
     loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
     if (e->share_bytes == 0) continue;
-    const unsigned char *src = (const unsigned char *)local.ptr + e->share_offset;
-    if (!e->device) { /* the previous upload from the stage has finished (one snapshot in flight) */
-      memcpy(s->host_stage + e->slot_offset, src, e->share_bytes);
-      src = s->host_stage + e->slot_offset;
-    }
-    cudaError_t rc = cudaMemcpyAsync(s->staging + e->slot_offset, src, e->share_bytes,
-                                     e->device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice, s->side);
-    if (rc != cudaSuccess)
-      return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing a copy: %s", cudaGetErrorString(rc));
+    if (e->device)
+      LOOM_CHECK(loom_snapshot_copy_sum_device(s->staging + e->slot_offset,
+                                               (const unsigned char *)local.ptr + e->share_offset,
+                                               e->share_bytes, e->slot_offset / 8, s->staging_sum, s->side));
+    else
+      rc = cudaMemcpyAsync(s->staging + e->slot_offset, s->host_stage + e->slot_offset, e->share_bytes,
+                           cudaMemcpyHostToDevice, s->side);
   }
-  if (cudaEventRecord(s->copied_on_device, s->side) != cudaSuccess)
-    return loom_error_set(LOOM_ERR_CUDA, "snapshot: recording a copy event");
-  LOOM_CHECK(loom_snapshot_sum_device(s->staging, s->data_bytes, s->staging_sum, s->side));
-  if (cudaMemcpyAsync(dst, s->staging, s->data_bytes, cudaMemcpyDeviceToHost, s->side) != cudaSuccess ||
+  if (rc != cudaSuccess)
+    return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing a copy: %s", cudaGetErrorString(rc));
+  if (cudaEventRecord(s->copied_on_device, s->side) != cudaSuccess ||
+      cudaMemcpyAsync(dst, s->staging, s->data_bytes, cudaMemcpyDeviceToHost, s->side) != cudaSuccess ||
       cudaMemcpyAsync(s->host_sum, s->staging_sum, sizeof(uint64_t), cudaMemcpyDeviceToHost, s->side) != cudaSuccess ||
       cudaEventRecord(s->copied_to_host, s->side) != cudaSuccess)
     return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing the copy to the segment");
@@ -948,6 +965,7 @@ void loom_snapshot_destroy(loom_snapshot *s) {
   if (s->staging) cudaFree(s->staging);
   if (s->staging_sum) cudaFree(s->staging_sum);
   if (s->host_sum) cudaFreeHost(s->host_sum);
+  if (s->host_start) cudaFreeHost(s->host_start);
   if (s->host_stage) cudaFreeHost(s->host_stage);
   if (s->registered) cudaHostUnregister(s->base);
   if (s->side) cudaStreamDestroy(s->side);

@@ -42,9 +42,12 @@ static inline uint64_t loom_snapshot_sum(const void *p, uint64_t bytes, uint64_t
 #ifdef __cplusplus
 extern "C" {
 #endif
-/* Enqueues on `stream` (a cudaStream_t) the sum of `bytes` (a multiple of 8) of device memory
- * at p into the device word *result (overwritten). */
-loom_status loom_snapshot_sum_device(const void *p, uint64_t bytes, uint64_t *result, void *stream);
+/* Enqueues on `stream` (a cudaStream_t) a copy of `bytes` of device memory from src (any
+ * alignment) to dst (8-byte aligned), the last word zero-padded, and adds the sum of the
+ * copied words, the first being word `first` of a slot, to the device word *result: the copy
+ * and its checksum in one pass over the data. */
+loom_status loom_snapshot_copy_sum_device(void *dst, const void *src, uint64_t bytes, uint64_t first,
+                                          uint64_t *result, void *stream);
 #ifdef __cplusplus
 }
 #endif

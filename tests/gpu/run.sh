@@ -122,25 +122,31 @@ if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = ckpt ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = snapshot ]; then
   # In-memory snapshots of the bf16 model (1.6 GB of state replicated over 4 GPUs; each rank
-  # keeps a quarter): none, asynchronous every step on one node (no parity), and asynchronous
-  # every step over 4 simulated nodes with erasure groups of 2 data + 1 parity; synchronous
-  # snapshots every step for comparison.
+  # keeps a quarter). The raw device-to-host copy rate first (the copy's peer). Then, at batch
+  # 8192 and 16384, with the host running ahead of the GPU and with a host wait every step (a
+  # loop that reads its loss): none, asynchronous every step; at 8192 also every 3 steps,
+  # every step over 4 simulated nodes with erasure groups of 2 data + 1 parity, and
+  # synchronous every step.
   np=$(( gpus >= 4 ? 4 : gpus ))
   timeout 120 "${mpi[@]}" -np $np build-gpu/bench/loom-host-copy-bench --mb 400 2>&1 | tee -a "$out/snapshot-bench.txt"
-  for args in "" "--snapshot-every 1 --snapshot-async" "--snapshot-every 3 --snapshot-async" \
-              "--snapshot-every 1 --snapshot-async RPN1" "--snapshot-every 1 --steps 30"; do
-    extra=(); [[ $args == *RPN1 ]] && extra=(-x LOOM_RANKS_PER_NODE=1) && args=${args% RPN1}
+  while read -r batch args; do
+    extra=(); [[ $args == *RPN1* ]] && extra=(-x LOOM_RANKS_PER_NODE=1) && args=${args/RPN1/}
     timeout 300 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=120 -x LOOM_JOB_ID=gpusnap "${extra[@]}" $ddp_bench \
-      --dtype bf16 --modes overlap --steps 200 $args 2>&1 | tee -a "$out/snapshot-bench.txt" | grep -v "^\[loom"
+      --dtype bf16 --modes overlap --steps 200 --batch $batch $args 2>&1 | tee -a "$out/snapshot-bench.txt" | grep -v "^[#[]"
     rm -f /dev/shm/loom-gpusnap-*
-  done
-  # The same model at twice the batch (a step long enough for the copy of a quarter of the
-  # state at the measured host-copy rate): none, and asynchronous every step.
-  for args in "" "--snapshot-every 1 --snapshot-async"; do
-    timeout 300 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=120 -x LOOM_JOB_ID=gpusnap $ddp_bench --dtype bf16 \
-      --batch 16384 --modes overlap --steps 100 $args 2>&1 | tee -a "$out/snapshot-bench.txt" | grep -v "^\[loom"
-    rm -f /dev/shm/loom-gpusnap-*
-  done
+  done <<'RUNS'
+8192
+8192 --snapshot-every 1 --snapshot-async
+8192 --snapshot-every 3 --snapshot-async
+8192 --host-sync
+8192 --host-sync --snapshot-every 1 --snapshot-async
+8192 --snapshot-every 1 --snapshot-async RPN1
+8192 --snapshot-every 1 --steps 30
+16384 --steps 100
+16384 --steps 100 --snapshot-every 1 --snapshot-async
+16384 --steps 100 --host-sync
+16384 --steps 100 --host-sync --snapshot-every 1 --snapshot-async
+RUNS
 fi
 if [ "$what" = profile ]; then
   # Where the bf16 DDP step goes at 1 and 4 GPUs: Nsight Systems kernel summaries of rank 0
