@@ -132,7 +132,7 @@ if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = snapshot ]; then
   while read -r batch args; do
     extra=(); [[ $args == *RPN1* ]] && extra=(-x LOOM_RANKS_PER_NODE=1) && args=${args/RPN1/}
     timeout 300 "${mpi[@]}" -np $np -x LOOM_TIMEOUT=120 -x LOOM_JOB_ID=gpusnap "${extra[@]}" $ddp_bench \
-      --dtype bf16 --modes overlap --steps 200 --batch $batch $args 2>&1 | tee -a "$out/snapshot-bench.txt" | grep -v "^[#[]"
+      --dtype bf16 --modes overlap --steps 200 --batch $batch $args </dev/null 2>&1 | tee -a "$out/snapshot-bench.txt" | grep -v "^[#[]"
     rm -f /dev/shm/loom-gpusnap-*
   done <<'RUNS'
 8192
