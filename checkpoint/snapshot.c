@@ -101,6 +101,9 @@ struct loom_snapshot {
   uint64_t *host_sum;       /* pinned host word it is copied to */
   uint64_t *host_start;     /* pinned host word: the sum's start (host shares, zero tail) */
   uint64_t tail_sum;        /* terms of the zero words past the shares (padding to L) */
+  loom_snapshot_range *plan; /* device table: the device shares' copies (fixed at setup) */
+  int plan_count;
+  uint64_t plan_longest;
   unsigned char *host_stage; /* pinned (data_bytes): host shares are copied here at the request
                               * and uploaded from here, never from pageable memory (a pageable
                               * upload may wait for the side stream, so for the compute stream) */
@@ -626,6 +629,22 @@ static loom_status setup_async(loom_snapshot *s) {
     if (e == cudaSuccess && host_bytes) e = cudaMallocHost((void **)&s->host_stage, host_bytes);
     if (e == cudaSuccess && host_bytes) memset(s->host_stage, 0, host_bytes);
     for (uint64_t w = s->payload / 8; w < s->data_bytes / 8; w++) s->tail_sum += loom_snapshot_sum_term(0, w);
+    loom_snapshot_range *table = calloc((size_t)s->device_entries, sizeof *table);
+    if (!table && e == cudaSuccess) e = cudaErrorMemoryAllocation;
+    for (int i = 0; e == cudaSuccess && i < loom_state_count(s->state); i++) {
+      const entry_share *share = &s->shares[i];
+      loom_buf local;
+      loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
+      if (!share->device || share->share_bytes == 0) continue;
+      table[s->plan_count++] = (loom_snapshot_range){(const unsigned char *)local.ptr + share->share_offset,
+                                                     share->slot_offset, share->share_bytes,
+                                                     share->slot_offset / 8};
+      if (share->share_bytes > s->plan_longest) s->plan_longest = share->share_bytes;
+    }
+    if (e == cudaSuccess && s->plan_count) e = cudaMalloc((void **)&s->plan, sizeof *table * (size_t)s->plan_count);
+    if (e == cudaSuccess && s->plan_count)
+      e = cudaMemcpy(s->plan, table, sizeof *table * (size_t)s->plan_count, cudaMemcpyHostToDevice);
+    free(table);
     if (e != cudaSuccess)
       status = loom_error_set(LOOM_ERR_CUDA, "snapshot: no GPU memory for the device image of a "
                               "slot (%llu bytes): %s; use loom_snapshot_take",
@@ -669,19 +688,14 @@ static loom_status enqueue_device_copies(loom_snapshot *s, unsigned char *dst) {
                                    cudaMemcpyHostToDevice, s->side);
   for (int i = 0; i < loom_state_count(s->state) && rc == cudaSuccess; i++) {
     const entry_share *e = &s->shares[i];
-    loom_buf local;
-    loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
-    if (e->share_bytes == 0) continue;
-    if (e->device)
-      LOOM_CHECK(loom_snapshot_copy_sum_device(s->staging + e->slot_offset,
-                                               (const unsigned char *)local.ptr + e->share_offset,
-                                               e->share_bytes, e->slot_offset / 8, s->staging_sum, s->side));
-    else
+    if (!e->device && e->share_bytes)
       rc = cudaMemcpyAsync(s->staging + e->slot_offset, s->host_stage + e->slot_offset, e->share_bytes,
                            cudaMemcpyHostToDevice, s->side);
   }
   if (rc != cudaSuccess)
     return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing a copy: %s", cudaGetErrorString(rc));
+  LOOM_CHECK(loom_snapshot_copy_sum_device(s->staging, s->plan, s->plan_count, s->plan_longest,
+                                           s->staging_sum, s->side));
   if (cudaEventRecord(s->copied_on_device, s->side) != cudaSuccess ||
       cudaMemcpyAsync(dst, s->staging, s->data_bytes, cudaMemcpyDeviceToHost, s->side) != cudaSuccess ||
       cudaMemcpyAsync(s->host_sum, s->staging_sum, sizeof(uint64_t), cudaMemcpyDeviceToHost, s->side) != cudaSuccess ||
@@ -966,6 +980,7 @@ void loom_snapshot_destroy(loom_snapshot *s) {
   if (s->staging_sum) cudaFree(s->staging_sum);
   if (s->host_sum) cudaFreeHost(s->host_sum);
   if (s->host_start) cudaFreeHost(s->host_start);
+  if (s->plan) cudaFree(s->plan);
   if (s->host_stage) cudaFreeHost(s->host_stage);
   if (s->registered) cudaHostUnregister(s->base);
   if (s->side) cudaStreamDestroy(s->side);

@@ -39,15 +39,22 @@ static inline uint64_t loom_snapshot_sum(const void *p, uint64_t bytes, uint64_t
   return sum;
 }
 
+/* One range of a device copy plan: `bytes` at src (any alignment) go to byte dst_offset of the
+ * destination (8-byte aligned), whose words are words `first`.. of the slot. */
+typedef struct {
+  const void *src;
+  uint64_t dst_offset, bytes, first;
+} loom_snapshot_range;
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-/* Enqueues on `stream` (a cudaStream_t) a copy of `bytes` of device memory from src (any
- * alignment) to dst (8-byte aligned), the last word zero-padded, and adds the sum of the
- * copied words, the first being word `first` of a slot, to the device word *result: the copy
- * and its checksum in one pass over the data. */
-loom_status loom_snapshot_copy_sum_device(void *dst, const void *src, uint64_t bytes, uint64_t first,
-                                          uint64_t *result, void *stream);
+/* Enqueues on `stream` (a cudaStream_t) the copy of every range of the device-resident table
+ * `ranges` (count of them, the longest `longest` bytes) into dst, each range's last word
+ * zero-padded, and adds the sum of the copied words to the device word *result: the copy and
+ * its checksum in one pass over the data, one kernel launch for the whole plan. */
+loom_status loom_snapshot_copy_sum_device(void *dst, const loom_snapshot_range *ranges, int count,
+                                          uint64_t longest, uint64_t *result, void *stream);
 #ifdef __cplusplus
 }
 #endif
