@@ -25,7 +25,7 @@ for round in $(seq "$rounds"); do
 done
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 base=$(echo "${rates[0]}" | median)
-echo "# Fashion-MNIST (4.3 MB of state a rank), 4 ranks as 4 nodes, parity 1, median of $rounds"
+echo "# Fashion-MNIST (4.3 MB of state, replicated; a share of 1.1 MB a rank), 4 ranks as 4 nodes, parity 1, median of $rounds"
 printf "%-22s %10s %9s   %s\n" snapshots samples/s overhead rounds
 for every in 0 1 10; do
   m=$(echo "${rates[$every]}" | median)

@@ -2,10 +2,12 @@
  * Fault Tolerance of Large Language Model Pretraining": snapshots in host memory that outlive
  * the training process, Reed-Solomon parity against lost nodes).
  *
- * Every rank keeps its registered slices in a POSIX shared-memory segment "/loom-<job>-<rank>"
- * (mode 0600) that survives a crashed process on a healthy host. The segment holds two slots
- * (double buffering): a snapshot is written into the older slot and only then marked valid
- * with its step and crc32, so a crash during a snapshot leaves the previous one whole.
+ * Every rank keeps its share of its registered slices (1/R of a slice that R ranks hold
+ * identically, as data parallelism replicates) in a POSIX shared-memory segment
+ * "/loom-<job>-<rank>" (mode 0600) that survives a crashed process on a healthy host. The
+ * segment holds two slots (double buffering): a snapshot is written into the older slot and
+ * only then marked valid with its step and checksum (snapshot_sum.h), so a crash during a
+ * snapshot leaves the previous one whole.
  *
  * Erasure coding (params.parity = m > 0): ranks with the same local rank on different nodes
  * form a column; a column of N nodes is cut into groups of k data members (k the largest
