@@ -1,0 +1,262 @@
+/* Asynchronous snapshots (see snapshot.h and snapshot_impl.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint/snapshot_impl.h"
+#include "runtime/device.h"
+#include "runtime/log.h"
+
+/* ---- asynchronous snapshots ---------------------------------------------------------------
+ * The copy of device state leaves the training path. On a side stream, behind the compute
+ * stream's pending work, each device share is copied into a device image of the data slot and
+ * checksummed in the same pass (HBM speed; the fence makes the next optimizer step wait only
+ * for this), host shares are uploaded into it, and one copy moves it into the segment,
+ * registered with CUDA so it runs at PCIe speed. A worker thread then encodes the parity with
+ * its own communicators and publishes the slot. One snapshot in flight; a request while one is
+ * in flight is skipped on every rank alike (counted, and logged once). Without device entries
+ * the shares are copied into the slot at the call and the worker checksums them. */
+
+/* The worker's job: wait for the copies into the slot, then publish it. */
+static loom_status publish_job(void *arg) {
+  loom_snapshot *s = arg;
+  snap_comms c = {s->worker_world, s->worker_column, s->worker_group};
+  loom_status status = LOOM_OK;
+  const uint64_t *data_sum = NULL;
+#ifdef LOOM_HAVE_CUDA
+  if (s->device_entries) {
+    if (cudaEventSynchronize(s->copied_to_host) != cudaSuccess)
+      status = loom_error_set(LOOM_ERR_CUDA, "snapshot: copying device state to host failed");
+    data_sum = s->host_sum;
+  }
+#endif
+  s->job_copied = loom_now();
+  status = snap_finish_slot(s, s->job_slot, s->job_seq, s->job_step, status, data_sum, &c);
+  s->job_published = loom_now();
+  return status;
+}
+
+/* The training thread's record of a finished job (the request's completion orders the
+ * worker's writes before these reads). */
+static void record_job(loom_snapshot *s, loom_status status) {
+  if (status != LOOM_OK) return;
+  s->stats.published++;
+  s->stats.copy_seconds += s->job_copied - s->job_requested;
+  s->stats.publish_seconds += s->job_published - s->job_requested;
+}
+
+/* 1 while a snapshot is being published; when it has finished, keeps its outcome in
+ * s->finished (and its message) for the next call to report. */
+static int still_publishing(loom_snapshot *s) {
+  if (!s->in_flight) return 0;
+  int done = 0;
+  loom_status status = loom_test(&s->in_flight, &done);
+  if (!done) return 1;
+  record_job(s, status);
+  s->finished = status;
+  snprintf(s->finished_message, sizeof s->finished_message, "%s",
+           status == LOOM_OK ? "" : loom_error_string());
+  return 0;
+}
+
+/* The last finished snapshot's outcome, once. */
+static loom_status take_finished(loom_snapshot *s) {
+  loom_status status = s->finished;
+  s->finished = LOOM_OK;
+  if (status != LOOM_OK) loom_error_restore(s->finished_message);
+  return status;
+}
+
+static loom_status setup_async(loom_snapshot *s) {
+  loom_status status = LOOM_OK;
+  if (MPI_Comm_dup(s->world, &s->worker_world) != MPI_SUCCESS ||
+      MPI_Comm_dup(s->column, &s->worker_column) != MPI_SUCCESS ||
+      (s->group != MPI_COMM_NULL && MPI_Comm_dup(s->group, &s->worker_group) != MPI_SUCCESS))
+    return loom_error_set(LOOM_ERR_MPI, "snapshot: duplicating communicators for the worker");
+  for (int i = 0; i < loom_state_count(s->state); i++) s->device_entries += s->shares[i].device;
+#ifdef LOOM_HAVE_CUDA
+  if (s->device_entries) {
+    cudaError_t e = cudaMalloc((void **)&s->staging, s->data_bytes);
+    if (e == cudaSuccess) e = cudaMemset(s->staging, 0, s->data_bytes); /* gaps stay zero */
+    if (e == cudaSuccess) e = cudaMalloc((void **)&s->staging_sum, sizeof(uint64_t));
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&s->host_sum, sizeof(uint64_t));
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&s->host_start, sizeof(uint64_t));
+    uint64_t host_bytes = 0;
+    for (int i = 0; i < loom_state_count(s->state); i++)
+      if (!s->shares[i].device) host_bytes = s->shares[i].slot_offset + round8(s->shares[i].share_bytes);
+    if (e == cudaSuccess && host_bytes) e = cudaMallocHost((void **)&s->host_stage, host_bytes);
+    if (e == cudaSuccess && host_bytes) memset(s->host_stage, 0, host_bytes);
+    for (uint64_t w = s->payload / 8; w < s->data_bytes / 8; w++) s->tail_sum += loom_snapshot_sum_term(0, w);
+    loom_snapshot_range *table = calloc((size_t)s->device_entries, sizeof *table);
+    if (!table && e == cudaSuccess) e = cudaErrorMemoryAllocation;
+    for (int i = 0; e == cudaSuccess && i < loom_state_count(s->state); i++) {
+      const entry_share *share = &s->shares[i];
+      loom_buf local;
+      loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
+      if (!share->device || share->share_bytes == 0) continue;
+      table[s->plan_count++] = (loom_snapshot_range){(const unsigned char *)local.ptr + share->share_offset,
+                                                     share->slot_offset, share->share_bytes,
+                                                     share->slot_offset / 8};
+      if (share->share_bytes > s->plan_longest) s->plan_longest = share->share_bytes;
+    }
+    if (e == cudaSuccess && s->plan_count) e = cudaMalloc((void **)&s->plan, sizeof *table * (size_t)s->plan_count);
+    if (e == cudaSuccess && s->plan_count)
+      e = cudaMemcpy(s->plan, table, sizeof *table * (size_t)s->plan_count, cudaMemcpyHostToDevice);
+    free(table);
+    if (e != cudaSuccess)
+      status = loom_error_set(LOOM_ERR_CUDA, "snapshot: no GPU memory for the device image of a "
+                              "slot (%llu bytes): %s; use loom_snapshot_take",
+                              (unsigned long long)s->data_bytes, cudaGetErrorString(e));
+  }
+  if (status == LOOM_OK && s->device_entries) {
+    s->registered = cudaHostRegister(s->base, s->mapped, cudaHostRegisterDefault) == cudaSuccess;
+    if (!s->registered) cudaGetLastError(); /* pageable copies: slower, still correct */
+    if (cudaStreamCreateWithFlags(&s->side, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&s->compute_ready, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&s->copied_on_device, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&s->copied_to_host, cudaEventDisableTiming) != cudaSuccess)
+      status = loom_error_set(LOOM_ERR_CUDA, "snapshot: creating the side stream and events");
+  }
+#endif
+  if (status == LOOM_OK) status = loom_executor_create("loom-snapshot", 1, &s->worker);
+  if (status == LOOM_OK) s->async_ready = 1;
+  return status;
+}
+
+#ifdef LOOM_HAVE_CUDA
+/* Device path (above). The image's checksum starts on the host with the terms of the host
+ * shares and of the zero tail, and the GPU adds those of the device shares as it copies them. */
+static loom_status enqueue_device_copies(loom_snapshot *s, unsigned char *dst) {
+  cudaStream_t compute = (cudaStream_t)loom_ctx_stream(s->ctx);
+  if (cudaEventRecord(s->compute_ready, compute) != cudaSuccess ||
+      cudaStreamWaitEvent(s->side, s->compute_ready, 0) != cudaSuccess)
+    return loom_error_set(LOOM_ERR_CUDA, "snapshot: ordering the copies after the compute stream");
+  uint64_t start = s->tail_sum;
+  for (int i = 0; i < loom_state_count(s->state); i++) { /* host shares: staged, summed */
+    const entry_share *e = &s->shares[i];
+    loom_buf local;
+    loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
+    if (e->device || e->share_bytes == 0) continue;
+    /* the previous upload from the stage has finished (one snapshot in flight); pad bytes stay 0 */
+    memcpy(s->host_stage + e->slot_offset, (const unsigned char *)local.ptr + e->share_offset, e->share_bytes);
+    start += loom_snapshot_sum(s->host_stage + e->slot_offset, round8(e->share_bytes), e->slot_offset / 8);
+  }
+  *s->host_start = start;
+  cudaError_t rc = cudaMemcpyAsync(s->staging_sum, s->host_start, sizeof(uint64_t),
+                                   cudaMemcpyHostToDevice, s->side);
+  for (int i = 0; i < loom_state_count(s->state) && rc == cudaSuccess; i++) {
+    const entry_share *e = &s->shares[i];
+    if (!e->device && e->share_bytes)
+      rc = cudaMemcpyAsync(s->staging + e->slot_offset, s->host_stage + e->slot_offset, e->share_bytes,
+                           cudaMemcpyHostToDevice, s->side);
+  }
+  if (rc != cudaSuccess)
+    return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing a copy: %s", cudaGetErrorString(rc));
+  LOOM_CHECK(loom_snapshot_copy_sum_device(s->staging, s->plan, s->plan_count, s->plan_longest,
+                                           s->staging_sum, s->side));
+  if (cudaEventRecord(s->copied_on_device, s->side) != cudaSuccess ||
+      cudaMemcpyAsync(dst, s->staging, s->data_bytes, cudaMemcpyDeviceToHost, s->side) != cudaSuccess ||
+      cudaMemcpyAsync(s->host_sum, s->staging_sum, sizeof(uint64_t), cudaMemcpyDeviceToHost, s->side) != cudaSuccess ||
+      cudaEventRecord(s->copied_to_host, s->side) != cudaSuccess)
+    return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing the copy to the segment");
+  s->fence_pending = 1;
+  return LOOM_OK;
+}
+#endif
+
+/* The shares into `slot`: enqueued on the GPU when any entry is on the device, else copied now. */
+static loom_status enqueue_copies(loom_snapshot *s, int slot) {
+#ifdef LOOM_HAVE_CUDA
+  if (s->device_entries) return enqueue_device_copies(s, data_slot(s, slot));
+#endif
+  return snap_pack(s, data_slot(s, slot));
+}
+
+loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *started) {
+  if (started) *started = 0;
+  if (!s || step < 0)
+    return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_take_async: no snapshot, or step < 0");
+  if (!s->async_ready) {
+    loom_status status = setup_async(s);
+    int bad = status != LOOM_OK, any_bad = 0;
+    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
+    if (any_bad)
+      return bad ? status : loom_error_set(LOOM_ERR_STATE, "snapshot: another rank could not set "
+                                            "up asynchronous snapshots");
+  }
+  int busy = still_publishing(s), any_busy = 0;
+  MPI_Allreduce(&busy, &any_busy, 1, MPI_INT, MPI_MAX, s->world);
+  if (any_busy) {
+    if (s->skipped++ == 0 && s->rank == 0)
+      loom_log(s->ctx, LOOM_LOG_INFO, "snapshot of step %lld skipped: the previous one is still "
+               "being published (requests while one is in flight are skipped; counted, not "
+               "logged again)", (long long)step);
+    return LOOM_OK;
+  }
+  LOOM_CHECK(take_finished(s)); /* every rank has finished it: the same outcome everywhere */
+  LOOM_CHECK(loom_snapshot_fence(s));
+  uint64_t seq;
+  s->job_requested = loom_now();
+  int slot = snap_begin_slot(s, &seq);
+  LOOM_CHECK(enqueue_copies(s, slot));
+  s->job_slot = slot, s->job_seq = seq, s->job_step = step;
+  LOOM_CHECK(loom_executor_post(s->worker, publish_job, s, NULL, &s->in_flight));
+  s->started++;
+  if (started) *started = 1;
+  return LOOM_OK;
+}
+
+loom_status loom_snapshot_fence(loom_snapshot *s) {
+  if (!s) return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_fence: no snapshot");
+#ifdef LOOM_HAVE_CUDA
+  if (s->fence_pending) {
+    if (cudaStreamWaitEvent((cudaStream_t)loom_ctx_stream(s->ctx), s->copied_on_device, 0) != cudaSuccess)
+      return loom_error_set(LOOM_ERR_CUDA, "snapshot: fencing the compute stream");
+    s->fence_pending = 0;
+  }
+#endif
+  return LOOM_OK;
+}
+
+loom_status loom_snapshot_wait(loom_snapshot *s) {
+  if (!s) return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_wait: no snapshot");
+  if (!s->async_ready) return LOOM_OK;
+  if (s->in_flight) {
+    loom_status status = loom_wait(&s->in_flight);
+    record_job(s, status);
+    if (status != LOOM_OK) return status;
+  }
+  return take_finished(s);
+}
+
+int loom_snapshot_skipped(const loom_snapshot *s) { return s ? s->skipped : 0; }
+loom_snapshot_stats loom_snapshot_get_stats(const loom_snapshot *s) {
+  loom_snapshot_stats out = {0};
+  if (!s) return out;
+  out = s->stats;
+  out.skipped = s->skipped;
+  return out;
+}
+
+uint64_t loom_snapshot_share_bytes(const loom_snapshot *s) {
+  uint64_t bytes = 0;
+  for (int i = 0; s && i < loom_state_count(s->state); i++) bytes += s->shares[i].share_bytes;
+  return bytes;
+}
+
+void snap_async_release(loom_snapshot *s) {
+  (void)s;
+#ifdef LOOM_HAVE_CUDA
+  if (s->staging) cudaFree(s->staging);
+  if (s->staging_sum) cudaFree(s->staging_sum);
+  if (s->host_sum) cudaFreeHost(s->host_sum);
+  if (s->host_start) cudaFreeHost(s->host_start);
+  if (s->plan) cudaFree(s->plan);
+  if (s->host_stage) cudaFreeHost(s->host_stage);
+  if (s->registered) cudaHostUnregister(s->base);
+  if (s->side) cudaStreamDestroy(s->side);
+  if (s->compute_ready) cudaEventDestroy(s->compute_ready);
+  if (s->copied_on_device) cudaEventDestroy(s->copied_on_device);
+  if (s->copied_to_host) cudaEventDestroy(s->copied_to_host);
+#endif
+}
