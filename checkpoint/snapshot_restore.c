@@ -26,21 +26,33 @@ static void post_pieces(int send, unsigned char *p, uint64_t bytes, int peer, MP
  * every rank, so the messages of one pair match in order). Device slices are assembled on the
  * host and uploaded. Collective over the world. */
 static loom_status unpack(loom_snapshot *s, const unsigned char *src) {
-  loom_status status = LOOM_OK;
-  for (int n = 0; n < loom_state_count(s->state) && status == LOOM_OK; n++) {
+  /* buffers for the largest entry, agreed before the first message: no rank stops midway */
+  uint64_t stage_bytes = 0, pieces = 1;
+  int replicas = 1;
+  for (int i = 0; i < loom_state_count(s->state); i++) {
+    const entry_share *e = &s->shares[i];
+    if (e->device && e->entry_bytes > stage_bytes) stage_bytes = e->entry_bytes;
+    uint64_t p = (e->entry_bytes + PIECE_BYTES - 1) / PIECE_BYTES + 1;
+    if (p > pieces) pieces = p;
+    if (e->replica_count > replicas) replicas = e->replica_count;
+  }
+  unsigned char *stage = stage_bytes ? malloc(stage_bytes) : NULL;
+  MPI_Request *requests = malloc(sizeof(MPI_Request) * 2 * (size_t)replicas * pieces);
+  int short_of_memory = (stage_bytes && !stage) || !requests, any_short = 0;
+  MPI_Allreduce(&short_of_memory, &any_short, 1, MPI_INT, MPI_MAX, s->world);
+  if (any_short) {
+    free(stage);
+    free(requests);
+    return loom_error_set(LOOM_ERR_NOMEM, "snapshot restore: no host memory for %llu bytes%s",
+                          (unsigned long long)stage_bytes, short_of_memory ? "" : " on another rank");
+  }
+  loom_status status = LOOM_OK; /* the first failure; the exchange goes on regardless */
+  for (int n = 0; n < loom_state_count(s->state); n++) {
     int i = s->order[n];
     const entry_share *e = &s->shares[i];
     loom_buf local;
     loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
-    unsigned char *slice = e->device ? malloc(e->entry_bytes ? e->entry_bytes : 1) : local.ptr;
-    uint64_t pieces = (e->entry_bytes + PIECE_BYTES - 1) / PIECE_BYTES + 1;
-    MPI_Request *requests = malloc(sizeof(MPI_Request) * 2 * (size_t)e->replica_count * pieces);
-    if (!slice || !requests) {
-      if (e->device) free(slice);
-      free(requests);
-      return loom_error_set(LOOM_ERR_NOMEM, "snapshot restore (%llu bytes)",
-                            (unsigned long long)e->entry_bytes);
-    }
+    unsigned char *slice = e->device ? stage : local.ptr;
     memcpy(slice + e->share_offset, src + e->slot_offset, e->share_bytes);
     int count = 0;
     for (int q = 0; q < e->replica_count; q++) {
@@ -50,14 +62,14 @@ static loom_status unpack(loom_snapshot *s, const unsigned char *src) {
       post_pieces(0, slice + offset, bytes, e->replicas[q], s->world, requests, &count);
       post_pieces(1, slice + e->share_offset, e->share_bytes, e->replicas[q], s->world, requests, &count);
     }
-    if (count) status = mpi_check(MPI_Waitall(count, requests, MPI_STATUSES_IGNORE),
-                                  "MPI_Waitall (gathering snapshot shares from replicas)");
-    free(requests);
-    if (e->device) {
-      if (status == LOOM_OK) status = loom_device_upload(s->ctx, local.ptr, slice, e->entry_bytes);
-      free(slice);
-    }
+    loom_status step = count ? mpi_check(MPI_Waitall(count, requests, MPI_STATUSES_IGNORE),
+                                         "MPI_Waitall (gathering snapshot shares from replicas)")
+                             : LOOM_OK;
+    if (step == LOOM_OK && e->device) step = loom_device_upload(s->ctx, local.ptr, slice, e->entry_bytes);
+    if (status == LOOM_OK) status = step;
   }
+  free(stage);
+  free(requests);
   return status;
 }
 
