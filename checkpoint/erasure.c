@@ -19,10 +19,10 @@ int loom_ec_available(void) {
 #endif
 }
 
-static loom_status check_shape(const char *call, int k, int m, size_t len) {
-  if (k < 1 || m < 0 || k + m > LOOM_EC_MAX_FRAGMENTS || len > (size_t)INT32_MAX)
-    return loom_error_set(LOOM_ERR_ARG, "%s: k=%d, m=%d, len=%zu; need k >= 1, m >= 0, k + m <= "
-                          "%d and len < 2^31", call, k, m, len, LOOM_EC_MAX_FRAGMENTS);
+static loom_status check_shape(const char *call, int k, int m) {
+  if (k < 1 || m < 0 || k + m > LOOM_EC_MAX_FRAGMENTS)
+    return loom_error_set(LOOM_ERR_ARG, "%s: k=%d, m=%d; need k >= 1, m >= 0 and k + m <= %d",
+                          call, k, m, LOOM_EC_MAX_FRAGMENTS);
 #ifndef LOOM_HAVE_ISAL
   return loom_error_set(LOOM_ERR_UNSUPPORTED, "%s: this build has no ISA-L; install libisal-dev "
                         "and rebuild", call);
@@ -31,8 +31,23 @@ static loom_status check_shape(const char *call, int k, int m, size_t len) {
 #endif
 }
 
+#ifdef LOOM_HAVE_ISAL
+/* ec_encode_data over any length: the code works byte by byte, so pieces of at most 1 GiB
+ * (ISA-L takes an int length) give the same bytes. */
+static void encode_pieces(size_t len, int k, int rows, unsigned char *tables, const uint8_t *const *in,
+                          uint8_t **out) {
+  enum { PIECE = 1 << 30 };
+  for (size_t done = 0; done < len; done += PIECE) {
+    unsigned char *sources[LOOM_EC_MAX_FRAGMENTS], *targets[LOOM_EC_MAX_FRAGMENTS];
+    for (int j = 0; j < k; j++) sources[j] = (unsigned char *)in[j] + done;
+    for (int i = 0; i < rows; i++) targets[i] = out[i] + done;
+    ec_encode_data((int)(len - done < PIECE ? len - done : PIECE), k, rows, tables, sources, targets);
+  }
+}
+#endif
+
 loom_status loom_ec_encode(int k, int m, size_t len, const uint8_t *const *data, uint8_t **parity) {
-  LOOM_CHECK(check_shape("loom_ec_encode", k, m, len));
+  LOOM_CHECK(check_shape("loom_ec_encode", k, m));
 #ifdef LOOM_HAVE_ISAL
   if (m == 0 || len == 0) return LOOM_OK;
   int rows = k + m;
@@ -44,7 +59,7 @@ loom_status loom_ec_encode(int k, int m, size_t len, const uint8_t *const *data,
   }
   gf_gen_cauchy1_matrix(matrix, rows, k);
   ec_init_tables(k, m, &matrix[k * k], tables);
-  ec_encode_data((int)len, k, m, tables, (unsigned char **)data, parity);
+  encode_pieces(len, k, m, tables, data, parity);
   free(matrix);
   free(tables);
 #endif
@@ -53,7 +68,7 @@ loom_status loom_ec_encode(int k, int m, size_t len, const uint8_t *const *data,
 
 loom_status loom_ec_rebuild(int k, int m, size_t len, const uint8_t *const *fragments,
                             uint8_t **rebuilt) {
-  LOOM_CHECK(check_shape("loom_ec_rebuild", k, m, len));
+  LOOM_CHECK(check_shape("loom_ec_rebuild", k, m));
 #ifdef LOOM_HAVE_ISAL
   int rows = k + m, survivors[LOOM_EC_MAX_FRAGMENTS], lost[LOOM_EC_MAX_FRAGMENTS];
   int survivor_count = 0, lost_count = 0;
@@ -81,12 +96,12 @@ loom_status loom_ec_rebuild(int k, int m, size_t len, const uint8_t *const *frag
   }
   /* data = inverse * survivors, so lost data fragment j is row j of the inverse. */
   for (int i = 0; i < lost_count; i++) memcpy(&decode[i * k], &inverse[lost[i] * k], (size_t)k);
-  const unsigned char *sources[LOOM_EC_MAX_FRAGMENTS];
-  unsigned char *targets[LOOM_EC_MAX_FRAGMENTS];
+  const uint8_t *sources[LOOM_EC_MAX_FRAGMENTS];
+  uint8_t *targets[LOOM_EC_MAX_FRAGMENTS];
   for (int r = 0; r < k; r++) sources[r] = fragments[survivors[r]];
   for (int i = 0; i < lost_count; i++) targets[i] = rebuilt[lost[i]];
   ec_init_tables(k, lost_count, decode, tables);
-  ec_encode_data((int)len, k, lost_count, tables, (unsigned char **)sources, targets);
+  encode_pieces(len, k, lost_count, tables, sources, targets);
 done:
   free(matrix);
   free(chosen);

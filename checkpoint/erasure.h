@@ -1,8 +1,8 @@
 /* Reed-Solomon erasure coding over GF(2^8) with a Cauchy generator matrix (ISA-L), the code of
  * loom's in-memory snapshots ("Reliable and Efficient In-Memory Fault Tolerance of Large
  * Language Model Pretraining": erasure coding protects snapshots against node failures). k data
- * fragments of `len` bytes give m parity fragments; any k of the k + m fragments rebuild the
- * rest. Pure functions, no MPI. In a build without ISA-L every call is LOOM_ERR_UNSUPPORTED. */
+ * fragments of `len` bytes (any length: ISA-L is called on pieces of at most 1 GiB) give m
+ * parity fragments; any k of the k + m fragments rebuild the rest. Pure functions, no MPI. In a build without ISA-L every call is LOOM_ERR_UNSUPPORTED. */
 #ifndef LOOM_CHECKPOINT_ERASURE_H
 #define LOOM_CHECKPOINT_ERASURE_H
 

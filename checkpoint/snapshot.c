@@ -55,7 +55,8 @@ static loom_status plan_layout(loom_snapshot *s, const int64_t *info /* (size, 3
   s->n = n;
   s->column_index = s->column_of[s->rank];
   s->position = s->position_of[s->rank];
-  s->k = parity > 0 && uniform ? group_size_for(n, n - parity) : 0;
+  int most = n - parity < LOOM_EC_MAX_FRAGMENTS - parity ? n - parity : LOOM_EC_MAX_FRAGMENTS - parity;
+  s->k = parity > 0 && uniform ? group_size_for(n, most) : 0;
   s->ec = s->k > 0 && loom_ec_available();
   s->m = s->ec ? parity : 0;
   if (!s->ec) s->k = 1;
@@ -271,19 +272,23 @@ loom_status snap_pack(loom_snapshot *s, unsigned char *dst) {
 
 /* Parity of this rank's group for `slot`: member j encodes byte-slice j of the k members'
  * data, and sends fragment i of its slice to holder i, which stores it at the slice's offset. */
-static loom_status encode_parity(loom_snapshot *s, int slot, const snap_comms *c) {
+static loom_status encode_parity(loom_snapshot *s, int slot, loom_status status, const snap_comms *c) {
   int g = s->position / s->k;
   uint64_t L = s->data_bytes, slice = L / (uint64_t)s->k; /* multiples of 8 */
   if (!s->gathered) s->gathered = malloc(L);
   if (!s->parity) s->parity = malloc(slice * (uint64_t)s->m);
   unsigned char *gathered = s->gathered, *parity = s->parity;
   MPI_Request *requests = malloc(sizeof(MPI_Request) * (size_t)(s->m + s->role_count * s->k + 1));
-  loom_status status = LOOM_OK;
-  int short_of_memory = !gathered || !parity || !requests, group_short = 0;
-  MPI_Allreduce(&short_of_memory, &group_short, 1, MPI_INT, MPI_MAX, c->group); /* before the Alltoall */
-  if (group_short) {
-    status = loom_error_set(LOOM_ERR_NOMEM, "snapshot parity buffers (%llu bytes)%s",
-                            (unsigned long long)L, short_of_memory ? "" : " on another group member");
+  /* Parity flows between the groups of a column: the whole column goes on or stops together,
+   * decided before the first message (a rank that failed earlier, or has no buffers, stops it). */
+  int short_of_memory = !gathered || !parity || !requests;
+  if (status == LOOM_OK && short_of_memory)
+    status = loom_error_set(LOOM_ERR_NOMEM, "snapshot parity buffers (%llu bytes)", (unsigned long long)L);
+  int bad = status != LOOM_OK, column_bad = 0;
+  MPI_Allreduce(&bad, &column_bad, 1, MPI_INT, MPI_MAX, c->column);
+  if (column_bad) {
+    if (!bad) status = loom_error_set(LOOM_ERR_STATE, "snapshot parity: another rank of this column "
+                                      "failed (its message names the cause)");
     goto done;
   }
   status = mpi_check(MPI_Alltoall(data_slot(s, slot), (int)(slice / 8), s->word, gathered,
@@ -293,8 +298,9 @@ static loom_status encode_parity(loom_snapshot *s, int slot, const snap_comms *c
   for (int j = 0; j < s->k; j++) fragments[j] = gathered + (uint64_t)j * slice;
   for (int i = 0; i < s->m; i++) outputs[i] = parity + (uint64_t)i * slice;
   if (status == LOOM_OK) status = loom_ec_encode(s->k, s->m, slice, fragments, outputs);
+  /* every message is exchanged even after a failed encode (the world then refuses the slot) */
   int count = 0;
-  for (int r = 0; r < s->role_count && status == LOOM_OK; r++) { /* receive what I hold */
+  for (int r = 0; r < s->role_count; r++) { /* receive what I hold */
     const parity_role *role = &s->roles[r];
     uint64_t role_slice = role->bytes / (uint64_t)s->k;
     for (int j = 0; j < s->k; j++)
@@ -302,11 +308,12 @@ static loom_status encode_parity(loom_snapshot *s, int slot, const snap_comms *c
                 s->word, role->group * s->k + j, 100 + role->group * 64 + role->index, c->column,
                 &requests[count++]);
   }
-  for (int i = 0; i < s->m && status == LOOM_OK; i++)
+  for (int i = 0; i < s->m; i++)
     MPI_Isend(outputs[i], (int)(slice / 8), s->word, ((g + 1) * s->k + i) % s->n, 100 + g * 64 + i,
               c->column, &requests[count++]);
-  if (count > 0 && status == LOOM_OK)
-    status = mpi_check(MPI_Waitall(count, requests, MPI_STATUSES_IGNORE), "MPI_Waitall (parity)");
+  loom_status sent = count > 0 ? mpi_check(MPI_Waitall(count, requests, MPI_STATUSES_IGNORE),
+                                           "MPI_Waitall (parity)") : LOOM_OK;
+  if (status == LOOM_OK) status = sent;
 done:
   free(requests);
   return status;
@@ -329,7 +336,7 @@ int snap_begin_slot(loom_snapshot *s, uint64_t *seq) {
  * checksum when the GPU computed it, else NULL (summed here). */
 loom_status snap_finish_slot(loom_snapshot *s, int slot, uint64_t seq, int64_t step,
                            loom_status status, const uint64_t *data_sum, const snap_comms *c) {
-  if (status == LOOM_OK && s->ec) status = encode_parity(s, slot, c);
+  if (s->ec) status = encode_parity(s, slot, status, c); /* every rank, failed or not */
   int bad = status != LOOM_OK, any_bad = 0;
   MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, c->world);
   if (any_bad)
@@ -363,14 +370,10 @@ loom_status loom_snapshot_take(loom_snapshot *s, int64_t step) {
 void loom_snapshot_destroy(loom_snapshot *s) {
   if (!s) return;
   if (s->async_ready) loom_snapshot_wait(s);
-  loom_executor_destroy(s->worker);
   snap_async_release(s);
   for (int i = 0; s->shares && i < loom_state_count(s->state); i++) free(s->shares[i].replicas);
   free(s->shares);
   free(s->order);
-  if (s->worker_group != MPI_COMM_NULL) MPI_Comm_free(&s->worker_group);
-  if (s->worker_column != MPI_COMM_NULL) MPI_Comm_free(&s->worker_column);
-  if (s->worker_world != MPI_COMM_NULL) MPI_Comm_free(&s->worker_world);
   if (s->base) munmap(s->base, s->mapped);
   if (s->fd >= 0) close(s->fd);
   if (s->group != MPI_COMM_NULL) MPI_Comm_free(&s->group);

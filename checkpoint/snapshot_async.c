@@ -21,10 +21,13 @@
 static loom_status publish_job(void *arg) {
   loom_snapshot *s = arg;
   snap_comms c = {s->worker_world, s->worker_column, s->worker_group};
-  loom_status status = LOOM_OK;
+  loom_status status = s->job_status;
   const uint64_t *data_sum = NULL;
+  if (status != LOOM_OK) loom_error_restore(s->job_message); /* this thread reports it */
 #ifdef LOOM_HAVE_CUDA
-  if (s->device_entries) {
+  if (s->device_entries && status != LOOM_OK) {
+    cudaStreamSynchronize(s->side); /* a partial request drains before its buffers are reused */
+  } else if (s->device_entries) {
     if (cudaEventSynchronize(s->copied_to_host) != cudaSuccess)
       status = loom_error_set(LOOM_ERR_CUDA, "snapshot: copying device state to host failed");
     data_sum = s->host_sum;
@@ -118,8 +121,12 @@ static loom_status setup_async(loom_snapshot *s) {
       status = loom_error_set(LOOM_ERR_CUDA, "snapshot: creating the side stream and events");
   }
 #endif
+#ifdef LOOM_HAVE_CUDA
+  /* the zeroed image (legacy stream) and the plan are in place before the side stream uses them */
+  if (status == LOOM_OK && s->device_entries && cudaDeviceSynchronize() != cudaSuccess)
+    status = loom_error_set(LOOM_ERR_CUDA, "snapshot: setting up the device image");
+#endif
   if (status == LOOM_OK) status = loom_executor_create("loom-snapshot", 1, &s->worker);
-  if (status == LOOM_OK) s->async_ready = 1;
   return status;
 }
 
@@ -176,13 +183,16 @@ loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *starte
   if (started) *started = 0;
   if (!s || step < 0)
     return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_take_async: no snapshot, or step < 0");
-  if (!s->async_ready) {
+  if (!s->async_ready) { /* set up on every rank, or torn down on every rank */
     loom_status status = setup_async(s);
     int bad = status != LOOM_OK, any_bad = 0;
     MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
-    if (any_bad)
+    if (any_bad) {
+      snap_async_release(s);
       return bad ? status : loom_error_set(LOOM_ERR_STATE, "snapshot: another rank could not set "
                                             "up asynchronous snapshots");
+    }
+    s->async_ready = 1;
   }
   int busy = still_publishing(s), any_busy = 0;
   MPI_Allreduce(&busy, &any_busy, 1, MPI_INT, MPI_MAX, s->world);
@@ -194,15 +204,19 @@ loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *starte
     return LOOM_OK;
   }
   LOOM_CHECK(take_finished(s)); /* every rank has finished it: the same outcome everywhere */
-  LOOM_CHECK(loom_snapshot_fence(s));
+  /* From here every rank posts a job, even after a local failure: the workers' collectives
+   * then agree that this snapshot failed, and the next call reports it. */
+  loom_status local = loom_snapshot_fence(s);
   uint64_t seq;
   s->job_requested = loom_now();
   int slot = snap_begin_slot(s, &seq);
-  LOOM_CHECK(enqueue_copies(s, slot));
+  if (local == LOOM_OK) local = enqueue_copies(s, slot);
+  s->job_status = local;
+  snprintf(s->job_message, sizeof s->job_message, "%s", local == LOOM_OK ? "" : loom_error_string());
   s->job_slot = slot, s->job_seq = seq, s->job_step = step;
   LOOM_CHECK(loom_executor_post(s->worker, publish_job, s, NULL, &s->in_flight));
-  s->started++;
-  if (started) *started = 1;
+  s->started += local == LOOM_OK;
+  if (started) *started = local == LOOM_OK;
   return LOOM_OK;
 }
 
@@ -245,7 +259,8 @@ uint64_t loom_snapshot_share_bytes(const loom_snapshot *s) {
 }
 
 void snap_async_release(loom_snapshot *s) {
-  (void)s;
+  loom_executor_destroy(s->worker);
+  s->worker = NULL;
 #ifdef LOOM_HAVE_CUDA
   if (s->staging) cudaFree(s->staging);
   if (s->staging_sum) cudaFree(s->staging_sum);
@@ -258,5 +273,15 @@ void snap_async_release(loom_snapshot *s) {
   if (s->compute_ready) cudaEventDestroy(s->compute_ready);
   if (s->copied_on_device) cudaEventDestroy(s->copied_on_device);
   if (s->copied_to_host) cudaEventDestroy(s->copied_to_host);
+  s->side = NULL;
+  s->compute_ready = s->copied_on_device = s->copied_to_host = NULL;
 #endif
+  s->staging = s->host_stage = NULL;
+  s->staging_sum = s->host_sum = s->host_start = NULL;
+  s->plan = NULL;
+  s->registered = s->device_entries = s->plan_count = s->fence_pending = s->async_ready = 0;
+  s->plan_longest = s->tail_sum = 0;
+  if (s->worker_group != MPI_COMM_NULL) MPI_Comm_free(&s->worker_group);
+  if (s->worker_column != MPI_COMM_NULL) MPI_Comm_free(&s->worker_column);
+  if (s->worker_world != MPI_COMM_NULL) MPI_Comm_free(&s->worker_world);
 }

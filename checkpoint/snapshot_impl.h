@@ -108,6 +108,9 @@ struct loom_snapshot {
   char finished_message[1024];
   int fence_pending;
   int job_slot;             /* the job in flight (owned by the worker while it runs) */
+  loom_status job_status;   /* the request's own outcome (a failed copy is still published, as
+                             * a failure every rank agrees on) */
+  char job_message[512];
   uint64_t job_seq;
   int64_t job_step;
   int started, skipped;
@@ -154,7 +157,8 @@ int snap_begin_slot(loom_snapshot *s, uint64_t *seq);
 /* Parity, agreement over the world, then the slot valid at `step` (see snapshot.c). */
 loom_status snap_finish_slot(loom_snapshot *s, int slot, uint64_t seq, int64_t step,
                              loom_status status, const uint64_t *data_sum, const snap_comms *c);
-/* Frees what asynchronous snapshots set up (device buffers, stream, events). */
+/* Frees what asynchronous snapshots set up (worker, communicators, device buffers, stream,
+ * events) and resets it, so a later request sets it up afresh. */
 void snap_async_release(loom_snapshot *s);
 
 #endif

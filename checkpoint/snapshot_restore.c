@@ -146,6 +146,16 @@ static const unsigned char *own_fragment(const loom_snapshot *s, const holdings 
 
 /* Rebuilds the lost snapshots of this column's groups at `step` into the lost members' free
  * slots, which become valid (their parity is not: the next snapshot restores it). */
+/* `status` agreed over the column: every member goes on, or every member returns the error. */
+static loom_status column_agree(const loom_snapshot *s, loom_status status) {
+  int bad = status != LOOM_OK, any_bad = 0;
+  MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->column);
+  if (any_bad && !bad)
+    return loom_error_set(LOOM_ERR_STATE, "snapshot rebuild failed on another rank of this column "
+                          "(its message names the cause)");
+  return status;
+}
+
 static loom_status rebuild_column(loom_snapshot *s, const holdings *all, int64_t step) {
   int k = s->k, n = s->n, c = s->column_index;
   for (int g = 0; g < n / k; g++) {
@@ -155,53 +165,62 @@ static loom_status rebuild_column(loom_snapshot *s, const holdings *all, int64_t
     available(s, all, c, g, step, ranks, fragment);
     uint64_t L = s->group_bytes[g];
     int rebuilder = ranks[0], me = s->rank, tag = 1000 + g * 128;
-    /* positions in the column communicator */
-    int rebuilder_pos = s->position_of[rebuilder];
+    int rebuilder_pos = s->position_of[rebuilder]; /* positions in the column communicator */
+    unsigned char *buffers[LOOM_EC_MAX_FRAGMENTS] = {0}, *rebuilt[LOOM_EC_MAX_FRAGMENTS] = {0};
+    const uint8_t *fragments[LOOM_EC_MAX_FRAGMENTS] = {0};
+    MPI_Request requests[LOOM_EC_MAX_FRAGMENTS];
     loom_status status = LOOM_OK;
+    /* 1. the rebuilder's buffers, agreed before any data moves */
     if (me == rebuilder) {
-      unsigned char *buffers[LOOM_EC_MAX_FRAGMENTS] = {0}, *rebuilt[LOOM_EC_MAX_FRAGMENTS] = {0};
-      const uint8_t *fragments[LOOM_EC_MAX_FRAGMENTS] = {0};
-      MPI_Request requests[LOOM_EC_MAX_FRAGMENTS];
-      int count = 0;
-      for (int f = 0; f < k && status == LOOM_OK; f++) {
-        if (ranks[f] == me) { /* my own data slot or parity piece */
-          fragments[fragment[f]] = own_fragment(s, all, step, g, fragment[f]);
-          continue;
-        }
-        buffers[f] = malloc(L);
-        if (!buffers[f]) status = loom_error_set(LOOM_ERR_NOMEM, "snapshot rebuild (%llu bytes)", (unsigned long long)L);
-        else MPI_Irecv(buffers[f], (int)(L / 8), s->word, s->position_of[ranks[f]], tag + fragment[f], s->column, &requests[count++]);
-        fragments[fragment[f]] = buffers[f];
-      }
-      if (count) MPI_Waitall(count, requests, MPI_STATUSES_IGNORE);
-      for (int j = 0; j < k && status == LOOM_OK; j++)
-        if (!fragments[j] && !(rebuilt[j] = malloc(L)))
-          status = loom_error_set(LOOM_ERR_NOMEM, "snapshot rebuild (%llu bytes)", (unsigned long long)L);
-      if (status == LOOM_OK) status = loom_ec_rebuild(k, s->m, L, fragments, rebuilt);
-      count = 0;
+      for (int f = 0; f < k; f++)
+        if (ranks[f] == me) fragments[fragment[f]] = own_fragment(s, all, step, g, fragment[f]);
+        else if (!(buffers[f] = malloc(L))) status = LOOM_ERR_NOMEM;
       for (int j = 0; j < k; j++)
-        if (!fragments[j]) MPI_Isend(rebuilt[j], (int)(L / 8), s->word, g * k + j, tag + 100 + j, s->column, &requests[count++]);
+        if (!fragments[j] && !(rebuilt[j] = malloc(L))) status = LOOM_ERR_NOMEM;
+      if (status != LOOM_OK)
+        status = loom_error_set(LOOM_ERR_NOMEM, "snapshot rebuild (%llu bytes a fragment)", (unsigned long long)L);
+    }
+    status = column_agree(s, status);
+    int go_on = status == LOOM_OK; /* the same on every rank of the column */
+    /* 2. the surviving fragments to the rebuilder, 3. the rebuild, agreed */
+    if (status == LOOM_OK && me == rebuilder) {
+      int count = 0;
+      for (int f = 0; f < k; f++)
+        if (buffers[f]) {
+          MPI_Irecv(buffers[f], (int)(L / 8), s->word, s->position_of[ranks[f]], tag + fragment[f],
+                    s->column, &requests[count++]);
+          fragments[fragment[f]] = buffers[f];
+        }
       if (count) MPI_Waitall(count, requests, MPI_STATUSES_IGNORE);
-      for (int f = 0; f < LOOM_EC_MAX_FRAGMENTS; f++) free(buffers[f]), free(rebuilt[f]);
-    } else {
-      for (int f = 1; f < k; f++) /* survivors send their fragment */
+      status = loom_ec_rebuild(k, s->m, L, fragments, rebuilt);
+    } else if (status == LOOM_OK) {
+      for (int f = 1; f < k; f++)
         if (ranks[f] == me)
           MPI_Send(own_fragment(s, all, step, g, fragment[f]), (int)(L / 8), s->word, rebuilder_pos,
                    tag + fragment[f], s->column);
-      if (s->position / k == g && slot_with(&all[me], step, 0) < 0) { /* I was lost */
-        seg_header *h = header(s);
-        int slot = h->slot[0].seq <= h->slot[1].seq ? 0 : 1;
-        h->slot[slot].valid = h->slot[slot].parity_valid = 0;
-        MPI_Recv(data_slot(s, slot), (int)(L / 8), s->word, rebuilder_pos, tag + 100 + s->position % k,
-                 s->column, MPI_STATUS_IGNORE);
-        h->slot[slot].step = step;
-        h->slot[slot].seq = (h->slot[0].seq > h->slot[1].seq ? h->slot[0].seq : h->slot[1].seq) + 1;
-        h->slot[slot].data_sum = sum_of(data_slot(s, slot), s->data_bytes);
-        __sync_synchronize();
-        h->slot[slot].valid = 1;
-      }
     }
-    LOOM_CHECK(status);
+    if (go_on) status = column_agree(s, status);
+    /* 4. the rebuilt snapshots to the lost members, which make them valid */
+    if (status == LOOM_OK && me == rebuilder) {
+      int count = 0;
+      for (int j = 0; j < k; j++)
+        if (!fragments[j])
+          MPI_Isend(rebuilt[j], (int)(L / 8), s->word, g * k + j, tag + 100 + j, s->column, &requests[count++]);
+      if (count) MPI_Waitall(count, requests, MPI_STATUSES_IGNORE);
+    } else if (status == LOOM_OK && s->position / k == g && slot_with(&all[me], step, 0) < 0) {
+      seg_header *h = header(s);
+      int slot = h->slot[0].seq <= h->slot[1].seq ? 0 : 1;
+      h->slot[slot].valid = h->slot[slot].parity_valid = 0;
+      MPI_Recv(data_slot(s, slot), (int)(L / 8), s->word, rebuilder_pos, tag + 100 + s->position % k,
+               s->column, MPI_STATUS_IGNORE);
+      h->slot[slot].step = step;
+      h->slot[slot].seq = (h->slot[0].seq > h->slot[1].seq ? h->slot[0].seq : h->slot[1].seq) + 1;
+      h->slot[slot].data_sum = sum_of(data_slot(s, slot), s->data_bytes);
+      __sync_synchronize();
+      h->slot[slot].valid = 1;
+    }
+    for (int f = 0; f < LOOM_EC_MAX_FRAGMENTS; f++) free(buffers[f]), free(rebuilt[f]);
+    LOOM_CHECK(status); /* the same on every rank of the column */
   }
   return LOOM_OK;
 }
@@ -209,9 +228,16 @@ static loom_status rebuild_column(loom_snapshot *s, const holdings *all, int64_t
 loom_status loom_snapshot_restore(loom_snapshot *s, int64_t *step, int *restored) {
   if (!s || !restored) return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_restore: NULL argument");
   *restored = 0;
+  if (s->async_ready) LOOM_CHECK(loom_snapshot_wait(s)); /* one writer of the slots at a time */
   holdings mine = inspect(s);
   holdings *all = malloc(sizeof(holdings) * (size_t)s->size);
-  if (!all) return loom_error_set(LOOM_ERR_NOMEM, "snapshot restore table");
+  int short_of_memory = !all, any_short = 0;
+  MPI_Allreduce(&short_of_memory, &any_short, 1, MPI_INT, MPI_MAX, s->world);
+  if (any_short) {
+    free(all);
+    return loom_error_set(LOOM_ERR_NOMEM, "snapshot restore table (%d ranks)%s", s->size,
+                          short_of_memory ? "" : " on another rank");
+  }
   loom_status status = mpi_check(MPI_Allgather(&mine, 6, MPI_INT64_T, all, 6, MPI_INT64_T, s->world),
                                  "MPI_Allgather (snapshot holdings)");
   int64_t best = -1;
