@@ -291,7 +291,7 @@ int main(int argc, char **argv) {
         /* published counts the untimed first one; the times are averages over published ones */
         loom_snapshot_stats ss = loom_snapshot_get_stats(snapshot);
         printf(" snapshot_every=%d async=%d snapshots=%d skipped=%d host_ms_per_request=%.2f "
-               "share_MB=%.1f", snapshot_every, snapshot_async, saves, loom_snapshot_skipped(snapshot),
+               "share_MB=%.1f", snapshot_every, snapshot_async, saves, ss.skipped,
                1e3 * save_host / (steps / snapshot_every),
                (double)loom_snapshot_share_bytes(snapshot) / 1e6);
         if (ss.published)

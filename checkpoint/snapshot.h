@@ -63,8 +63,6 @@ loom_status loom_snapshot_take_async(loom_snapshot *snap, int64_t step, int *sta
 loom_status loom_snapshot_fence(loom_snapshot *snap);
 /* Waits for the snapshot in flight; returns its outcome (the same on every rank). */
 loom_status loom_snapshot_wait(loom_snapshot *snap);
-/* Asynchronous requests skipped so far. */
-int loom_snapshot_skipped(const loom_snapshot *snap);
 /* What this rank's asynchronous snapshots cost, for monitoring and benchmarks. Times are
  * seconds from the request to the state being in the segment (copied) and to the slot being
  * valid (published), summed over the published snapshots. */

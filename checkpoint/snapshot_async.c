@@ -139,24 +139,21 @@ static loom_status enqueue_device_copies(loom_snapshot *s, unsigned char *dst) {
       cudaStreamWaitEvent(s->side, s->compute_ready, 0) != cudaSuccess)
     return loom_error_set(LOOM_ERR_CUDA, "snapshot: ordering the copies after the compute stream");
   uint64_t start = s->tail_sum;
-  for (int i = 0; i < loom_state_count(s->state); i++) { /* host shares: staged, summed */
+  cudaError_t rc = cudaSuccess;
+  for (int i = 0; i < loom_state_count(s->state) && rc == cudaSuccess; i++) { /* host shares */
     const entry_share *e = &s->shares[i];
     loom_buf local;
     loom_state_entry(s->state, i, NULL, NULL, &local, NULL, NULL);
     if (e->device || e->share_bytes == 0) continue;
     /* the previous upload from the stage has finished (one snapshot in flight); pad bytes stay 0 */
-    memcpy(s->host_stage + e->slot_offset, (const unsigned char *)local.ptr + e->share_offset, e->share_bytes);
-    start += loom_snapshot_sum(s->host_stage + e->slot_offset, round8(e->share_bytes), e->slot_offset / 8);
+    unsigned char *staged = s->host_stage + e->slot_offset;
+    memcpy(staged, (const unsigned char *)local.ptr + e->share_offset, e->share_bytes);
+    start += loom_snapshot_sum(staged, round8(e->share_bytes), e->slot_offset / 8);
+    rc = cudaMemcpyAsync(s->staging + e->slot_offset, staged, e->share_bytes, cudaMemcpyHostToDevice, s->side);
   }
-  *s->host_start = start;
-  cudaError_t rc = cudaMemcpyAsync(s->staging_sum, s->host_start, sizeof(uint64_t),
-                                   cudaMemcpyHostToDevice, s->side);
-  for (int i = 0; i < loom_state_count(s->state) && rc == cudaSuccess; i++) {
-    const entry_share *e = &s->shares[i];
-    if (!e->device && e->share_bytes)
-      rc = cudaMemcpyAsync(s->staging + e->slot_offset, s->host_stage + e->slot_offset, e->share_bytes,
-                           cudaMemcpyHostToDevice, s->side);
-  }
+  *s->host_start = start; /* uploaded before the kernel adds the device shares' terms */
+  if (rc == cudaSuccess)
+    rc = cudaMemcpyAsync(s->staging_sum, s->host_start, sizeof(uint64_t), cudaMemcpyHostToDevice, s->side);
   if (rc != cudaSuccess)
     return loom_error_set(LOOM_ERR_CUDA, "snapshot: enqueuing a copy: %s", cudaGetErrorString(rc));
   LOOM_CHECK(loom_snapshot_copy_sum_device(s->staging, s->plan, s->plan_count, s->plan_longest,
@@ -215,7 +212,6 @@ loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *starte
   snprintf(s->job_message, sizeof s->job_message, "%s", local == LOOM_OK ? "" : loom_error_string());
   s->job_slot = slot, s->job_seq = seq, s->job_step = step;
   LOOM_CHECK(loom_executor_post(s->worker, publish_job, s, NULL, &s->in_flight));
-  s->started += local == LOOM_OK;
   if (started) *started = local == LOOM_OK;
   return LOOM_OK;
 }
@@ -243,7 +239,6 @@ loom_status loom_snapshot_wait(loom_snapshot *s) {
   return take_finished(s);
 }
 
-int loom_snapshot_skipped(const loom_snapshot *s) { return s ? s->skipped : 0; }
 loom_snapshot_stats loom_snapshot_get_stats(const loom_snapshot *s) {
   loom_snapshot_stats out = {0};
   if (!s) return out;

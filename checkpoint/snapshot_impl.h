@@ -113,7 +113,7 @@ struct loom_snapshot {
   char job_message[512];
   uint64_t job_seq;
   int64_t job_step;
-  int started, skipped;
+  int skipped;             /* requests skipped while one was in flight */
   double job_requested;     /* loom_now() at the request in flight */
   double job_copied, job_published; /* set by the worker; folded into stats when it is done */
   loom_snapshot_stats stats;
