@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds loom-coll-bench if needed and runs it on RANKS (default 4) ranks of this machine,
 # oversubscribed, printing its table; arguments go to the benchmark (--help lists them).
-# Variables here avoid the LOOM_ prefix: the benchmark rejects unknown LOOM_* variables.
+# Variables here avoid the LOOM_ prefix: the benchmark warns about unknown LOOM_* variables.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -137,13 +137,12 @@ loom_status ckpt_catalog_build(loom_state *state, MPI_Comm comm, ckpt_catalog *c
   loom_status status = serialize(state, &mine, &my_bytes);
   if (status == LOOM_OK && (!sizes || !displs || !assigned || !holders))
     status = loom_error_set(LOOM_ERR_NOMEM, "checkpoint catalog (%d ranks)", world);
-  int failed = status != LOOM_OK, any_failed = 0;
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, comm);
-  if (any_failed) {
-    if (!failed) status = loom_error_set(LOOM_ERR_NOMEM, "checkpoint catalog: another rank failed");
+  status = loom_status_agree_comm(comm, status, "checkpoint catalog");
+  if (status < 0) goto out;
+  if (MPI_Allgather(&my_bytes, 1, MPI_INT, sizes, 1, MPI_INT, comm) != MPI_SUCCESS) {
+    status = loom_error_set(LOOM_ERR_MPI, "checkpoint catalog: MPI_Allgather of the entry sizes");
     goto out;
   }
-  MPI_Allgather(&my_bytes, 1, MPI_INT, sizes, 1, MPI_INT, comm);
   long long total = 0;
   for (int r = 0; r < world; r++) displs[r] = (int)total, total += sizes[r];
   all = malloc((size_t)(total ? total : 1));
@@ -151,7 +150,11 @@ loom_status ckpt_catalog_build(loom_state *state, MPI_Comm comm, ckpt_catalog *c
     status = loom_error_set(LOOM_ERR_NOMEM, "checkpoint catalog (%lld bytes)", total);
     goto out;
   }
-  MPI_Allgatherv(mine, my_bytes, MPI_BYTE, all, sizes, displs, MPI_BYTE, comm);
+  if (MPI_Allgatherv(mine, my_bytes, MPI_BYTE, all, sizes, displs, MPI_BYTE, comm) !=
+      MPI_SUCCESS) {
+    status = loom_error_set(LOOM_ERR_MPI, "checkpoint catalog: MPI_Allgatherv of the entries");
+    goto out;
+  }
   size_t entry_count = 0;
   for (const char *p = all; p < all + total;) {
     uint32_t len;

@@ -204,11 +204,8 @@ loom_status loom_snapshot_create(loom_state *state, const loom_snapshot_params *
   int64_t mine[3] = {loom_ctx_node(s->ctx), loom_ctx_local_rank(s->ctx), (int64_t)s->payload};
   int64_t *info = malloc(sizeof(int64_t) * 3 * (size_t)s->size);
   if (!info && status == LOOM_OK) status = loom_error_set(LOOM_ERR_NOMEM, "snapshot layout");
-  int failed = status != LOOM_OK, any_failed = 0; /* before the next collective */
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, s->world);
-  if (any_failed && !failed)
-    status = loom_error_set(LOOM_ERR_STATE, "snapshot: another rank could not plan its shares (its "
-                            "message names the cause)");
+  /* before the next collective */
+  status = loom_status_agree_comm(s->world, status, "snapshot: planning the shares");
   if (status == LOOM_OK)
     status = mpi_check(MPI_Allgather(mine, 3, MPI_INT64_T, info, 3, MPI_INT64_T, s->world), "MPI_Allgather");
   if (status == LOOM_OK) status = plan_layout(s, info, params->parity);
@@ -220,11 +217,8 @@ loom_status loom_snapshot_create(loom_state *state, const loom_snapshot_params *
                        "MPI_Comm_split");
   if (status == LOOM_OK) status = map_segment(s);
   /* the same outcome everywhere (a failed shm_open on one host fails the job) */
-  int bad = status != LOOM_OK, any_bad = 0;
-  MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
-  if (any_bad) {
-    if (!bad) status = loom_error_set(LOOM_ERR_IO, "snapshot: another rank could not set up its "
-                                      "segment (its message names the cause)");
+  status = loom_status_agree_comm(s->world, status, "snapshot: setting up the segment");
+  if (status < 0) {
     loom_snapshot_destroy(s);
     return status;
   }
@@ -284,13 +278,8 @@ static loom_status encode_parity(loom_snapshot *s, int slot, loom_status status,
   int short_of_memory = !gathered || !parity || !requests;
   if (status == LOOM_OK && short_of_memory)
     status = loom_error_set(LOOM_ERR_NOMEM, "snapshot parity buffers (%llu bytes)", (unsigned long long)L);
-  int bad = status != LOOM_OK, column_bad = 0;
-  MPI_Allreduce(&bad, &column_bad, 1, MPI_INT, MPI_MAX, c->column);
-  if (column_bad) {
-    if (!bad) status = loom_error_set(LOOM_ERR_STATE, "snapshot parity: another rank of this column "
-                                      "failed (its message names the cause)");
-    goto done;
-  }
+  status = loom_status_agree_comm(c->column, status, "snapshot parity (this column)");
+  if (status < 0) goto done;
   status = mpi_check(MPI_Alltoall(data_slot(s, slot), (int)(slice / 8), s->word, gathered,
                                   (int)(slice / 8), s->word, c->group), "MPI_Alltoall (snapshot slices)");
   const uint8_t *fragments[LOOM_EC_MAX_FRAGMENTS];
@@ -337,11 +326,9 @@ int snap_begin_slot(loom_snapshot *s, uint64_t *seq) {
 loom_status snap_finish_slot(loom_snapshot *s, int slot, uint64_t seq, int64_t step,
                            loom_status status, const uint64_t *data_sum, const snap_comms *c) {
   if (s->ec) status = encode_parity(s, slot, status, c); /* every rank, failed or not */
-  int bad = status != LOOM_OK, any_bad = 0;
-  MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, c->world);
-  if (any_bad)
-    return bad ? status : loom_error_set(LOOM_ERR_STATE, "snapshot of step %lld failed on another "
-                                          "rank (its message names the cause)", (long long)step);
+  char what[48];
+  snprintf(what, sizeof what, "snapshot of step %lld", (long long)step);
+  LOOM_CHECK(loom_status_agree_comm(c->world, status, what));
   seg_header *h = header(s);
   h->slot[slot].step = step;
   h->slot[slot].seq = seq;

@@ -181,18 +181,17 @@ loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *starte
   if (!s || step < 0)
     return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_take_async: no snapshot, or step < 0");
   if (!s->async_ready) { /* set up on every rank, or torn down on every rank */
-    loom_status status = setup_async(s);
-    int bad = status != LOOM_OK, any_bad = 0;
-    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
-    if (any_bad) {
+    loom_status status = loom_status_agree_comm(s->world, setup_async(s),
+                                                "setting up asynchronous snapshots");
+    if (status < 0) {
       snap_async_release(s);
-      return bad ? status : loom_error_set(LOOM_ERR_STATE, "snapshot: another rank could not set "
-                                            "up asynchronous snapshots");
+      return status;
     }
     s->async_ready = 1;
   }
   int busy = still_publishing(s), any_busy = 0;
-  MPI_Allreduce(&busy, &any_busy, 1, MPI_INT, MPI_MAX, s->world);
+  LOOM_CHECK(mpi_check(MPI_Allreduce(&busy, &any_busy, 1, MPI_INT, MPI_MAX, s->world),
+                       "MPI_Allreduce (is a snapshot still being published?)"));
   if (any_busy) {
     if (s->skipped++ == 0 && s->rank == 0)
       loom_log(s->ctx, LOOM_LOG_INFO, "snapshot of step %lld skipped: the previous one is still "

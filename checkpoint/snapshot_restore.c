@@ -38,15 +38,17 @@ static loom_status unpack(loom_snapshot *s, const unsigned char *src) {
   }
   unsigned char *stage = stage_bytes ? malloc(stage_bytes) : NULL;
   MPI_Request *requests = malloc(sizeof(MPI_Request) * 2 * (size_t)replicas * pieces);
-  int short_of_memory = (stage_bytes && !stage) || !requests, any_short = 0;
-  MPI_Allreduce(&short_of_memory, &any_short, 1, MPI_INT, MPI_MAX, s->world);
-  if (any_short) {
+  int short_of_memory = (stage_bytes && !stage) || !requests;
+  loom_status status = !short_of_memory ? LOOM_OK
+                       : loom_error_set(LOOM_ERR_NOMEM, "snapshot restore: no host memory for %llu "
+                                        "bytes", (unsigned long long)stage_bytes);
+  status = loom_status_agree_comm(s->world, status, "snapshot restore (exchange buffers)");
+  if (status < 0) {
     free(stage);
     free(requests);
-    return loom_error_set(LOOM_ERR_NOMEM, "snapshot restore: no host memory for %llu bytes%s",
-                          (unsigned long long)stage_bytes, short_of_memory ? "" : " on another rank");
+    return status;
   }
-  loom_status status = LOOM_OK; /* the first failure; the exchange goes on regardless */
+  /* from here `status` keeps the first failure; the exchange goes on regardless */
   for (int n = 0; n < loom_state_count(s->state); n++) {
     int i = s->order[n];
     const entry_share *e = &s->shares[i];
@@ -148,12 +150,7 @@ static const unsigned char *own_fragment(const loom_snapshot *s, const holdings 
  * slots, which become valid (their parity is not: the next snapshot restores it). */
 /* `status` agreed over the column: every member goes on, or every member returns the error. */
 static loom_status column_agree(const loom_snapshot *s, loom_status status) {
-  int bad = status != LOOM_OK, any_bad = 0;
-  MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->column);
-  if (any_bad && !bad)
-    return loom_error_set(LOOM_ERR_STATE, "snapshot rebuild failed on another rank of this column "
-                          "(its message names the cause)");
-  return status;
+  return loom_status_agree_comm(s->column, status, "snapshot rebuild (this column)");
 }
 
 static loom_status rebuild_column(loom_snapshot *s, const holdings *all, int64_t step) {
@@ -191,13 +188,15 @@ static loom_status rebuild_column(loom_snapshot *s, const holdings *all, int64_t
                     s->column, &requests[count++]);
           fragments[fragment[f]] = buffers[f];
         }
-      if (count) MPI_Waitall(count, requests, MPI_STATUSES_IGNORE);
-      status = loom_ec_rebuild(k, s->m, L, fragments, rebuilt);
+      if (count) status = mpi_check(MPI_Waitall(count, requests, MPI_STATUSES_IGNORE),
+                                    "MPI_Waitall (surviving fragments)");
+      if (status == LOOM_OK) status = loom_ec_rebuild(k, s->m, L, fragments, rebuilt);
     } else if (status == LOOM_OK) {
       for (int f = 1; f < k; f++)
-        if (ranks[f] == me)
-          MPI_Send(own_fragment(s, all, step, g, fragment[f]), (int)(L / 8), s->word, rebuilder_pos,
-                   tag + fragment[f], s->column);
+        if (ranks[f] == me && status == LOOM_OK)
+          status = mpi_check(MPI_Send(own_fragment(s, all, step, g, fragment[f]), (int)(L / 8),
+                                      s->word, rebuilder_pos, tag + fragment[f], s->column),
+                             "MPI_Send (a surviving fragment)");
     }
     if (go_on) status = column_agree(s, status);
     /* 4. the rebuilt snapshots to the lost members, which make them valid */
@@ -206,18 +205,22 @@ static loom_status rebuild_column(loom_snapshot *s, const holdings *all, int64_t
       for (int j = 0; j < k; j++)
         if (!fragments[j])
           MPI_Isend(rebuilt[j], (int)(L / 8), s->word, g * k + j, tag + 100 + j, s->column, &requests[count++]);
-      if (count) MPI_Waitall(count, requests, MPI_STATUSES_IGNORE);
+      if (count) status = mpi_check(MPI_Waitall(count, requests, MPI_STATUSES_IGNORE),
+                                    "MPI_Waitall (rebuilt snapshots)");
     } else if (status == LOOM_OK && s->position / k == g && slot_with(&all[me], step, 0) < 0) {
       seg_header *h = header(s);
       int slot = h->slot[0].seq <= h->slot[1].seq ? 0 : 1;
       h->slot[slot].valid = h->slot[slot].parity_valid = 0;
-      MPI_Recv(data_slot(s, slot), (int)(L / 8), s->word, rebuilder_pos, tag + 100 + s->position % k,
-               s->column, MPI_STATUS_IGNORE);
-      h->slot[slot].step = step;
-      h->slot[slot].seq = (h->slot[0].seq > h->slot[1].seq ? h->slot[0].seq : h->slot[1].seq) + 1;
-      h->slot[slot].data_sum = sum_of(data_slot(s, slot), s->data_bytes);
-      __sync_synchronize();
-      h->slot[slot].valid = 1;
+      status = mpi_check(MPI_Recv(data_slot(s, slot), (int)(L / 8), s->word, rebuilder_pos,
+                                  tag + 100 + s->position % k, s->column, MPI_STATUS_IGNORE),
+                         "MPI_Recv (a rebuilt snapshot)");
+      if (status == LOOM_OK) { /* the received copy becomes valid */
+        h->slot[slot].step = step;
+        h->slot[slot].seq = (h->slot[0].seq > h->slot[1].seq ? h->slot[0].seq : h->slot[1].seq) + 1;
+        h->slot[slot].data_sum = sum_of(data_slot(s, slot), s->data_bytes);
+        __sync_synchronize();
+        h->slot[slot].valid = 1;
+      }
     }
     for (int f = 0; f < LOOM_EC_MAX_FRAGMENTS; f++) free(buffers[f]), free(rebuilt[f]);
     LOOM_CHECK(status); /* the same on every rank of the column */
@@ -231,14 +234,14 @@ loom_status loom_snapshot_restore(loom_snapshot *s, int64_t *step, int *restored
   if (s->async_ready) LOOM_CHECK(loom_snapshot_wait(s)); /* one writer of the slots at a time */
   holdings mine = inspect(s);
   holdings *all = malloc(sizeof(holdings) * (size_t)s->size);
-  int short_of_memory = !all, any_short = 0;
-  MPI_Allreduce(&short_of_memory, &any_short, 1, MPI_INT, MPI_MAX, s->world);
-  if (any_short) {
+  loom_status status = all ? LOOM_OK : loom_error_set(LOOM_ERR_NOMEM, "snapshot restore table "
+                                                      "(%d ranks)", s->size);
+  status = loom_status_agree_comm(s->world, status, "snapshot restore (holdings table)");
+  if (status < 0) {
     free(all);
-    return loom_error_set(LOOM_ERR_NOMEM, "snapshot restore table (%d ranks)%s", s->size,
-                          short_of_memory ? "" : " on another rank");
+    return status;
   }
-  loom_status status = mpi_check(MPI_Allgather(&mine, 6, MPI_INT64_T, all, 6, MPI_INT64_T, s->world),
+  status = mpi_check(MPI_Allgather(&mine, 6, MPI_INT64_T, all, 6, MPI_INT64_T, s->world),
                                  "MPI_Allgather (snapshot holdings)");
   int64_t best = -1;
   int rebuilds = 0, damaged = 0;
@@ -265,16 +268,13 @@ loom_status loom_snapshot_restore(loom_snapshot *s, int64_t *step, int *restored
       status = loom_error_set(LOOM_ERR_CORRUPT, "snapshot: rank %d has no valid copy of step %lld "
                               "after the rebuild", s->rank, (long long)best);
   }
-  int bad = status != LOOM_OK, any_bad = 0; /* agreed before the shares are exchanged */
-  MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
-  if (!any_bad) {
-    status = unpack(s, data_slot(s, slot));
-    bad = status != LOOM_OK;
-    MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, s->world);
-  }
+  /* agreed before the shares are exchanged, and after */
+  status = loom_status_agree_comm(s->world, status, "snapshot restore");
+  if (status == LOOM_OK)
+    status = loom_status_agree_comm(s->world, unpack(s, data_slot(s, slot)),
+                                    "snapshot restore (unpacking the shares)");
   free(all);
-  if (any_bad)
-    return bad ? status : loom_error_set(LOOM_ERR_STATE, "snapshot restore failed on another rank");
+  if (status < 0) return status;
   if (s->rank == 0)
     loom_log(s->ctx, LOOM_LOG_WARN, "restored step %lld from the in-memory snapshots of job %s%s%s",
              (long long)best, loom_ctx_job_id(s->ctx), rebuilds ? "; lost or damaged snapshots "

@@ -1,12 +1,30 @@
 /* Collectives over a loom_group. The backend follows the buffers' device (host memory: MPI;
  * CUDA memory: NCCL once built, LOOM_ERR_UNSUPPORTED until then), so callers never change.
  *
- * Progress model (decided once, here): Open MPI does not advance non-blocking collectives in
- * the background, so every collective of a context runs on one communication thread, in the
- * order it was posted on that rank (which is also the matching order MPI needs). A blocking
- * call runs on the caller's thread when nothing is queued, so it costs what the MPI call
- * costs. Point-to-point calls bypass the thread (MPI_Isend/Irecv), so a blocking receive can
- * never wait behind a queued send.
+ * Progress model (decided once, here): one lane per group. Open MPI does not advance
+ * non-blocking collectives in the background, so loom runs each host collective as the
+ * blocking MPI call (the tuned algorithms, not libnbc's schedules) on the lane of its group:
+ * a serial executor with its own thread (runtime/executor.h), created when the group is first
+ * used. Consequences:
+ *   - operations on one group keep their posting order (the matching order MPI needs);
+ *   - operations on different groups never wait on each other: each lane is in its own MPI
+ *     call at once (MPI_THREAD_MULTIPLE), so a step may post on DP, SP, EP and PP groups in
+ *     any order that MPI itself would accept (a ring of 2-member groups, each rank posting
+ *     its two groups in its own order, completes), and a small all-to-all on one group
+ *     finishes while a large allreduce on another is still in flight;
+ *   - a blocking call runs on the caller's thread when its lane is idle, so it costs what the
+ *     MPI call costs; behind queued work it waits its turn;
+ *   - hierarchical algorithms run their phases on the group's own node-local and cross-node
+ *     communicators from the group's lane, so they cannot interleave with another group's.
+ * Point-to-point calls bypass the lanes (MPI_Isend/Irecv at post), so a blocking receive can
+ * never wait behind a queued send. Without MPI_THREAD_MULTIPLE every lane runs its jobs at
+ * post time (no overlap; logged at init).
+ *
+ * Deadlines: every outstanding host operation holds a watchdog slot (runtime/watchdog.h). A
+ * point-to-point wait past LOOM_TIMEOUT returns LOOM_ERR_TIMEOUT naming the call, group, peer
+ * and tag (the request is cancelled); a collective blocked inside MPI past LOOM_TIMEOUT aborts
+ * the job (exit 124), since MPI cannot cancel it. Device operations abort their NCCL
+ * communicator and return LOOM_ERR_TIMEOUT.
  *
  * Conventions (NCCL's, so the device backend slots in): counts are elements of the buffer's
  * dtype; `_async` calls return when the operation is enqueued, and the caller may touch

@@ -1,4 +1,4 @@
-/* Internals shared by the collective algorithms: the job that the communication thread runs,
+/* Internals shared by the collective algorithms: the job that a group's lane runs,
  * MPI datatype mapping, and the flat / hierarchical / sparse entry points. Private. */
 #ifndef LOOM_COLLECTIVES_COLL_IMPL_H
 #define LOOM_COLLECTIVES_COLL_IMPL_H
@@ -45,8 +45,12 @@ typedef struct {
 loom_status loom_coll_check_device(const loom_group *g, const char *call, const char *which,
                                    loom_buf b);
 
-/* The communication thread's entry point: runs one job to completion. */
+/* A lane's entry point: runs one job to completion under a watchdog slot. */
 loom_status loom_coll_run(void *job);
+/* Hands a host job to its group's lane. Blocking (req == NULL): runs the (stack) job in
+ * posting order and returns its status. Async: copies it to the heap and queues it. Either
+ * way the job's arrays (counts, bufs) are taken over: freed here or by the queued job. */
+loom_status loom_coll_submit_host(loom_coll_job *job, loom_req **req);
 
 /* MPI element type used to move `dtype` (16-bit floats move as uint16). */
 MPI_Datatype loom_coll_mpi_type(loom_dtype dtype);
@@ -65,7 +69,7 @@ loom_status loom_coll_hier_allgather(loom_group *g, loom_buf send, loom_buf recv
 loom_status loom_coll_hier_reduce_scatter(loom_group *g, loom_buf send, loom_buf recv,
                                           loom_op op);
 
-/* The sparse plan's NBX discovery and the data exchange, run on the communication thread. */
+/* The sparse plan's NBX discovery and the data exchange, run on the group's lane. */
 loom_status loom_coll_sparse_discover(loom_group *g, loom_sparse_plan *plan);
 loom_status loom_coll_sparse_exchange(loom_group *g, const loom_sparse_plan *plan, loom_buf send,
                                       loom_buf recv);

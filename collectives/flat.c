@@ -1,5 +1,5 @@
 /* Flat algorithms: one MPI collective per call on the group's communicator, plus the job
- * dispatcher the communication thread runs. 16-bit floats are widened to float32 for
+ * dispatcher a group's lane runs. 16-bit floats are widened to float32 for
  * reductions and moved as uint16 otherwise. */
 #include <stdlib.h>
 #include <string.h>
@@ -180,16 +180,16 @@ static loom_status fused_allreduce(loom_coll_job *job) {
   loom_dtype dtype = job->bufs[0].dtype;
   size_t element = loom_dtype_size(dtype), total = 0;
   for (int i = 0; i < job->buf_count; i++) total += job->bufs[i].count;
-  loom_ctx *ctx = job->group->ctx;
-  if (ctx->comm_scratch_bytes < total * element) {
-    void *grown = realloc(ctx->comm_scratch, total * element);
+  loom_group *g = job->group;
+  if (g->scratch_bytes < total * element) {
+    void *grown = realloc(g->scratch, total * element);
     if (!grown)
       return loom_error_set(LOOM_ERR_NOMEM, "fusion buffer of %zu bytes on group %s",
-                            total * element, job->group->name);
-    ctx->comm_scratch = grown;
-    ctx->comm_scratch_bytes = total * element;
+                            total * element, g->name);
+    g->scratch = grown;
+    g->scratch_bytes = total * element;
   }
-  char *flat = ctx->comm_scratch;
+  char *flat = g->scratch;
   size_t offset = 0;
   for (int i = 0; i < job->buf_count; i++) {
     memcpy(flat + offset, job->bufs[i].ptr, loom_buf_bytes(job->bufs[i]));
@@ -221,13 +221,15 @@ const char *loom_coll_kind_name(loom_coll_kind kind) {
 
 static loom_status run_job(loom_coll_job *job);
 
-/* Every host collective runs under the watchdog (runtime/watchdog.h): one that does not
- * complete within LOOM_TIMEOUT aborts the job with its name and group. */
+/* Every host collective runs under its own watchdog slot (runtime/watchdog.h): one that does
+ * not complete within LOOM_TIMEOUT aborts the job with its name and group. */
 loom_status loom_coll_run(void *opaque) {
   loom_coll_job *job = opaque;
-  loom_watch_begin(job->group->ctx, loom_coll_kind_name(job->kind), job->group->name);
+  loom_watch slot = {.what = loom_coll_kind_name(job->kind), .group = job->group->name,
+                     .peer = -1, .tag = -1, .fatal = 1};
+  loom_watch_begin(job->group->ctx, &slot);
   loom_status status = run_job(job);
-  loom_watch_end(job->group->ctx);
+  loom_watch_end(job->group->ctx, &slot);
   return status;
 }
 

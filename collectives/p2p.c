@@ -1,5 +1,5 @@
 /* Point-to-point over MPI_Isend / MPI_Irecv on the group's communicator. These bypass the
- * communication thread: they are issued at once, so matching follows the caller's order and a
+ * group's lane: they are issued at once, so matching follows the caller's order and a
  * blocking receive never waits behind a queued send. */
 #include <limits.h>
 
@@ -40,6 +40,12 @@ static loom_status post(loom_group *g, loom_buf b, int peer, int tag, int is_sen
   LOOM_CHECK(loom_req_alloc(LOOM_REQ_MPI, &req));
   req->what = call;
   req->mpi_count = 1;
+  req->mpi_is_recv[0] = !is_send;
+  req->ctx = g->ctx;
+  req->peer_world = g->world_ranks[peer];
+  req->deadline = req->times.posted_at + g->ctx->config.timeout_seconds;
+  req->watch = (loom_watch){.what = call, .group = g->name, .peer = peer, .tag = tag};
+  loom_watch_begin(g->ctx, &req->watch);
   MPI_Datatype type = loom_coll_mpi_type(b.dtype);
   int rc = is_send ? MPI_Isend(b.ptr, (int)b.count, type, peer, tag, g->comm, &req->mpi_requests[0])
                    : MPI_Irecv(b.ptr, (int)b.count, type, peer, tag, g->comm, &req->mpi_requests[0]);

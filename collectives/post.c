@@ -1,7 +1,7 @@
 /* The public collective calls: validate on the caller's thread (so a bad argument fails at
- * once, naming the call, the group and the value), capture a job, and hand it to the
- * context's communication executor: blocking calls run it in order and wait, _async calls
- * queue it and return a request. */
+ * once, naming the call, the group and the value), capture a job, and hand it to the group's
+ * lane (host buffers) or the NCCL backend (device buffers): blocking calls run it in order
+ * and wait, _async calls queue it and return a request. */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,8 +110,6 @@ static void release_job(void *opaque) {
   free(job);
 }
 
-/* Blocking (req == NULL): runs the stack job in order. Async: copies it to the heap and
- * queues it; the job's arrays become the queued job's. */
 static int on_device(const loom_coll_job *job) {
   if (job->kind == LOOM_COLL_FUSED_ALLREDUCE)
     return job->buf_count > 0 && job->bufs[0].device.kind == LOOM_DEVICE_CUDA;
@@ -119,15 +117,20 @@ static int on_device(const loom_coll_job *job) {
 }
 
 static loom_status submit(loom_coll_job *job, loom_req **req) {
-  loom_executor *executor = loom_ctx_comm_executor(job->group->ctx);
   if (on_device(job)) { /* stream-ordered through NCCL; arrays are used before return */
     loom_status status = loom_nccl_post(job, req);
     free(job->counts);
     free(job->bufs);
     return status;
   }
-  if (!req) {
-    loom_status status = loom_executor_run(executor, loom_coll_run, job);
+  return loom_coll_submit_host(job, req);
+}
+
+loom_status loom_coll_submit_host(loom_coll_job *job, loom_req **req) {
+  loom_executor *lane = NULL;
+  loom_status status = loom_group_lane(job->group, &lane);
+  if (status == LOOM_OK && !req) status = loom_executor_run(lane, loom_coll_run, job);
+  if (status < 0 || !req) {
     free(job->counts);
     free(job->bufs);
     return status;
@@ -139,7 +142,7 @@ static loom_status submit(loom_coll_job *job, loom_req **req) {
     return loom_error_set(LOOM_ERR_NOMEM, "queuing a collective on group %s", job->group->name);
   }
   *heap = *job;
-  return loom_executor_post(executor, loom_coll_run, heap, release_job, req);
+  return loom_executor_post(lane, loom_coll_run, heap, release_job, req);
 }
 
 static loom_status allreduce(loom_group *g, loom_buf send, loom_buf recv, loom_op op,

@@ -312,7 +312,7 @@ loom_status loom_sparse_plan_create(loom_group *g, loom_dtype dtype, int pair_co
   if (!g) return loom_error_set(LOOM_ERR_ARG, "loom_sparse_plan_create: group is NULL");
   LOOM_CHECK(loom_sparse_plan_init(plan, dtype, g->size, pair_count, peers, counts));
   loom_coll_job job = {.kind = LOOM_COLL_SPARSE_PLAN, .group = g, .plan = plan};
-  loom_status status = loom_executor_run(loom_ctx_comm_executor(g->ctx), loom_coll_run, &job);
+  loom_status status = loom_coll_submit_host(&job, NULL);
   if (status < 0) {
     /* keep the failure's message; the plan must not be half-usable */
     char message[1024];
@@ -323,8 +323,6 @@ loom_status loom_sparse_plan_create(loom_group *g, loom_dtype dtype, int pair_co
   return status;
 }
 
-static void release_job(void *job) { free(job); }
-
 loom_status loom_alltoall_sparse_async(loom_group *g, const loom_sparse_plan *plan,
                                        loom_buf send, loom_buf recv, loom_req **req) {
   LOOM_CHECK(check_plan_buffers(g, plan, send, recv));
@@ -334,11 +332,9 @@ loom_status loom_alltoall_sparse_async(loom_group *g, const loom_sparse_plan *pl
                                 .recv = recv, .plan = (loom_sparse_plan *)plan};
     return loom_nccl_post(&device_job, req);
   }
-  loom_coll_job *job = malloc(sizeof *job);
-  if (!job) return loom_error_set(LOOM_ERR_NOMEM, "queuing a sparse exchange");
-  *job = (loom_coll_job){.kind = LOOM_COLL_SPARSE_EXCHANGE, .group = g, .send = send,
-                         .recv = recv, .plan = (loom_sparse_plan *)plan};
-  return loom_executor_post(loom_ctx_comm_executor(g->ctx), loom_coll_run, job, release_job, req);
+  loom_coll_job job = {.kind = LOOM_COLL_SPARSE_EXCHANGE, .group = g, .send = send,
+                       .recv = recv, .plan = (loom_sparse_plan *)plan};
+  return loom_coll_submit_host(&job, req);
 }
 
 loom_status loom_alltoall_sparse(loom_group *g, const loom_sparse_plan *plan, loom_buf send,
@@ -347,5 +343,5 @@ loom_status loom_alltoall_sparse(loom_group *g, const loom_sparse_plan *plan, lo
   loom_coll_job job = {.kind = LOOM_COLL_SPARSE_EXCHANGE, .group = g, .send = send, .recv = recv,
                        .plan = (loom_sparse_plan *)plan};
   if (send.device.kind == LOOM_DEVICE_CUDA) return loom_nccl_post(&job, NULL);
-  return loom_executor_run(loom_ctx_comm_executor(g->ctx), loom_coll_run, &job);
+  return loom_coll_submit_host(&job, NULL);
 }

@@ -57,7 +57,7 @@ loom_status loom_ddp_grad_ready(loom_ddp *ddp, int index);
 loom_status loom_ddp_finish(loom_ddp *ddp);
 
 /* Debug counters of the last synced step, for tests and benchmarks: per bucket, when it was
- * posted and when the communication thread started and completed it (loom_now() seconds);
+ * posted and when a group's lane thread started and completed it (loom_now() seconds);
  * and when the last gradient was marked ready (end of backward) and when finish returned. */
 typedef struct {
   int bucket_count;

@@ -152,55 +152,127 @@ static loom_status apply_value(const loom_option *o, const char *text, const cha
   return loom_error_set(LOOM_ERR_INTERNAL, "option --%s has an unknown type", o->name);
 }
 
+enum { MAX_TABLES = 8 };
+
+/* The core table plus the caller's, as one list. */
+typedef struct {
+  loom_option core[LOOM_CONFIG_OPTION_COUNT];
+  loom_option_table tables[MAX_TABLES + 1];
+  int count;
+} option_list;
+
+static loom_status make_list(option_list *list, loom_config *config,
+                             const loom_option_table *tables, int table_count) {
+  if (table_count < 0 || table_count > MAX_TABLES || (table_count > 0 && !tables))
+    return loom_error_set(LOOM_ERR_ARG, "loom_config_parse: %d option tables (at most %d)",
+                          table_count, MAX_TABLES);
+  loom_config_options(config, list->core);
+  list->tables[0] = (loom_option_table){list->core, LOOM_CONFIG_OPTION_COUNT};
+  list->count = 1;
+  for (int t = 0; t < table_count; t++)
+    if (tables[t].options && tables[t].count > 0) list->tables[list->count++] = tables[t];
+  return LOOM_OK;
+}
+
 /* The option list as "--a --b ..." for messages naming what is accepted. */
-static void list_names(const loom_option *const *tables, const int *counts, int as_variables,
-                       char *out, size_t bytes) {
+static void list_names(const option_list *list, int as_variables, char *out, size_t bytes) {
   size_t used = 0;
   out[0] = '\0';
-  for (int t = 0; t < 2; t++) {
-    for (int i = 0; i < counts[t] && used + 1 < bytes; i++) {
+  for (int t = 0; t < list->count; t++) {
+    for (int i = 0; i < list->tables[t].count && used + 1 < bytes; i++) {
       char name[NAME_BYTES];
       if (as_variables)
-        variable_name(tables[t][i].name, name, sizeof name);
+        variable_name(list->tables[t].options[i].name, name, sizeof name);
       else
-        snprintf(name, sizeof name, "--%s", tables[t][i].name);
+        snprintf(name, sizeof name, "--%s", list->tables[t].options[i].name);
       used += (size_t)snprintf(out + used, bytes - used, "%s%s", used ? " " : "", name);
     }
   }
 }
 
-static const loom_option *find_option(const loom_option *const *tables, const int *counts,
-                                      const char *name, size_t len, int as_variable) {
-  for (int t = 0; t < 2; t++) {
-    for (int i = 0; i < counts[t]; i++) {
+static const loom_option *find_option(const option_list *list, const char *name, size_t len,
+                                      int as_variable) {
+  for (int t = 0; t < list->count; t++) {
+    for (int i = 0; i < list->tables[t].count; i++) {
+      const loom_option *o = &list->tables[t].options[i];
       char candidate[NAME_BYTES];
-      if (as_variable)
-        variable_name(tables[t][i].name, candidate, sizeof candidate);
-      else
-        snprintf(candidate, sizeof candidate, "%s", tables[t][i].name);
-      if (strlen(candidate) == len && strncmp(candidate, name, len) == 0) return &tables[t][i];
+      if (as_variable) variable_name(o->name, candidate, sizeof candidate);
+      else snprintf(candidate, sizeof candidate, "%s", o->name);
+      if (strlen(candidate) == len && strncmp(candidate, name, len) == 0) return o;
     }
   }
   return NULL;
 }
 
-loom_status loom_config_parse_env(loom_config *config, const loom_option *extra,
-                                  int extra_count, char **envp, int argc, char **argv) {
-  loom_option core[LOOM_CONFIG_OPTION_COUNT];
-  loom_config_options(config, core);
-  const loom_option *const tables[2] = {core, extra};
-  const int counts[2] = {LOOM_CONFIG_OPTION_COUNT, extra ? extra_count : 0};
+/* Variables that loom's scripts read, not its programs (slurm/loom.sbatch). */
+static const char *const script_variables[] = {"LOOM_MAX_RESTARTS"};
+
+/* Edit distance (insertions, deletions, substitutions) of a[0..la) and b, both short. */
+static size_t edit_distance(const char *a, size_t la, const char *b) {
+  size_t lb = strlen(b), row[NAME_BYTES + 1];
+  if (la > NAME_BYTES || lb > NAME_BYTES) return (size_t)-1;
+  for (size_t j = 0; j <= lb; j++) row[j] = j;
+  for (size_t i = 1; i <= la; i++) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= lb; j++) {
+      size_t above = row[j];
+      size_t best = diagonal + (a[i - 1] != b[j - 1]);
+      if (above + 1 < best) best = above + 1;
+      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      row[j] = best;
+      diagonal = above;
+    }
+  }
+  return row[lb];
+}
+
+/* The known variable closest to name[0..len) (ties: the first in table order). */
+static void closest_variable(const option_list *list, const char *name, size_t len, char *out,
+                             size_t bytes) {
+  size_t best = (size_t)-1;
+  out[0] = '\0';
+  for (int t = 0; t < list->count; t++) {
+    for (int i = 0; i < list->tables[t].count; i++) {
+      char candidate[NAME_BYTES];
+      variable_name(list->tables[t].options[i].name, candidate, sizeof candidate);
+      size_t d = edit_distance(name, len, candidate);
+      if (d < best) {
+        best = d;
+        snprintf(out, bytes, "%s", candidate);
+      }
+    }
+  }
+}
+
+static int is_script_variable(const char *name, size_t len) {
+  for (size_t i = 0; i < sizeof script_variables / sizeof script_variables[0]; i++)
+    if (strlen(script_variables[i]) == len && strncmp(script_variables[i], name, len) == 0)
+      return 1;
+  return 0;
+}
+
+loom_status loom_config_parse_env(loom_config *config, const loom_option_table *tables,
+                                  int table_count, char **envp, FILE *warnings, int argc,
+                                  char **argv) {
+  option_list list;
+  LOOM_CHECK(make_list(&list, config, tables, table_count));
   char accepted[2048];
 
   for (char **e = envp; e && *e; e++) {
     if (strncmp(*e, "LOOM_", 5) != 0) continue;
     const char *eq = strchr(*e, '=');
     if (!eq) continue;
-    const loom_option *o = find_option(tables, counts, *e, (size_t)(eq - *e), 1);
+    size_t len = (size_t)(eq - *e);
+    const loom_option *o = find_option(&list, *e, len, 1);
     if (!o) {
-      list_names(tables, counts, 1, accepted, sizeof accepted);
-      return loom_error_set(LOOM_ERR_ARG, "unknown environment variable %.*s; accepted: %s",
-                            (int)(eq - *e), *e, accepted);
+      if (warnings && !is_script_variable(*e, len)) {
+        char closest[NAME_BYTES];
+        closest_variable(&list, *e, len, closest, sizeof closest);
+        fprintf(warnings, "loom: warning: unknown environment variable %.*s ignored; the "
+                "closest known one is %s (--help lists them all)\n", (int)len, *e, closest);
+      }
+      continue;
     }
     char source[NAME_BYTES];
     variable_name(o->name, source, sizeof source);
@@ -210,16 +282,16 @@ loom_status loom_config_parse_env(loom_config *config, const loom_option *extra,
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i];
     if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
-      list_names(tables, counts, 0, accepted, sizeof accepted);
+      list_names(&list, 0, accepted, sizeof accepted);
       return loom_error_set(LOOM_ERR_ARG, "unexpected argument '%s'; flags are --name value; "
                             "accepted: %s", arg, accepted);
     }
     const char *name = arg + 2;
     const char *eq = strchr(name, '=');
     size_t len = eq ? (size_t)(eq - name) : strlen(name);
-    const loom_option *o = find_option(tables, counts, name, len, 0);
+    const loom_option *o = find_option(&list, name, len, 0);
     if (!o) {
-      list_names(tables, counts, 0, accepted, sizeof accepted);
+      list_names(&list, 0, accepted, sizeof accepted);
       return loom_error_set(LOOM_ERR_ARG, "unknown flag --%.*s; accepted: %s", (int)len, name,
                             accepted);
     }
@@ -238,9 +310,17 @@ loom_status loom_config_parse_env(loom_config *config, const loom_option *extra,
   return LOOM_OK;
 }
 
+loom_status loom_config_parse_tables(loom_config *config, const loom_option_table *tables,
+                                     int table_count, int argc, char **argv) {
+  /* every rank reads the same environment: one warning is enough */
+  FILE *warnings = loom_launcher_rank() == 0 ? stderr : NULL;
+  return loom_config_parse_env(config, tables, table_count, environ, warnings, argc, argv);
+}
+
 loom_status loom_config_parse(loom_config *config, const loom_option *extra, int extra_count,
                               int argc, char **argv) {
-  return loom_config_parse_env(config, extra, extra_count, environ, argc, argv);
+  loom_option_table table = {extra, extra ? extra_count : 0};
+  return loom_config_parse_tables(config, &table, 1, argc, argv);
 }
 
 static void print_value(FILE *f, const loom_option *o) {
@@ -267,17 +347,15 @@ static void print_value(FILE *f, const loom_option *o) {
   }
 }
 
-void loom_config_usage(FILE *f, const char *program, loom_config *config,
-                       const loom_option *extra, int extra_count) {
-  loom_option core[LOOM_CONFIG_OPTION_COUNT];
-  loom_config_options(config, core);
-  const loom_option *const tables[2] = {core, extra};
-  const int counts[2] = {LOOM_CONFIG_OPTION_COUNT, extra ? extra_count : 0};
+void loom_config_usage_tables(FILE *f, const char *program, loom_config *config,
+                              const loom_option_table *tables, int table_count) {
+  option_list list;
+  if (make_list(&list, config, tables, table_count) != LOOM_OK) return;
   fprintf(f, "usage: %s [--flag value ...]   (each flag also reads LOOM_<FLAG> from the "
           "environment)\n", program);
-  for (int t = 0; t < 2; t++) {
-    for (int i = 0; i < counts[t]; i++) {
-      const loom_option *o = &tables[t][i];
+  for (int t = 0; t < list.count; t++) {
+    for (int i = 0; i < list.tables[t].count; i++) {
+      const loom_option *o = &list.tables[t].options[i];
       char variable[NAME_BYTES];
       variable_name(o->name, variable, sizeof variable);
       fprintf(f, "  --%-16s %-22s %s", o->name, variable, o->help);
@@ -287,6 +365,12 @@ void loom_config_usage(FILE *f, const char *program, loom_config *config,
       fprintf(f, "]\n");
     }
   }
+}
+
+void loom_config_usage(FILE *f, const char *program, loom_config *config,
+                       const loom_option *extra, int extra_count) {
+  loom_option_table table = {extra, extra ? extra_count : 0};
+  loom_config_usage_tables(f, program, config, &table, 1);
 }
 
 int loom_launcher_rank(void) {

@@ -67,21 +67,38 @@ typedef struct {
 enum { LOOM_CONFIG_OPTION_COUNT = 17 };
 void loom_config_options(loom_config *config, loom_option *out);
 
+/* One table of options: the library's core table, a tool's, an example's. */
+typedef struct {
+  const loom_option *options;
+  int count;
+} loom_option_table;
+
 /* Applies LOOM_* variables from the environment, then the flags argv[1..argc-1], to `config`
  * and to the targets of `extra` (a tool's own options, may be NULL). Accepts "--name value"
- * and "--name=value". An unknown or malformed flag or variable returns LOOM_ERR_ARG with a
- * one-line message naming it and the accepted values; targets already parsed may have been
- * written. */
+ * and "--name=value". An unknown or malformed flag, or a malformed variable, returns
+ * LOOM_ERR_ARG with a one-line message naming it and the accepted values; targets already
+ * parsed may have been written. An unknown LOOM_* variable is not an error (scripts and
+ * other tools set their own): it is ignored with a warning on stderr, from the launcher's
+ * rank 0 only, naming the closest known variable. */
 loom_status loom_config_parse(loom_config *config, const loom_option *extra, int extra_count,
                               int argc, char **argv);
 
-/* Same, over an explicit environment (NULL-terminated "KEY=VALUE" strings); for tests. */
-loom_status loom_config_parse_env(loom_config *config, const loom_option *extra,
-                                  int extra_count, char **envp, int argc, char **argv);
+/* The same over a list of tables (the core table comes first, then `tables[0..count-1]`:
+ * a tool's options, an example's, ...). */
+loom_status loom_config_parse_tables(loom_config *config, const loom_option_table *tables,
+                                     int table_count, int argc, char **argv);
+
+/* Same, over an explicit environment (NULL-terminated "KEY=VALUE" strings), writing warnings
+ * to `warnings` (NULL: none); for tests. */
+loom_status loom_config_parse_env(loom_config *config, const loom_option_table *tables,
+                                  int table_count, char **envp, FILE *warnings, int argc,
+                                  char **argv);
 
 /* Prints every option with its variable, default (current value) and help. */
 void loom_config_usage(FILE *stream, const char *program, loom_config *config,
                        const loom_option *extra, int extra_count);
+void loom_config_usage_tables(FILE *stream, const char *program, loom_config *config,
+                              const loom_option_table *tables, int table_count);
 
 /* The rank the launcher assigned (OMPI_COMM_WORLD_RANK, PMI_RANK, PMIX_RANK, SLURM_PROCID),
  * or 0 when none is set: lets a program print a pre-init error once, not once per rank. */

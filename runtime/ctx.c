@@ -121,6 +121,7 @@ loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_c
   ctx->config = *config;
   ctx->start_seconds = loom_now();
   ctx->launcher = detect_launcher();
+  pthread_mutex_init(&ctx->lanes_lock, NULL);
   loom_status status = LOOM_OK;
 
   int initialized = 0;
@@ -136,6 +137,7 @@ loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_c
   } else {
     MPI_Query_thread(&ctx->thread_level);
   }
+  ctx->threaded = ctx->thread_level == MPI_THREAD_MULTIPLE;
   MPI_Comm world;
   int rc = MPI_Comm_dup(MPI_COMM_WORLD, &world);
   if (rc != MPI_SUCCESS) {
@@ -167,8 +169,7 @@ loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_c
   LOOM_CHECK_GOTO(loom_device_select(ctx), status, fail);
   LOOM_CHECK_GOTO(resolve_job_id(ctx), status, fail);
   LOOM_CHECK_GOTO(loom_watchdog_start(ctx), status, fail);
-  int threaded = ctx->thread_level == MPI_THREAD_MULTIPLE;
-  LOOM_CHECK_GOTO(loom_executor_create("loom-comm", threaded, &ctx->comm_executor), status, fail);
+  int threaded = ctx->threaded;
 
   loom_log(ctx, LOOM_LOG_INFO, "loom %s: rank %d of %d, node %d of %d (local rank %d of %d%s), "
            "launcher %s, %s granted, device %s %d", "0.1.0", ctx->rank, ctx->size, ctx->node, ctx->node_count,
@@ -182,26 +183,26 @@ loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_c
   return LOOM_OK;
 fail:
   loom_watchdog_stop(ctx);
-  loom_executor_destroy(ctx->comm_executor);
   if (ctx->uint8_sum != MPI_OP_NULL && ctx->uint8_sum != 0) MPI_Op_free(&ctx->uint8_sum);
   loom_group_free(ctx->node_group);
   loom_group_free(ctx->world);
   loom_device_release(ctx);
   if (ctx->owns_mpi) MPI_Finalize();
+  pthread_mutex_destroy(&ctx->lanes_lock);
   free(ctx);
   return status;
 }
 
 loom_status loom_finalize(loom_ctx *ctx) {
   if (!ctx) return LOOM_OK;
-  loom_watchdog_stop(ctx);
-  loom_executor_destroy(ctx->comm_executor);
-  free(ctx->comm_scratch);
-  MPI_Op_free(&ctx->uint8_sum);
+  /* The groups first: their lanes run what is still queued, under the watchdog. */
   loom_group_free(ctx->node_group);
   loom_group_free(ctx->world);
+  loom_watchdog_stop(ctx);
+  MPI_Op_free(&ctx->uint8_sum);
   loom_device_release(ctx); /* after the groups: their NCCL communicators use the GPU */
   int owns = ctx->owns_mpi;
+  pthread_mutex_destroy(&ctx->lanes_lock);
   free(ctx);
   if (owns) {
     int rc = MPI_Finalize();

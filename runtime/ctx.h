@@ -1,5 +1,5 @@
 /* loom_ctx: one per process. Owns MPI (when loom started it), the world group, the node
- * layout and the communication thread. Created by loom_init, destroyed by loom_finalize. */
+ * layout and the watchdog. Created by loom_init, destroyed by loom_finalize. */
 #ifndef LOOM_RUNTIME_CTX_H
 #define LOOM_RUNTIME_CTX_H
 
@@ -15,7 +15,7 @@ typedef struct loom_group loom_group;
 
 /* Starts MPI if it is not running yet (MPI_Init_thread asking for MPI_THREAD_MULTIPLE; the
  * level granted is logged), reads the rank layout and node layout, and starts the
- * communication thread. Works under mpirun, srun and as a singleton. `config` is copied;
+ * watchdog (groups start their lane threads on first use). Works under mpirun, srun and as a singleton. `config` is copied;
  * argc/argv may be NULL. Collective over MPI_COMM_WORLD. */
 loom_status loom_init(const loom_config *config, int *argc, char ***argv, loom_ctx **out);
 

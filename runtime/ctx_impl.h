@@ -3,6 +3,7 @@
 #define LOOM_RUNTIME_CTX_IMPL_H
 
 #include <mpi.h>
+#include <pthread.h>
 
 #include "runtime/ctx.h"
 #include "runtime/dtype.h"
@@ -22,22 +23,16 @@ struct loom_ctx {
   const char *launcher;
   loom_group *world;
   loom_group *node_group;            /* ranks on this node; subgroups use it */
-  loom_executor *comm_executor;      /* runs collectives in posting order */
+  int threaded;                      /* MPI_THREAD_MULTIPLE: groups get lane threads */
+  pthread_mutex_t lanes_lock;        /* creation of group lanes (first use, any thread) */
   /* Wrapping uint8 sum: Open MPI 4.1's vectorised MPI_SUM on MPI_UINT8_T saturates at 255
    * (op/avx component), so loom brings its own modular addition. */
   MPI_Op uint8_sum;
-  /* Scratch memory of the job running on comm_executor (fusion's flat buffer); safe to share
-   * because the executor runs one job at a time. Grows, freed at finalize. */
-  void *comm_scratch;
-  size_t comm_scratch_bytes;
   struct loom_watchdog *watchdog; /* runtime/watchdog.h */
   char job_id[64];                /* resolved at init, the same on every rank */
 };
 
 typedef struct loom_watchdog loom_watchdog;
-
-/* The serial executor every collective of this context goes through. */
-static inline loom_executor *loom_ctx_comm_executor(loom_ctx *ctx) { return ctx->comm_executor; }
 
 /* Chooses the device from the configuration and creates the compute stream (device.c). */
 loom_status loom_device_select(loom_ctx *ctx);

@@ -113,8 +113,31 @@ fail:
   return status;
 }
 
+loom_status loom_group_lane(loom_group *g, loom_executor **out) {
+  loom_executor *lane = __atomic_load_n(&g->lane, __ATOMIC_ACQUIRE);
+  if (lane) {
+    *out = lane;
+    return LOOM_OK;
+  }
+  loom_ctx *ctx = g->ctx;
+  loom_status status = LOOM_OK;
+  pthread_mutex_lock(&ctx->lanes_lock);
+  if (!g->lane) {
+    char name[16];
+    snprintf(name, sizeof name, "loom-%s", g->name); /* thread names hold 15 characters */
+    status = loom_executor_create(name, ctx->threaded, &lane);
+    if (status == LOOM_OK) __atomic_store_n(&g->lane, lane, __ATOMIC_RELEASE);
+  }
+  lane = g->lane;
+  pthread_mutex_unlock(&ctx->lanes_lock);
+  *out = lane;
+  return status;
+}
+
 void loom_group_free(loom_group *g) {
   if (!g) return;
+  loom_executor_destroy(g->lane); /* runs what is queued; before the communicators go */
+  free(g->scratch);
   if (g->nccl && g->nccl_free) g->nccl_free(g);
   loom_group_free(g->node_local);
   loom_group_free(g->cross_node);
@@ -142,6 +165,40 @@ loom_status loom_group_create(loom_ctx *ctx, loom_group *parent, int color, int 
 loom_status loom_group_destroy(loom_group *group) {
   loom_group_free(group);
   return LOOM_OK;
+}
+
+/* MINLOC over (status if failed else 0, rank): the worst failure and where it happened. */
+static loom_status agree(MPI_Comm comm, const char *group_name, loom_status status,
+                         const char *what) {
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  struct {
+    int value, rank;
+  } mine = {status < 0 ? (int)status : 0, rank}, worst = {0, 0};
+  int rc = MPI_Allreduce(&mine, &worst, 1, MPI_2INT, MPI_MINLOC, comm);
+  if (rc != MPI_SUCCESS) {
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, text, &len);
+    return loom_error_set(LOOM_ERR_MPI, "%s: agreeing on the outcome over %s failed: %s",
+                          what ? what : "loom_status_agree", group_name, text);
+  }
+  if (status < 0) return status; /* this rank's own message stands */
+  if (worst.value >= 0) return status;
+  return loom_error_set((loom_status)worst.value, "%s failed on rank %d of %s (its message there "
+                        "names the cause)", what ? what : "an agreed operation", worst.rank,
+                        group_name);
+}
+
+loom_status loom_status_agree(loom_group *g, loom_status status, const char *what) {
+  if (!g) return loom_error_set(LOOM_ERR_ARG, "loom_status_agree: group is NULL");
+  char name[64];
+  snprintf(name, sizeof name, "group %s", g->name);
+  return agree(g->comm, name, status, what);
+}
+
+loom_status loom_status_agree_comm(MPI_Comm comm, loom_status status, const char *what) {
+  return agree(comm, "its communicator", status, what);
 }
 
 int loom_group_rank(const loom_group *g) { return g->rank; }

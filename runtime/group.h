@@ -28,6 +28,17 @@ MPI_Comm loom_group_comm(const loom_group *group);
 /* World rank of group member `group_rank`. */
 int loom_group_world_rank(const loom_group *group, int group_rank);
 
+/* Agreement on an outcome: every member passes its own status; all return an error when any
+ * member failed, so that every member takes the same path (cleanup, or the next message) and
+ * no one waits for a peer that gave up. A member that failed returns its own status with its
+ * own message; the others return the failed member's code (the most negative one; the
+ * lowest group rank among equals) with "<what> failed on rank R of group G (its message
+ * there names the cause)". LOOM_OK only when every member passed LOOM_OK (or a positive,
+ * non-error status). One allreduce of two ints; collective over the group. */
+loom_status loom_status_agree(loom_group *group, loom_status status, const char *what);
+/* The same over a plain communicator (objects that keep their own MPI_Comm). */
+loom_status loom_status_agree_comm(MPI_Comm comm, loom_status status, const char *what);
+
 /* Nodes this group spans, and whether each holds the same number of its members. */
 int loom_group_node_count(const loom_group *group);
 int loom_group_nodes_uniform(const loom_group *group);

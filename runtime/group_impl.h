@@ -19,6 +19,14 @@ struct loom_group {
   int *member_local; /* (size) index among the members on the same node */
   int *world_ranks;  /* (size) world rank of each member */
   int algo;          /* loom_algo for hierarchical-capable collectives (config default) */
+  /* The group's lane (collectives/coll.h, progress model): a serial executor that runs this
+   * group's host collectives in posting order, beside the other groups' lanes. Created on
+   * first use by loom_group_lane; destroyed with the group. */
+  loom_executor *lane;
+  /* Host scratch of the job running on the lane (fusion's flat buffer): one job runs at a
+   * time per lane, so one buffer per group suffices. Grows; freed with the group. */
+  void *scratch;
+  size_t scratch_bytes;
   unsigned sparse_round; /* NBX rounds run; alternates the count tag between rounds */
   /* NCCL state of the device backend (collectives/nccl.c), created on first use; freed by
    * nccl_free when the group goes. */
@@ -30,6 +38,8 @@ struct loom_group {
  * Subgroups are built unless `is_subgroup`. */
 loom_status loom_group_from_comm(loom_ctx *ctx, MPI_Comm comm, const char *name,
                                  int is_subgroup, loom_group **out);
+/* The group's lane, created on first call (thread-safe). */
+loom_status loom_group_lane(loom_group *group, loom_executor **out);
 /* Frees the group and its subgroups (collective only through MPI_Comm_free). */
 void loom_group_free(loom_group *group);
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/ctx_impl.h"
 #include "runtime/log.h"
 #include "runtime/req_impl.h"
 
@@ -35,6 +36,7 @@ void loom_req_record_failure(loom_req *req, loom_status status) {
 /* Frees the request and returns its status, restoring its message on the calling thread. */
 static loom_status finish(loom_req **handle) {
   loom_req *req = *handle;
+  if (req->ctx) loom_watch_end(req->ctx, &req->watch);
   loom_status status = req->status;
   if (status < 0 && req->message) loom_error_restore(req->message);
   free(req->message);
@@ -58,21 +60,49 @@ static void poll_complete(loom_req *req, int blocking, int *done) {
   req->poll_release = NULL;
 }
 
-static loom_status mpi_complete(loom_req *req, int blocking, int *done) {
-  int flag = 1;
-  int rc = blocking ? MPI_Waitall(req->mpi_count, req->mpi_requests, MPI_STATUSES_IGNORE)
-                    : MPI_Testall(req->mpi_count, req->mpi_requests, &flag, MPI_STATUSES_IGNORE);
-  *done = flag;
-  if (rc != MPI_SUCCESS) {
-    char text[MPI_MAX_ERROR_STRING];
-    int len = 0;
-    MPI_Error_string(rc, text, &len);
-    req->status = loom_error_set(LOOM_ERR_MPI, "%s: %s", req->what ? req->what : "MPI request",
-                                 text);
-    loom_req_record_failure(req, req->status);
-    *done = 1;
+/* Past its deadline: receives are cancelled (their buffer is the caller's again); a send that
+ * cannot be cancelled is released to MPI, so its buffer must outlive the job (a timed-out
+ * peer means the job is to be restarted anyway). */
+static void mpi_abandon(loom_req *req) {
+  for (int i = 0; i < req->mpi_count; i++) {
+    if (req->mpi_requests[i] == MPI_REQUEST_NULL) continue;
+    MPI_Cancel(&req->mpi_requests[i]);
+    if (req->mpi_is_recv[i]) MPI_Wait(&req->mpi_requests[i], MPI_STATUS_IGNORE);
+    else MPI_Request_free(&req->mpi_requests[i]);
   }
-  return req->status;
+  double waited = loom_now() - req->times.posted_at;
+  req->status = loom_error_set(LOOM_ERR_TIMEOUT, "%s %s peer %d (world rank %d), tag %d, on "
+                               "group %s: not complete after %.1f s (LOOM_TIMEOUT=%g): the peer "
+                               "is hung or dead, or never posted the matching %s; the request "
+                               "was cancelled", req->what, req->mpi_is_recv[0] ? "from" : "to",
+                               req->watch.peer, req->peer_world, req->watch.tag,
+                               req->watch.group ? req->watch.group : "?", waited,
+                               req->ctx ? req->ctx->config.timeout_seconds : 0.0,
+                               req->mpi_is_recv[0] ? "send" : "receive");
+  loom_req_record_failure(req, req->status);
+}
+
+/* Tests (once, or until done when blocking) and enforces the deadline either way. */
+static loom_status mpi_complete(loom_req *req, int blocking, int *done) {
+  for (;;) {
+    int flag = 0;
+    int rc = MPI_Testall(req->mpi_count, req->mpi_requests, &flag, MPI_STATUSES_IGNORE);
+    if (rc != MPI_SUCCESS) {
+      char text[MPI_MAX_ERROR_STRING];
+      int len = 0;
+      MPI_Error_string(rc, text, &len);
+      req->status = loom_error_set(LOOM_ERR_MPI, "%s on group %s: %s",
+                                   req->what ? req->what : "MPI request",
+                                   req->watch.group ? req->watch.group : "?", text);
+      loom_req_record_failure(req, req->status);
+      flag = 1;
+    } else if (!flag && req->deadline > 0 && loom_now() > req->deadline) {
+      mpi_abandon(req);
+      flag = 1;
+    }
+    *done = flag;
+    if (flag || !blocking) return req->status;
+  }
 }
 
 loom_status loom_wait_timed(loom_req **handle, loom_req_times *times) {

@@ -1,5 +1,5 @@
-/* loom_req: one in-flight operation, whatever carries it (a job on the communication thread,
- * MPI requests, later CUDA events). Lifecycle: a non-blocking call creates it; loom_wait or a
+/* loom_req: one in-flight operation, whatever carries it (a job on a group's lane,
+ * MPI requests, CUDA events). Lifecycle: a non-blocking call creates it; loom_wait or a
  * loom_test that reports completion frees it and sets the handle to NULL. */
 #ifndef LOOM_RUNTIME_REQ_H
 #define LOOM_RUNTIME_REQ_H
@@ -22,7 +22,7 @@ loom_status loom_wait(loom_req **req);
 loom_status loom_test(loom_req **req, int *done);
 
 /* When an operation was posted, started running and completed (loom_now() seconds); for jobs
- * of the communication thread these are the thread's own timestamps, so they show whether
+ * of a group's lane these are the thread's own timestamps, so they show whether
  * communication overlapped the caller's work. */
 typedef struct {
   double posted_at, started_at, completed_at;

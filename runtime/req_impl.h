@@ -7,6 +7,7 @@
 
 #include "runtime/executor.h"
 #include "runtime/req.h"
+#include "runtime/watchdog.h"
 
 typedef enum {
   LOOM_REQ_DONE, /* completed at creation; status holds the result */
@@ -46,7 +47,14 @@ struct loom_req {
   /* LOOM_REQ_MPI */
   MPI_Request mpi_requests[LOOM_REQ_MPI_MAX];
   int mpi_count;
-  const char *what; /* the operation, for messages ("send to rank 3 of DP") */
+  int mpi_is_recv[LOOM_REQ_MPI_MAX]; /* receives are cancelled at the deadline */
+  const char *what; /* the operation, for messages ("loom_recv") */
+  /* Deadline (loom_now() seconds; 0 = none) and the watchdog slot held from post to
+   * completion (what, group, peer, tag); `ctx` owns the watchdog. */
+  double deadline;
+  int peer_world; /* world rank of the peer, for messages */
+  loom_ctx *ctx;
+  loom_watch watch;
 };
 
 /* A heap request of `kind`, zeroed. */

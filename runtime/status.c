@@ -1,5 +1,5 @@
 /* Status names, messages and the per-thread error message buffer.
- * The buffer is thread-local so that the communication thread and the caller never overwrite
+ * The buffer is thread-local so that a group's lane thread and the caller never overwrite
  * each other's explanation. */
 #include "runtime/status.h"
 

@@ -49,7 +49,7 @@ loom_status loom_error_set(loom_status status, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* Sets the calling thread's message to `message` verbatim (already prefixed); used to hand a
- * failure from the communication thread to the thread that waits on it. */
+ * failure from a group's lane thread to the thread that waits on it. */
 void loom_error_restore(const char *message);
 
 /* Clears the calling thread's message. */

@@ -1,5 +1,5 @@
-/* The watchdog thread (see watchdog.h). One collective is in flight at a time per context
- * (the communication executor is serial), so one slot suffices. */
+/* The watchdog thread (see watchdog.h): a doubly linked list of the slots of every outstanding
+ * host operation, guarded by one mutex; begin/end are O(1), the thread scans the list. */
 #include "runtime/watchdog.h"
 
 #include <pthread.h>
@@ -14,9 +14,31 @@ struct loom_watchdog {
   pthread_mutex_t lock;
   pthread_cond_t cond;
   int stop;
-  double since; /* loom_now() when the collective in flight began; 0 = none */
-  const char *what, *group;
+  loom_watch *slots; /* head of the list of linked slots */
+  int count;
 };
+
+/* Checks every slot once; called with the lock held. */
+static void scan(loom_ctx *ctx, loom_watchdog *w, double timeout) {
+  double now = loom_now();
+  for (loom_watch *slot = w->slots; slot; slot = slot->next) {
+    double waited = now - slot->since;
+    if (waited < timeout) continue;
+    if (slot->fatal) {
+      loom_log(ctx, LOOM_LOG_ERROR, "watchdog: %s on group %s has not completed after %.1f s "
+               "(LOOM_TIMEOUT=%g): a peer is hung or dead; aborting the job (exit %d) so that "
+               "loom-run or Slurm restarts it from the last snapshot or checkpoint", slot->what,
+               slot->group, waited, timeout, LOOM_WATCHDOG_EXIT);
+      MPI_Abort(MPI_COMM_WORLD, LOOM_WATCHDOG_EXIT);
+    }
+    if (!slot->reported) {
+      slot->reported = 1;
+      loom_log(ctx, LOOM_LOG_WARN, "watchdog: %s with peer %d (tag %d) on group %s outstanding "
+               "for %.1f s (LOOM_TIMEOUT=%g); its wait reports LOOM_ERR_TIMEOUT", slot->what,
+               slot->peer, slot->tag, slot->group, waited, timeout);
+    }
+  }
+}
 
 static void *watch_main(void *arg) {
   loom_ctx *ctx = arg;
@@ -31,14 +53,7 @@ static void *watch_main(void *arg) {
     until.tv_sec = (time_t)wake;
     until.tv_nsec = (long)((wake - (double)until.tv_sec) * 1e9);
     pthread_cond_timedwait(&w->cond, &w->lock, &until);
-    if (w->stop || w->since == 0) continue;
-    double waited = loom_now() - w->since;
-    if (waited < timeout) continue;
-    loom_log(ctx, LOOM_LOG_ERROR, "watchdog: %s on group %s has not completed after %.1f s "
-             "(LOOM_TIMEOUT=%g): a peer is hung or dead; aborting the job (exit %d) so that "
-             "loom-run or Slurm restarts it from the last snapshot or checkpoint", w->what,
-             w->group, waited, timeout, LOOM_WATCHDOG_EXIT);
-    MPI_Abort(MPI_COMM_WORLD, LOOM_WATCHDOG_EXIT);
+    if (!w->stop) scan(ctx, w, timeout);
   }
   pthread_mutex_unlock(&w->lock);
   return NULL;
@@ -72,20 +87,41 @@ void loom_watchdog_stop(loom_ctx *ctx) {
   ctx->watchdog = NULL;
 }
 
-void loom_watch_begin(loom_ctx *ctx, const char *what, const char *group) {
+void loom_watch_begin(loom_ctx *ctx, loom_watch *slot) {
   loom_watchdog *w = ctx->watchdog;
-  if (!w) return;
+  slot->since = loom_now();
+  slot->reported = 0;
+  slot->prev = NULL;
+  if (!w) {
+    slot->since = 0;
+    return;
+  }
   pthread_mutex_lock(&w->lock);
-  w->since = loom_now();
-  w->what = what;
-  w->group = group;
+  slot->next = w->slots;
+  if (w->slots) w->slots->prev = slot;
+  w->slots = slot;
+  w->count++;
   pthread_mutex_unlock(&w->lock);
 }
 
-void loom_watch_end(loom_ctx *ctx) {
+void loom_watch_end(loom_ctx *ctx, loom_watch *slot) {
   loom_watchdog *w = ctx->watchdog;
-  if (!w) return;
+  if (!w || slot->since == 0) return;
   pthread_mutex_lock(&w->lock);
-  w->since = 0;
+  if (slot->prev) slot->prev->next = slot->next;
+  else w->slots = slot->next;
+  if (slot->next) slot->next->prev = slot->prev;
+  w->count--;
   pthread_mutex_unlock(&w->lock);
+  slot->since = 0;
+  slot->prev = slot->next = NULL;
+}
+
+int loom_watch_count(loom_ctx *ctx) {
+  loom_watchdog *w = ctx->watchdog;
+  if (!w) return 0;
+  pthread_mutex_lock(&w->lock);
+  int count = w->count;
+  pthread_mutex_unlock(&w->lock);
+  return count;
 }

@@ -1,6 +1,6 @@
 /* loom_ddp across ranks: averaged gradients against a double reference with many small
  * buckets, mixed dtypes and a different ready order on every rank; gradient accumulation;
- * a forgotten gradient named in the error; real overlap shown by the communication thread's
+ * a forgotten gradient named in the error; real overlap shown by a group's lane thread's
  * own timestamps; the global gradient norm over a shard group. */
 #include <string.h>
 #include <time.h>
@@ -156,7 +156,7 @@ static void test_errors(check_state *st, loom_group *g) {
 }
 
 /* Overlap: four equal buckets, 40 ms of "backward" before each gradient. With overlap the
- * first bucket's reduction has completed on the communication thread before the last
+ * first bucket's reduction has completed on a group's lane thread before the last
  * gradient is produced; without overlap nothing starts before backward ends. */
 static void test_overlap(check_state *st, loom_group *g) {
   enum { LAYERS = 4, WIDTH = 4096 };
@@ -234,7 +234,7 @@ int main(int argc, char **argv) {
   test_average(&st, world, 4096, 0);
   test_average(&st, world, 25u << 20, 1);
   test_errors(&st, world);
-  if (!st.device_mode) { /* host gradients: timestamps of the communication thread */
+  if (!st.device_mode) { /* host gradients: timestamps of a group's lane thread */
     test_overlap(&st, world);
     test_sharded_norm(&st, world);
   }

@@ -99,14 +99,18 @@ run_case() { # name, how to disturb the job (kill|usr1)
     echo "$name: sent SIGUSR1 to the batch script of job $id"
   fi
   # Wait for the requeue itself (a job passes through transient states while it is requeued,
-  # so only Restarts tells), then let it start at once: Slurm makes a requeued job eligible
-  # after a delay (its BeginTime moves ahead), which changes nothing else.
+  # so only Restarts tells), then let it start early: Slurm makes a requeued job eligible
+  # after a delay (its BeginTime moves ahead), which changes nothing else. Not at once: a
+  # start within a second of the requeue can meet the old batch step's revoked credential
+  # ("Job credential revoked"), and Slurm then fails the job for good.
   local r=0
   for _ in $(seq 180); do r=$(restart_count "$id"); [ "${r:-0}" -ge 1 ] && break; sleep 1; done
   [ "${r:-0}" -ge 1 ] || { cat "$out"; echo "FAIL: job $id was not requeued"; exit 1; }
+  local pending=0
   for _ in $(seq 60); do
     state=$(job_state "$id")
-    [ "$state" = PENDING ] && { scontrol update JobId="$id" StartTime=now 2>/dev/null || true; }
+    [ "$state" = PENDING ] && pending=$((pending + 1))
+    [ "$pending" -ge 5 ] && { scontrol update JobId="$id" StartTime=now 2>/dev/null || true; }
     [ "$state" = RUNNING ] || [ "$state" = COMPLETED ] && break
     sleep 1
   done

@@ -26,7 +26,8 @@ static loom_status parse_flags(loom_config *config, const loom_option *extra, in
        word = strtok_r(NULL, " ", &save))
     args->argv[args->argc++] = word;
   args->argv[args->argc] = NULL;
-  return loom_config_parse_env(config, extra, extra_count, envp, args->argc, args->argv);
+  loom_option_table table = {extra, extra_count};
+  return loom_config_parse_env(config, &table, 1, envp, NULL, args->argc, args->argv);
 }
 
 static int config_equal(const loom_config *a, const loom_config *b) {
@@ -46,7 +47,7 @@ static void test_config_defaults_and_flags(void) {
   arg_list args;
   CHECK(parse_flags(&config, NULL, 0, no_env, &args, "") == LOOM_OK, "%s", loom_error_string());
   CHECK(config_equal(&config, &defaults), "empty parse changed the config");
-  CHECK(loom_config_parse_env(&config, NULL, 0, NULL, 1, args.argv) == LOOM_OK,
+  CHECK(loom_config_parse_env(&config, NULL, 0, NULL, NULL, 1, args.argv) == LOOM_OK,
         "NULL envp: %s", loom_error_string());
 
   CHECK(parse_flags(&config, NULL, 0, no_env, &args, "--dp 2 --pp 3") == LOOM_OK, "%s",
@@ -227,7 +228,6 @@ static void test_config_rejections(void) {
   };
   static const bad_input bad[] = {
       {"--dpp 2", NULL, {"--dpp", "--dp", "--hier-threshold"}},
-      {"", "LOOM_FOO=1", {"LOOM_FOO", "LOOM_DP", "LOOM_HIER_THRESHOLD"}},
       {"", "LOOM_DP=two", {"LOOM_DP", "two"}},
       {"", "LOOM_SEED= -1", {"LOOM_SEED", "-1"}},
       {"", "LOOM_TIMEOUT=", {"LOOM_TIMEOUT"}},
@@ -287,12 +287,59 @@ static void test_config_rejections(void) {
   }
 }
 
+/* An unknown LOOM_* variable is a warning naming the closest known one, never an error; the
+ * variables of loom's own scripts pass silently; the known ones around it still apply. */
+static void test_config_unknown_variables(void) {
+  int layers = 5;
+  const loom_option extra[] = {{"layers", LOOM_OPTION_INT, &layers, "layers", NULL, 1, 1000}};
+  const loom_option_table tables[] = {{extra, 1}};
+  static const struct {
+    const char *variable, *closest;
+  } cases[] = {{"LOOM_TIMEOUTS=5", "LOOM_TIMEOUT"}, {"LOOM_RANK_PER_NODE=2", "LOOM_RANKS_PER_NODE"},
+               {"LOOM_LAYER=4", "LOOM_LAYERS"}, {"LOOM_FOO=1", "LOOM_LOG"},
+               {"LOOM_MAX_RESTARTS=3", NULL}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char variable[64];
+    snprintf(variable, sizeof variable, "%s", cases[i].variable);
+    char *env[] = {"LOOM_DP=3", variable, "LOOM_LAYERS=7", NULL};
+    FILE *warnings = tmpfile();
+    CHECK(warnings != NULL, "tmpfile failed");
+    if (!warnings) return;
+    loom_config c = LOOM_CONFIG_INIT;
+    layers = 5;
+    loom_status s = loom_config_parse_env(&c, tables, 1, env, warnings, 0, NULL);
+    char text[512] = "";
+    rewind(warnings);
+    size_t n = fread(text, 1, sizeof text - 1, warnings);
+    text[n] = '\0';
+    fclose(warnings);
+    CHECK(s == LOOM_OK, "%s: %s", cases[i].variable, loom_error_string());
+    CHECK(c.dp == 3 && layers == 7, "%s: dp %d layers %d", cases[i].variable, c.dp, layers);
+    if (!cases[i].closest) {
+      CHECK(n == 0, "%s (a script's variable) warned: %s", cases[i].variable, text);
+      continue;
+    }
+    char name[64];
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(cases[i].variable, "="), cases[i].variable);
+    char closest[80];
+    snprintf(closest, sizeof closest, "closest known one is %s ", cases[i].closest);
+    CHECK(strstr(text, name) && strstr(text, closest) && strstr(text, "warning"),
+          "%s: warning '%s' lacks %s or '%s'", cases[i].variable, text, name, closest);
+  }
+  /* malformed values of known variables are still errors */
+  char *env[] = {"LOOM_DP=two", NULL};
+  loom_config c = LOOM_CONFIG_INIT;
+  CHECK(loom_config_parse_env(&c, tables, 1, env, NULL, 0, NULL) == LOOM_ERR_ARG,
+        "LOOM_DP=two accepted");
+}
+
 int register_config_suite(void) {
   static const unit_test tests[] = {
       {"defaults and flags", test_config_defaults_and_flags},
       {"environment", test_config_environment},
       {"tool options", test_config_extra_options},
       {"rejections", test_config_rejections},
+      {"unknown variables", test_config_unknown_variables},
       {NULL, NULL}};
   return unit_add_suite("config", tests);
 }
