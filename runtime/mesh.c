@@ -8,8 +8,9 @@
 #include "runtime/group_impl.h"
 #include "runtime/log.h"
 
-enum { FINE_PP, FINE_EDP, FINE_EP, FINE_SP, FINE_COUNT };
-#define BIT(fine) (1u << (fine))
+enum { FINE_PP = LOOM_FINE_PP, FINE_EDP = LOOM_FINE_EDP, FINE_EP = LOOM_FINE_EP,
+       FINE_SP = LOOM_FINE_SP, FINE_COUNT = LOOM_FINE_COUNT };
+#define BIT(fine) LOOM_FINE_BIT(fine)
 
 /* Fine axes varying inside each group (NODE is not a mesh group). */
 static const unsigned varying_axes[LOOM_AXIS_COUNT] = {
@@ -36,6 +37,10 @@ struct loom_mesh {
 
 const char *loom_axis_name(loom_axis axis) {
   return axis >= 0 && axis < LOOM_AXIS_COUNT ? axis_names[axis] : "INVALID";
+}
+
+unsigned loom_axis_fine_mask(loom_axis axis) {
+  return axis >= 0 && axis < LOOM_AXIS_COUNT ? varying_axes[axis] : 0;
 }
 
 static void fine_sizes(const loom_mesh_shape *s, int out[FINE_COUNT]) {
@@ -104,6 +109,21 @@ int loom_mesh_rank_of(const loom_mesh_shape *s, const loom_mesh_coords *c) {
   int sizes[FINE_COUNT], f[FINE_COUNT] = {c->pp, c->dp / s->ep, c->dp % s->ep, c->sp};
   fine_sizes(s, sizes);
   return linear_index(sizes, f, BIT(FINE_PP) | BIT(FINE_EDP) | BIT(FINE_EP) | BIT(FINE_SP));
+}
+
+void loom_mesh_axis_position(const loom_mesh_shape *s, const loom_mesh_coords *c,
+                             loom_axis axis, int64_t *index, int64_t *size) {
+  unsigned vary = loom_axis_fine_mask(axis);
+  if (!vary) {
+    *index = -1, *size = 0;
+    return;
+  }
+  int sizes[FINE_COUNT], f[FINE_COUNT] = {c->pp, c->edp, c->ep, c->sp};
+  fine_sizes(s, sizes);
+  int64_t linear = 0, count = 1;
+  for (int a = 0; a < FINE_COUNT; a++)
+    if (vary & BIT(a)) linear = linear * sizes[a] + f[a], count *= sizes[a];
+  *index = linear, *size = count;
 }
 
 int loom_mesh_group_members(const loom_mesh_shape *s, loom_axis axis, int rank, int *members) {

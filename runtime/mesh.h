@@ -6,6 +6,8 @@
 #ifndef LOOM_RUNTIME_MESH_H
 #define LOOM_RUNTIME_MESH_H
 
+#include <stdint.h>
+
 #include "runtime/config.h"
 #include "runtime/group.h"
 
@@ -25,11 +27,19 @@ typedef enum {
   LOOM_AXIS_COUNT
 } loom_axis;
 
+/* The fine axes of the mesh, outermost first. Every group axis above is the set of fine axes
+ * that vary inside it; this list and the table in mesh.c are the one definition of axis
+ * semantics (the state registry, checkpoints and groups all derive from them). */
+typedef enum { LOOM_FINE_PP, LOOM_FINE_EDP, LOOM_FINE_EP, LOOM_FINE_SP, LOOM_FINE_COUNT } loom_fine_axis;
+#define LOOM_FINE_BIT(fine) (1u << (fine))
+
 typedef struct { int pp, dp, sp, ep; } loom_mesh_shape;
 typedef struct { int pp, dp, sp, ep, edp; } loom_mesh_coords;
 typedef struct loom_mesh loom_mesh;
 
 const char *loom_axis_name(loom_axis axis);
+/* Fine axes (LOOM_FINE_BIT mask) varying inside `axis`'s group; 0 for NODE or an invalid axis. */
+unsigned loom_axis_fine_mask(loom_axis axis);
 
 /* LOOM_OK if the shape fits `world_size` ranks; LOOM_ERR_ARG naming the numbers otherwise
  * (a size <= 0, pp*dp*sp != world size, ep not dividing dp). */
@@ -40,6 +50,10 @@ loom_status loom_mesh_shape_from_config(const loom_config *config, int world_siz
 /* Coordinates of `rank` and back. The shape must be valid. */
 loom_mesh_coords loom_mesh_coords_of(const loom_mesh_shape *shape, int rank);
 int loom_mesh_rank_of(const loom_mesh_shape *shape, const loom_mesh_coords *coords);
+/* The rank at `coords` within its group along `axis` (the group rank: the linear index over
+ * the axis's fine axes, outermost first), and the group's size. Pure; NODE gives -1 and 0. */
+void loom_mesh_axis_position(const loom_mesh_shape *shape, const loom_mesh_coords *coords,
+                             loom_axis axis, int64_t *index, int64_t *size);
 /* World ranks of `rank`'s group along `axis` in group-rank order, written to `members`
  * (capacity: world size); returns the count. Pure arithmetic, for every axis except NODE
  * (returns -1). */

@@ -4,32 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { FINE_EDP = 1, FINE_EP = 2, FINE_SP = 4, FINE_PP = 8 };
-
-/* Mesh fine axes inside each group axis; 0 for axes a tensor cannot be split over. */
+/* The fine axes a tensor can be split over along `axis`: the axis's own (runtime/mesh.h), for
+ * the group axes PP, DP, SP, EP, EDP and GRAD; 0 for NODE and WORLD. */
 static unsigned fine_axes(loom_axis axis) {
-  switch (axis) {
-    case LOOM_AXIS_PP: return FINE_PP;
-    case LOOM_AXIS_DP: return FINE_EDP | FINE_EP;
-    case LOOM_AXIS_SP: return FINE_SP;
-    case LOOM_AXIS_EP: return FINE_EP;
-    case LOOM_AXIS_EDP: return FINE_EDP;
-    case LOOM_AXIS_GRAD: return FINE_EDP | FINE_EP | FINE_SP;
-    default: return 0;
-  }
-}
-
-/* This rank's index within, and the size of, its group along `axis` (group-rank order). */
-static void axis_position(loom_axis axis, const loom_mesh_shape *s, const loom_mesh_coords *c,
-                          int64_t *index, int64_t *size) {
-  switch (axis) {
-    case LOOM_AXIS_PP: *index = c->pp, *size = s->pp; break;
-    case LOOM_AXIS_DP: *index = c->dp, *size = s->dp; break;
-    case LOOM_AXIS_SP: *index = c->sp, *size = s->sp; break;
-    case LOOM_AXIS_EP: *index = c->ep, *size = s->ep; break;
-    case LOOM_AXIS_EDP: *index = c->edp, *size = s->dp / s->ep; break;
-    default: *index = (int64_t)c->dp * s->sp + c->sp, *size = (int64_t)s->dp * s->sp; break;
-  }
+  return axis >= LOOM_AXIS_PP && axis <= LOOM_AXIS_GRAD ? loom_axis_fine_mask(axis) : 0;
 }
 
 static loom_status check_spec(const loom_state_spec *spec) {
@@ -73,7 +51,7 @@ loom_status loom_state_slice(const loom_state_spec *spec, const loom_mesh_shape 
     for (int i = 0; i < spec->split_count; i++) {
       if (spec->splits[i].dim != d) continue;
       int64_t axis_index, axis_size;
-      axis_position(spec->splits[i].axis, shape, coords, &axis_index, &axis_size);
+      loom_mesh_axis_position(shape, coords, spec->splits[i].axis, &axis_index, &axis_size);
       index = index * axis_size + axis_index; /* nested in listed order */
       parts *= axis_size;
     }
@@ -89,8 +67,9 @@ loom_status loom_state_slice(const loom_state_spec *spec, const loom_mesh_shape 
 int loom_state_is_writer(const loom_state_spec *spec, const loom_mesh_coords *coords) {
   unsigned covered = 0;
   for (int i = 0; spec && i < spec->split_count; i++) covered |= fine_axes(spec->splits[i].axis);
-  return (coords->edp == 0 || (covered & FINE_EDP)) && (coords->ep == 0 || (covered & FINE_EP)) &&
-         (coords->sp == 0 || (covered & FINE_SP));
+  return (coords->edp == 0 || (covered & LOOM_FINE_BIT(LOOM_FINE_EDP))) &&
+         (coords->ep == 0 || (covered & LOOM_FINE_BIT(LOOM_FINE_EP))) &&
+         (coords->sp == 0 || (covered & LOOM_FINE_BIT(LOOM_FINE_SP)));
 }
 
 typedef struct {

@@ -139,6 +139,15 @@ static void check_mesh_shape(loom_mesh_shape s) {
       }
       int matches = count == size && reference == size &&
                     memcmp(members, expected, sizeof(int) * (size_t)size) == 0;
+      /* the group rank that loom_mesh_axis_position computes is the position in the members
+       * (the state registry slices tensors by it) */
+      if (axis != LOOM_AXIS_NODE) {
+        int64_t position = -2, positions = -2;
+        loom_mesh_coords c = loom_mesh_coords_of(&s, rank);
+        loom_mesh_axis_position(&s, &c, (loom_axis)axis, &position, &positions);
+        matches = matches && positions == count && position >= 0 && position < count &&
+                  members[position] == rank;
+      }
       if (!(matches && contains_self && sorted && fixed && partition)) {
         if (first_wrong < 0) first_wrong = rank;
         wrong++;
