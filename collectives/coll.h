@@ -41,6 +41,7 @@
 #include "runtime/dtype.h"
 #include "runtime/group.h"
 #include "runtime/req.h"
+#include "runtime/stream.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -85,14 +86,30 @@ loom_status loom_alltoallv_async(loom_group *g, loom_buf send, const size_t *sen
                                  const size_t *recv_counts, const size_t *recv_displs,
                                  loom_req **req);
 /* Point-to-point with a group rank; tags >= 0. Host buffers: MPI, not ordered with
- * collectives. Device buffers: NCCL, tags ignored (matching is by order), not with oneself;
- * the _async calls of a group are issued together (one NCCL group) at the next wait, test or
- * collective, so a ring of send/recv pairs cannot deadlock; a blocking device send or
- * receive is issued alone and waits for its peer. */
+ * collectives. Device buffers through NCCL: tags ignored (matching is by order), not with
+ * oneself; the _async calls of a group are issued together (one NCCL group) at the next wait,
+ * test or collective, so a ring of send/recv pairs cannot deadlock (loom_p2p_batch below
+ * issues a ring at once instead); a blocking device send or receive is issued alone and waits
+ * for its peer. Device buffers on the staged path: as host buffers, through pinned copies. */
 loom_status loom_send(loom_group *g, loom_buf buf, int peer, int tag);
 loom_status loom_send_async(loom_group *g, loom_buf buf, int peer, int tag, loom_req **req);
 loom_status loom_recv(loom_group *g, loom_buf buf, int peer, int tag);
 loom_status loom_recv_async(loom_group *g, loom_buf buf, int peer, int tag, loom_req **req);
+/* One transfer of a point-to-point batch: `buf` to (is_send) or from group rank `peer`. */
+typedef struct {
+  loom_buf buf;
+  int peer, tag, is_send;
+} loom_p2p;
+
+/* Posts `count` sends and receives at once and returns one request for them all (complete
+ * when every transfer is; its status is the first failure). Device buffers through NCCL:
+ * issued now, as one NCCL group on the group's stream (a ring of pairs cannot deadlock),
+ * ordered after `after` (NULL: the group's order stream as it stands now) rather than after
+ * everything queued by the next wait; tags are ignored (matching is by order per peer).
+ * Host buffers and the staged path: each transfer is posted now (device sends are copied out
+ * after `after`). All buffers are of one kind (host or device). `ops` is copied. */
+loom_status loom_p2p_batch(loom_group *g, const loom_p2p *ops, int count, const loom_event *after,
+                           loom_req **req);
 loom_status loom_barrier(loom_group *g);
 loom_status loom_barrier_async(loom_group *g, loom_req **req);
 

@@ -51,6 +51,9 @@ loom_status loom_coll_run(void *job);
  * posting order and returns its status. Async: copies it to the heap and queues it. Either
  * way the job's arrays (counts, bufs) are taken over: freed here or by the queued job. */
 loom_status loom_coll_submit_host(loom_coll_job *job, loom_req **req);
+/* The same for device buffers: the NCCL backend, or the staged one when this context's
+ * ranks share a GPU (ctx->staged). */
+loom_status loom_coll_submit_device(loom_coll_job *job, loom_req **req);
 
 /* MPI element type used to move `dtype` (16-bit floats move as uint16). */
 MPI_Datatype loom_coll_mpi_type(loom_dtype dtype);

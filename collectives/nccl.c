@@ -450,7 +450,7 @@ static loom_status order_pending(void *opaque, void *stream) {
   pending *p = opaque;
   loom_group *g = p->group;
   if (!p->issued) LOOM_CHECK(flush_p2p(g, p->st));
-  cudaStream_t target = stream ? (cudaStream_t)stream : (cudaStream_t)g->ctx->stream;
+  cudaStream_t target = stream ? (cudaStream_t)stream : (cudaStream_t)loom_group_order_stream(g);
   CUDA_TRY(g, cudaStreamWaitEvent(target, p->done, 0));
   return LOOM_OK;
 }
@@ -464,11 +464,11 @@ static void release_pending(void *opaque) {
   free(p);
 }
 
-/* Orders st->stream after the compute stream. */
+/* Orders st->stream after the group's order stream (the compute stream unless set). */
 static loom_status join_in(loom_group *g, nccl_state *st) {
-  cudaStream_t compute = g->ctx->stream;
-  if (st->stream == compute) return LOOM_OK; /* --nccl-stream compute: stream order suffices */
-  CUDA_TRY(g, cudaEventRecord(st->ready, compute));
+  cudaStream_t ordered = loom_group_order_stream(g);
+  if (st->stream == ordered) return LOOM_OK; /* --nccl-stream compute: stream order suffices */
+  CUDA_TRY(g, cudaEventRecord(st->ready, ordered));
   CUDA_TRY(g, cudaStreamWaitEvent(st->stream, st->ready, 0));
   return LOOM_OK;
 }
@@ -527,8 +527,8 @@ static loom_status join_out(loom_group *g, nccl_state *st, const char *what, dou
   loom_req *r = NULL;
   LOOM_CHECK(new_request(&proto, &p, &r));
   cudaError_t e = cudaEventRecord(p->done, st->stream);
-  if (e == cudaSuccess && !req && st->stream != (cudaStream_t)g->ctx->stream)
-    e = cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, p->done, 0);
+  cudaStream_t ordered = loom_group_order_stream(g);
+  if (e == cudaSuccess && !req && st->stream != ordered) e = cudaStreamWaitEvent(ordered, p->done, 0);
   if (e != cudaSuccess) {
     loom_status s = cuda_failure(g, what, e);
     char message[1024];
@@ -573,9 +573,10 @@ static loom_status flush_p2p(loom_group *g, nccl_state *st) {
     CUDA_TRY(g, cudaEventRecord(st->p2p[i]->done, st->stream));
     st->p2p[i]->issued = 1;
   }
-  if (st->stream != (cudaStream_t)g->ctx->stream) {
+  cudaStream_t ordered = loom_group_order_stream(g);
+  if (st->stream != ordered) {
     CUDA_TRY(g, cudaEventRecord(st->joined, st->stream));
-    CUDA_TRY(g, cudaStreamWaitEvent((cudaStream_t)g->ctx->stream, st->joined, 0));
+    CUDA_TRY(g, cudaStreamWaitEvent(ordered, st->joined, 0));
   }
   return LOOM_OK;
 }
@@ -594,6 +595,28 @@ loom_status loom_nccl_p2p(loom_group *g, loom_buf buf, int peer, int is_send, lo
   return deliver(r, req);
 }
 
+loom_status loom_nccl_p2p_batch(loom_group *g, const loom_p2p *ops, int count, void *after,
+                                loom_req **req) {
+  nccl_state *st = NULL;
+  LOOM_CHECK(ensure(g, &st));
+  LOOM_CHECK(flush_p2p(g, st)); /* keep the posting order */
+  double deadline = loom_now() + g->ctx->config.timeout_seconds;
+  if (after) CUDA_TRY(g, cudaStreamWaitEvent(st->stream, (cudaEvent_t)after, 0));
+  else LOOM_CHECK(join_in(g, st));
+  NCCL_TRY(g, st, ncclGroupStart(), deadline);
+  for (int i = 0; i < count; i++) {
+    ncclDataType_t type = nccl_type(ops[i].buf.dtype);
+    if (ops[i].is_send)
+      NCCL_TRY(g, st, ncclSend(ops[i].buf.ptr, ops[i].buf.count, type, ops[i].peer, st->comm,
+                               st->stream), deadline);
+    else
+      NCCL_TRY(g, st, ncclRecv(ops[i].buf.ptr, ops[i].buf.count, type, ops[i].peer, st->comm,
+                               st->stream), deadline);
+  }
+  NCCL_TRY(g, st, ncclGroupEnd(), deadline);
+  return join_out(g, st, "loom_p2p_batch", deadline, req);
+}
+
 #else /* no NCCL in this build */
 
 static loom_status no_nccl(const loom_group *g) {
@@ -603,6 +626,10 @@ static loom_status no_nccl(const loom_group *g) {
 }
 loom_status loom_nccl_post(loom_coll_job *job, loom_req **req) { return no_nccl(job->group); }
 loom_status loom_nccl_p2p(loom_group *g, loom_buf buf, int peer, int is_send, loom_req **req) {
+  return no_nccl(g);
+}
+loom_status loom_nccl_p2p_batch(loom_group *g, const loom_p2p *ops, int count, void *after,
+                                loom_req **req) {
   return no_nccl(g);
 }
 

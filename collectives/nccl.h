@@ -13,4 +13,9 @@ loom_status loom_nccl_post(loom_coll_job *job, loom_req **req);
 /* Point-to-point on device buffers (ncclSend / ncclRecv). */
 loom_status loom_nccl_p2p(loom_group *g, loom_buf buf, int peer, int is_send, loom_req **req);
 
+/* A batch of point-to-point transfers issued now as one NCCL group, ordered after `after`
+ * (a cudaEvent_t; NULL: the group's order stream); one request for all. */
+loom_status loom_nccl_p2p_batch(loom_group *g, const loom_p2p *ops, int count, void *after,
+                                loom_req **req);
+
 #endif

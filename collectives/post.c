@@ -8,6 +8,7 @@
 
 #include "collectives/coll_impl.h"
 #include "collectives/nccl.h"
+#include "collectives/staged.h"
 #include "runtime/device.h"
 #include "runtime/log.h"
 
@@ -56,11 +57,10 @@ loom_status loom_coll_check_device(const loom_group *g, const char *call, const 
   if (b.device.kind != LOOM_DEVICE_CUDA)
     return loom_error_set(LOOM_ERR_ARG, "%s on group %s: %s has device kind %d", call, g->name,
                           which, (int)b.device.kind);
-  if (!loom_build_has_nccl() || g->ctx->device.kind != LOOM_DEVICE_CUDA)
-    return loom_error_set(LOOM_ERR_UNSUPPORTED, "%s on group %s: %s is a CUDA buffer, but %s; pass "
-                          "host memory, or run with --device cuda on a GPU build with NCCL", call,
-                          g->name, which, !loom_build_has_nccl() ? "this build has no NCCL backend"
-                          : "this rank computes on the CPU");
+  if (g->ctx->device.kind != LOOM_DEVICE_CUDA)
+    return loom_error_set(LOOM_ERR_UNSUPPORTED, "%s on group %s: %s is a CUDA buffer, but this "
+                          "rank computes on the CPU; pass host memory, or run with --device cuda "
+                          "on a GPU build", call, g->name, which);
   if (b.device.ordinal != g->ctx->device.ordinal)
     return loom_error_set(LOOM_ERR_ARG, "%s on group %s: %s lives on GPU %d but rank %d drives GPU "
                           "%d", call, g->name, which, b.device.ordinal, g->ctx->rank,
@@ -117,13 +117,16 @@ static int on_device(const loom_coll_job *job) {
 }
 
 static loom_status submit(loom_coll_job *job, loom_req **req) {
-  if (on_device(job)) { /* stream-ordered through NCCL; arrays are used before return */
-    loom_status status = loom_nccl_post(job, req);
-    free(job->counts);
-    free(job->bufs);
-    return status;
-  }
+  if (on_device(job)) return loom_coll_submit_device(job, req);
   return loom_coll_submit_host(job, req);
+}
+
+loom_status loom_coll_submit_device(loom_coll_job *job, loom_req **req) {
+  if (job->group->ctx->staged) return loom_staged_post(job, req);
+  loom_status status = loom_nccl_post(job, req); /* arrays are used before return */
+  free(job->counts);
+  free(job->bufs);
+  return status;
 }
 
 loom_status loom_coll_submit_host(loom_coll_job *job, loom_req **req) {

@@ -330,7 +330,7 @@ loom_status loom_alltoall_sparse_async(loom_group *g, const loom_sparse_plan *pl
   if (send.device.kind == LOOM_DEVICE_CUDA) {
     loom_coll_job device_job = {.kind = LOOM_COLL_SPARSE_EXCHANGE, .group = g, .send = send,
                                 .recv = recv, .plan = (loom_sparse_plan *)plan};
-    return loom_nccl_post(&device_job, req);
+    return loom_coll_submit_device(&device_job, req);
   }
   loom_coll_job job = {.kind = LOOM_COLL_SPARSE_EXCHANGE, .group = g, .send = send,
                        .recv = recv, .plan = (loom_sparse_plan *)plan};
@@ -342,6 +342,6 @@ loom_status loom_alltoall_sparse(loom_group *g, const loom_sparse_plan *plan, lo
   LOOM_CHECK(check_plan_buffers(g, plan, send, recv));
   loom_coll_job job = {.kind = LOOM_COLL_SPARSE_EXCHANGE, .group = g, .send = send, .recv = recv,
                        .plan = (loom_sparse_plan *)plan};
-  if (send.device.kind == LOOM_DEVICE_CUDA) return loom_nccl_post(&job, NULL);
+  if (send.device.kind == LOOM_DEVICE_CUDA) return loom_coll_submit_device(&job, NULL);
   return loom_coll_submit_host(&job, NULL);
 }

@@ -15,6 +15,7 @@
 #include "runtime/group.h"
 #include "runtime/mesh.h"
 #include "runtime/device.h"
+#include "runtime/stream.h"
 #include "runtime/state.h"
 #include "runtime/fault.h"
 #include "runtime/signals.h"

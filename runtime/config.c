@@ -39,6 +39,9 @@ void loom_config_options(loom_config *c, loom_option *out) {
       {"seed", LOOM_OPTION_UINT64, &c->seed, "root seed of every random stream", NULL, 0, 0},
       {"job-id", LOOM_OPTION_STRING, &c->job_id,
        "job name of in-memory snapshots (default: SLURM_JOB_ID, else generated)", NULL, 0, 0},
+      {"device-comm", LOOM_OPTION_CHOICE, &c->device_comm,
+       "device-buffer traffic: nccl, or staged through pinned host buffers over MPI (ranks "
+       "that share a GPU); auto = staged when ranks share a GPU", "auto|nccl|staged", 0, 0},
       {"nccl-stream", LOOM_OPTION_CHOICE, &c->nccl_stream,
        "stream of device collectives: comm (own stream, overlaps compute) or compute (the "
        "compute stream: about 2 us less per call, no overlap)", "comm|compute", 0, 0},

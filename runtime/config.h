@@ -50,6 +50,8 @@ typedef struct {
   const char *job_id;     /* names in-memory snapshot segments; NULL: SLURM_JOB_ID, else a
                            * generated one (exported as LOOM_JOB_ID for child processes) */
   const char *fault;      /* fault injection for tests (runtime/fault.h); NULL = none */
+  int device_comm;        /* device traffic: 0 auto (staged when ranks share a GPU, else NCCL),
+                           * 1 nccl, 2 staged (pinned host buffers over MPI) */
   int nccl_stream;        /* 0: NCCL on a communication stream per group, ordered after the
                            * compute stream by events (overlap); 1: on the compute stream
                            * itself (no events: lowest latency per call, no overlap) */
@@ -60,11 +62,11 @@ typedef struct {
   {.pp = 1, .dp = 0, .sp = 1, .ep = 1, .log_level = LOOM_LOG_WARN, .ranks_per_node = 0,    \
    .collective_algo = LOOM_ALGO_AUTO, .hier_threshold_bytes = 1u << 20,                    \
    .timeout_seconds = 600.0, .sparse_nbx_min_ranks = 32, .device = 0, .share_gpus = 0, .seed = 1234,        \
-   .job_id = NULL, .fault = NULL, .nccl_stream = 0, .help = 0}
+   .job_id = NULL, .fault = NULL, .device_comm = 0, .nccl_stream = 0, .help = 0}
 
 /* Number of core options, and the core table bound to `config`'s fields (writes
  * LOOM_CONFIG_OPTION_COUNT entries into `out`). */
-enum { LOOM_CONFIG_OPTION_COUNT = 17 };
+enum { LOOM_CONFIG_OPTION_COUNT = 18 };
 void loom_config_options(loom_config *config, loom_option *out);
 
 /* One table of options: the library's core table, a tool's, an example's. */

@@ -17,6 +17,7 @@ struct loom_ctx {
   int host_local_rank, host_local_size; /* on the real host, whatever LOOM_RANKS_PER_NODE says */
   loom_device device;  /* where this rank computes */
   void *stream;        /* cudaStream_t compute stream; NULL on CPU */
+  int staged;          /* device traffic through pinned host buffers over MPI (staged.c) */
   int thread_level;
   int owns_mpi;          /* loom_init called MPI_Init_thread, so finalize ends MPI */
   double start_seconds;  /* loom_now() at init; log lines show time since */

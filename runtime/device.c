@@ -88,11 +88,24 @@ loom_status loom_device_select(loom_ctx *ctx) {
   CUDA_TRY(ctx, cudaSetDevice(ordinal));
   CUDA_TRY(ctx, cudaStreamCreateWithFlags((cudaStream_t *)&ctx->stream, cudaStreamNonBlocking));
   ctx->device = (loom_device){LOOM_DEVICE_CUDA, ordinal};
+  /* NCCL refuses two ranks on one GPU: those go staged; so does a build without NCCL */
+  int shared = ctx->host_local_size > count;
+  ctx->staged = ctx->config.device_comm == 2 ||
+                (ctx->config.device_comm == 0 && (shared || !loom_build_has_nccl()));
+  if (ctx->config.device_comm == 1 && !loom_build_has_nccl())
+    return loom_error_set(LOOM_ERR_UNSUPPORTED, "--device-comm nccl on rank %d: this build has "
+                          "no NCCL; use --device-comm staged or auto", ctx->rank);
+  if (ctx->config.device_comm == 1 && shared)
+    return loom_error_set(LOOM_ERR_ARG, "--device-comm nccl with %d ranks on %d GPU(s): NCCL "
+                          "refuses two ranks on one GPU; use --device-comm staged or auto",
+                          ctx->host_local_size, count);
   return LOOM_OK;
 #else
   return LOOM_ERR_INTERNAL;
 #endif
 }
+
+int loom_ctx_device_staged(const loom_ctx *ctx) { return ctx->staged; }
 
 void loom_device_release(loom_ctx *ctx) {
 #ifdef LOOM_HAVE_CUDA

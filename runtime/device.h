@@ -27,6 +27,9 @@ int loom_device_count(void);
 
 /* The device this rank computes on: {LOOM_DEVICE_CPU, 0} or {LOOM_DEVICE_CUDA, ordinal}. */
 loom_device loom_ctx_device(const loom_ctx *ctx);
+/* 1 when this rank's device traffic takes the staged path (pinned host buffers over MPI, for
+ * ranks that share a GPU; --device-comm), 0 for NCCL or on the CPU. */
+int loom_ctx_device_staged(const loom_ctx *ctx);
 /* The rank's compute stream (a cudaStream_t) on which loom orders device collectives after
  * the caller's work; NULL on CPU. User kernels that produce collective inputs go here. */
 void *loom_ctx_stream(const loom_ctx *ctx);

@@ -137,6 +137,7 @@ loom_status loom_group_lane(loom_group *g, loom_executor **out) {
 void loom_group_free(loom_group *g) {
   if (!g) return;
   loom_executor_destroy(g->lane); /* runs what is queued; before the communicators go */
+  if (g->staged && g->staged_free) g->staged_free(g);
   free(g->scratch);
   if (g->nccl && g->nccl_free) g->nccl_free(g);
   loom_group_free(g->node_local);
@@ -188,6 +189,15 @@ static loom_status agree(MPI_Comm comm, const char *group_name, loom_status stat
   return loom_error_set((loom_status)worst.value, "%s failed on rank %d of %s (its message there "
                         "names the cause)", what ? what : "an agreed operation", worst.rank,
                         group_name);
+}
+
+loom_status loom_group_set_stream(loom_group *g, void *stream) {
+  if (!g) return loom_error_set(LOOM_ERR_ARG, "loom_group_set_stream: group is NULL");
+  if (stream && g->ctx->device.kind != LOOM_DEVICE_CUDA)
+    return loom_error_set(LOOM_ERR_UNSUPPORTED, "loom_group_set_stream on group %s: this rank "
+                          "computes on the CPU", g->name);
+  g->order_stream = stream;
+  return LOOM_OK;
 }
 
 loom_status loom_status_agree(loom_group *g, loom_status status, const char *what) {

@@ -28,6 +28,12 @@ MPI_Comm loom_group_comm(const loom_group *group);
 /* World rank of group member `group_rank`. */
 int loom_group_world_rank(const loom_group *group, int group_rank);
 
+/* Device traffic of this group (collectives and point-to-point on device buffers) is ordered
+ * after the work queued on `stream` (a loom_stream's cudaStream_t, see runtime/stream.h;
+ * NULL: the context's compute stream) when it is posted, and a blocking call makes that
+ * stream wait for its result. Applies to calls posted after this returns. */
+loom_status loom_group_set_stream(loom_group *group, void *stream);
+
 /* Agreement on an outcome: every member passes its own status; all return an error when any
  * member failed, so that every member takes the same path (cleanup, or the next message) and
  * no one waits for a peer that gave up. A member that failed returns its own status with its

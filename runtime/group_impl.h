@@ -32,12 +32,22 @@ struct loom_group {
    * nccl_free when the group goes. */
   void *nccl;
   void (*nccl_free)(loom_group *group);
+  /* cudaStream_t that this group's device traffic is ordered after, and that a blocking
+   * device call makes wait for its result (loom_group_set_stream); NULL: the compute stream. */
+  void *order_stream;
+  /* State of the staged device path (collectives/staged.c), created on first use. */
+  void *staged;
+  void (*staged_free)(loom_group *group);
 };
 
 /* Wraps `comm` (adopted: freed with the group) into a group; collective over `comm`.
  * Subgroups are built unless `is_subgroup`. */
 loom_status loom_group_from_comm(loom_ctx *ctx, MPI_Comm comm, const char *name,
                                  int is_subgroup, loom_group **out);
+/* The stream the group's device traffic is ordered after (a cudaStream_t). */
+static inline void *loom_group_order_stream(const loom_group *g) {
+  return g->order_stream ? g->order_stream : g->ctx->stream;
+}
 /* The group's lane, created on first call (thread-safe). */
 loom_status loom_group_lane(loom_group *group, loom_executor **out);
 /* Frees the group and its subgroups (collective only through MPI_Comm_free). */

@@ -160,6 +160,10 @@ loom_status loom_wait_all(loom_req **reqs, int count) {
 
 loom_status loom_req_order_stream(loom_req *req, void *stream) {
   if (!req) return LOOM_OK;
+  if (req->kind == LOOM_REQ_JOB && req->device_job) {
+    loom_executor_wait_job(req); /* staged: copied back to the device before it completed */
+    return LOOM_OK;
+  }
   if (req->kind != LOOM_REQ_POLL || !req->poll_order)
     return loom_error_set(LOOM_ERR_ARG, "loom_req_order_stream: %s is not a device operation; "
                           "wait for it with loom_wait", req->what ? req->what : "the request");

@@ -31,9 +31,10 @@ typedef struct {
 /* loom_wait that also reports the operation's timestamps (`times` may be NULL). */
 loom_status loom_wait_timed(loom_req **req, loom_req_times *times);
 
-/* Device operations (NCCL): makes later work on `stream` (a cudaStream_t; NULL = the compute
- * stream of the context that posted the operation) wait for the operation on the GPU, with no
- * host wait. The request stays the caller's: wait for or test it later, which reports a
+/* Device operations: makes later work on `stream` (a cudaStream_t; NULL = the compute
+ * stream of the context that posted the operation) wait for the operation: on the GPU, with no
+ * host wait, through NCCL; on the staged path (ranks sharing a GPU) by a host wait for the
+ * transfer, whose results are on the device once it completed. The request stays the caller's: wait for or test it later, which reports a
  * failure or a timeout. An asynchronous device collective does not order the compute stream
  * by itself, so that compute enqueued after the post overlaps the communication. A completed
  * request (NULL) needs nothing; a host operation is LOOM_ERR_ARG (wait for it instead). */

@@ -36,6 +36,7 @@ struct loom_req {
   loom_job_release_fn release;
   struct loom_req *next;
   int done;
+  int device_job; /* a staged device collective: its results are on the device once done */
 
   /* LOOM_REQ_POLL: state freed by poll_release after completion */
   loom_req_poll_fn poll;

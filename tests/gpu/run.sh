@@ -46,7 +46,19 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     check "collectives-gpu-np$np" "${limit[@]}" "${mpi[@]}" -np $np "${gpu_env[@]}" build-gpu/tests/mpi/test_collectives
     check "sparse-gpu-np$np" "${limit[@]}" "${mpi[@]}" -np $np "${gpu_env[@]}" build-gpu/tests/mpi/test_sparse
     check "ddp-gpu-np$np" "${limit[@]}" "${mpi[@]}" -np $np "${gpu_env[@]}" build-gpu/tests/mpi/test_ddp
+    check "progress-gpu-np$np" "${limit[@]}" "${mpi[@]}" -np $np "${gpu_env[@]}" build-gpu/tests/mpi/test_progress
   done
+  # Ranks sharing a GPU (--share-gpus 1): device traffic on the staged path (pinned host
+  # buffers over MPI), so every multi-rank device test also runs on a one-GPU machine. On
+  # several GPUs --device-comm staged forces the same path.
+  staged_env=("${gpu_env[@]}" -x LOOM_SHARE_GPUS=1 -x LOOM_DEVICE_COMM=staged)
+  for np in 2 4; do
+    for t in collectives sparse ddp progress; do
+      check "$t-gpu-staged-np$np" "${limit[@]}" "${mpi[@]}" -np $np "${staged_env[@]}" build-gpu/tests/mpi/test_$t
+    done
+  done
+  check "collectives-gpu-staged-np4-hier" "${limit[@]}" "${mpi[@]}" -np 4 "${staged_env[@]}" -x LOOM_RANKS_PER_NODE=2 build-gpu/tests/mpi/test_collectives
+  check "timeout-gpu-staged-np2" "${limit[@]}" "${mpi[@]}" -np 2 "${staged_env[@]}" -x LOOM_TIMEOUT=3 build-gpu/tests/mpi/test_timeout
   if [ "$gpus" -ge 4 ]; then
     check "collectives-gpu-np4-hier" "${limit[@]}" "${mpi[@]}" -np 4 "${gpu_env[@]}" -x LOOM_RANKS_PER_NODE=2 build-gpu/tests/mpi/test_collectives
   fi
@@ -73,7 +85,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   fi
   # Snapshots of device tensors over several layouts: the GPU checksums the device image and
   # the host verifies it at restore, shares gathered and uploaded (ranks may share a GPU).
-  check "snapshot-layouts-gpu" env LOOM_DEVICE=cuda "${limit[@]}" bash tests/mpi/snapshot.sh build-gpu/tests/mpi/test_snapshot
+  check "snapshot-layouts-gpu" env LOOM_DEVICE=cuda LOOM_SHARE_GPUS=1 "${limit[@]}" bash tests/mpi/snapshot.sh build-gpu/tests/mpi/test_snapshot
   # Fault tolerance with device state: asynchronous snapshots (side-stream copies) and a lost
   # node rebuilt from parity, restored by upload; parameters byte-identical (4 GPUs).
   if [ -d .device-data ] && [ "$gpus" -ge 4 ]; then
@@ -82,7 +94,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
         bash tests/fault/fault.sh $c build-gpu/examples/train_mnist build-gpu/checkpoint/tool/loom-run
     done
   fi
-  [ "$gpus" -ge 2 ] && check "timeout-gpu-np2" "${limit[@]}" "${mpi[@]}" -np 2 build-gpu/tests/mpi/test_timeout
+  [ "$gpus" -ge 2 ] && check "timeout-gpu-np2" "${limit[@]}" "${mpi[@]}" -np 2 "${gpu_env[@]}" -x LOOM_TIMEOUT=3 build-gpu/tests/mpi/test_timeout
 fi
 
 ddp_bench=build-gpu/bench/loom-gpu-ddp-bench

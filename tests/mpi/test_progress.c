@@ -11,7 +11,10 @@
  *    so. Rank 0's all-to-all must complete while its allreduce on B is still in flight.
  * 3. Posting order on one group: several async allreduces on one group, waited for in
  *    reverse, each with its own inputs.
- * 4. loom_status_agree: every member returns an error when any failed, the failed member's
+ * 4. A ring of sends and receives as one loom_p2p_batch (device buffers: issued at once, as
+ *    one NCCL group, ordered after an event of the caller's), then a blocking allreduce
+ *    ordered on a stream of the test's own (loom_group_set_stream).
+ * 5. loom_status_agree: every member returns an error when any failed, the failed member's
  *    own message stands, the others name the failed rank and carry its code.
  * Buffers are host memory, or device memory under --device cuda. Inputs come from (seed,
  * rank, index) with a fresh seed per run (printed; LOOM_SEED replays one); references are
@@ -173,6 +176,50 @@ static void posting_order(check_state *st) {
   free(everyone);
 }
 
+static void batch_ring(check_state *st) {
+  loom_group *world = loom_ctx_world(st->ctx);
+  int n = st->size, r = st->rank, next = (r + 1) % n, prev = (r + n - 1) % n;
+  size_t count = 1000 + (size_t)(st->seed % 1000);
+  uint64_t seed = st->seed + 4000;
+  test_buf out, in;
+  buf_make(st, &out, count, seed);
+  buf_make(st, &in, count, seed + 1); /* overwritten by the receive */
+  loom_event *after = NULL;
+  if (st->device_mode) {
+    CHECK_OK(st, loom_event_create(st->ctx, &after));
+    CHECK_OK(st, loom_event_record(after, NULL)); /* the upload above is on the compute stream */
+  }
+  loom_p2p ops[2] = {{.buf = out.buf, .peer = next, .tag = 11, .is_send = 1},
+                     {.buf = in.buf, .peer = prev, .tag = 11, .is_send = 0}};
+  loom_req *req = NULL;
+  CHECK_OK(st, loom_p2p_batch(world, ops, 2, after, &req));
+  CHECK_OK(st, loom_wait(&req));
+  buf_fetch(st, &in);
+  for (size_t i = 0; i < count; i++)
+    expect_near(st, "batch ring: block from the previous rank", i, in.host[i],
+                input_value(LOOM_FLOAT32, seed, prev, i), 0);
+  /* an empty batch completes at once */
+  CHECK_OK(st, loom_p2p_batch(world, ops, 0, NULL, &req));
+  CHECK_OK(st, loom_wait(&req));
+  if (st->device_mode) { /* a collective ordered on a stream of the caller's */
+    loom_stream *side = NULL;
+    CHECK_OK(st, loom_stream_create(st->ctx, &side));
+    CHECK_OK(st, loom_group_set_stream(world, loom_stream_cuda(side)));
+    CHECK_OK(st, loom_allreduce(world, out.buf, out.buf, LOOM_OP_SUM));
+    CHECK_OK(st, loom_stream_synchronize(side));
+    CHECK_OK(st, loom_group_set_stream(world, NULL));
+    buf_fetch(st, &out);
+    int *everyone = malloc(sizeof(int) * (size_t)n);
+    for (int p = 0; p < n; p++) everyone[p] = p;
+    check_sum(st, "allreduce on a side stream", out.host, count, seed, everyone, n);
+    free(everyone);
+    CHECK_OK(st, loom_stream_destroy(side));
+    CHECK_OK(st, loom_event_destroy(after));
+  }
+  buf_free(st, &out);
+  buf_free(st, &in);
+}
+
 static void agreement(check_state *st) {
   loom_group *world = loom_ctx_world(st->ctx);
   expect_near(st, "agree: all OK", 0, loom_status_agree(world, LOOM_OK, "step"), LOOM_OK, 0);
@@ -219,6 +266,7 @@ int main(int argc, char **argv) {
     cross_group(&st);
   }
   posting_order(&st);
+  if (st.size >= 2 || !st.device_mode) batch_ring(&st); /* NCCL refuses a transfer to oneself */
   agreement(&st);
   code = check_finish(&st, "test_progress");
   loom_finalize(st.ctx);

@@ -4,9 +4,11 @@
  * with LOOM_ERR_TIMEOUT within LOOM_TIMEOUT + 5 s, naming loom_recv, the group, the peer and
  * the tag, and the cancelled receive must not swallow a later message with the same tag. A
  * large send (rendezvous) that is never received times out the same way.
- * Device buffers (--device cuda; exits 77 without GPUs): rank 1 skips one device allreduce;
- * rank 0's wait must end with LOOM_ERR_TIMEOUT naming the operation and the group, and the
- * aborted communicator must refuse later calls at once. */
+ * Device buffers (--device cuda; exits 77 without GPUs), NCCL: rank 1 skips one device
+ * allreduce; rank 0's wait must end with LOOM_ERR_TIMEOUT naming the operation and the group,
+ * and the aborted communicator must refuse later calls at once. Staged device path (ranks
+ * sharing a GPU): a device receive from the silent peer times out like a host one, and the
+ * next message with its tag still arrives on the device. */
 #include <string.h>
 
 #include "check.h"
@@ -57,6 +59,37 @@ static void host_part(check_state *st, double timeout) {
   free(large);
 }
 
+static void staged_part(check_state *st, double timeout) {
+  loom_group *world = loom_ctx_world(st->ctx);
+  int *device = NULL, value = -1;
+  CHECK_OK(st, loom_device_alloc(st->ctx, sizeof(int), (void **)&device));
+  loom_buf buf = loom_buf_device(st->ctx, device, 1, LOOM_INT32);
+  if (st->rank == 0) {
+    double start = loom_now();
+    loom_status s = loom_recv(world, buf, 1, 7);
+    double waited = loom_now() - start;
+    printf("rank 0: staged recv %s after %.2f s: %s\n", loom_status_name(s), waited,
+           loom_error_string());
+    expect_near(st, "staged recv: timeout status", 0, s, LOOM_ERR_TIMEOUT, 0);
+    expect_near(st, "staged recv: within LOOM_TIMEOUT + 5 s", 0,
+                waited >= timeout - 0.05 && waited < timeout + 5, 1, 0);
+    expect_near(st, "staged recv: message names call, peer and tag", 0,
+                names("loom_recv") && names("peer 1") && names("tag 7"), 1, 0);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (st->rank == 1) {
+    value = 42;
+    CHECK_OK(st, loom_device_upload(st->ctx, device, &value, sizeof value));
+    CHECK_OK(st, loom_send(world, buf, 0, 7));
+    st->checks++;
+  } else {
+    CHECK_OK(st, loom_recv(world, buf, 1, 7));
+    CHECK_OK(st, loom_device_download(st->ctx, &value, device, sizeof value));
+    expect_near(st, "staged: the cancelled receive left the next message alone", 0, value, 42, 0);
+  }
+  loom_device_free(st->ctx, device);
+}
+
 static void device_part(check_state *st) {
   loom_group *world = loom_ctx_world(st->ctx);
   float *device = NULL;
@@ -94,7 +127,8 @@ int main(int argc, char **argv) {
     loom_finalize(st.ctx);
     return 77;
   }
-  if (st.device_mode) device_part(&st);
+  if (st.device_mode && loom_ctx_device_staged(st.ctx)) staged_part(&st, config.timeout_seconds);
+  else if (st.device_mode) device_part(&st);
   else host_part(&st, config.timeout_seconds);
   /* Agree over MPI (the control plane still works) and finish. */
   code = check_finish(&st, "test_timeout");
