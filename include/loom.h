@@ -17,6 +17,7 @@
 #include "runtime/device.h"
 #include "runtime/stream.h"
 #include "runtime/state.h"
+#include "runtime/params.h"
 #include "runtime/fault.h"
 #include "runtime/signals.h"
 #include "collectives/coll.h"

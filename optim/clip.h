@@ -7,6 +7,7 @@
 
 #include "runtime/dtype.h"
 #include "runtime/group.h"
+#include "runtime/params.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -25,6 +26,18 @@ loom_status loom_grad_norm(loom_group *shard_group, void *stream, const loom_buf
  * max_norm / (norm + 1e-6). Returns the norm before clipping in *norm (may be NULL). */
 loom_status loom_clip_grad_norm(loom_group *shard_group, void *stream, const loom_buf *grads,
                                 int count, double max_norm, double *norm);
+
+/* The true global 2-norm of every gradient of the parameter table, each element counted once
+ * however its parameter is replicated (dense over GRAD, experts over EDP, one table per pipeline
+ * stage): the replica that loom_state_is_writer picks counts its slice, and one allreduce over
+ * the world sums the squares. Call it after the gradients are reduced (replicas agree). Device
+ * gradients: their block sums reach the host in one copy (one host sync for the whole table);
+ * `stream` is the one that produced them. */
+loom_status loom_params_grad_norm(const loom_params *params, void *stream, double *norm);
+/* The norm as above, then every gradient scaled by max_norm / (norm + 1e-6) when it exceeds
+ * max_norm > 0. *norm (may be NULL) receives the norm before clipping. */
+loom_status loom_clip_params(const loom_params *params, void *stream, double max_norm,
+                             double *norm);
 
 #ifdef __cplusplus
 }

@@ -166,6 +166,23 @@ extern "C" loom_status loom_sum_squares_device(void *stream, const void *x, size
   return status;
 }
 
+extern "C" int loom_sum_squares_blocks(size_t n) { return n ? blocks_for(n) : 0; }
+
+extern "C" loom_status loom_sum_squares_device_partials(void *stream, const void *x, size_t n,
+                                                        loom_dtype dtype, double *partials) {
+  if (n == 0) return LOOM_OK;
+  if (dtype == LOOM_FLOAT32)
+    sum_squares_kernel<float><<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>(
+        (const float *)x, n, partials);
+  else if (dtype == LOOM_FLOAT64)
+    sum_squares_kernel<double><<<blocks_for(n), kThreads, 0, (cudaStream_t)stream>>>(
+        (const double *)x, n, partials);
+  else
+    return loom_error_set(LOOM_ERR_ARG, "sum of squares on the GPU: dtype %s; float32 or float64",
+                          loom_dtype_name(dtype));
+  return launch_status("sum of squares");
+}
+
 extern "C" loom_status loom_scale_device(void *stream, void *x, size_t n, loom_dtype dtype,
                                          double scale) {
   if (n == 0) return LOOM_OK;

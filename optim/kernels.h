@@ -37,6 +37,11 @@ loom_status loom_adamw_update_device_mixed(void *stream, size_t n, float *param,
  * reduction, then the host sums the block results). */
 loom_status loom_sum_squares_device(void *stream, const void *x, size_t n, loom_dtype dtype,
                                     double *result);
+/* The same without a host wait: the loom_sum_squares_blocks(n) block sums go to `partials`
+ * (device memory of that many doubles), for a caller that sums many tensors with one copy. */
+int loom_sum_squares_blocks(size_t n);
+loom_status loom_sum_squares_device_partials(void *stream, const void *x, size_t n,
+                                             loom_dtype dtype, double *partials);
 /* x *= scale for n float32 or float64 elements. */
 loom_status loom_scale_device(void *stream, void *x, size_t n, loom_dtype dtype, double scale);
 

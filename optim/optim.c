@@ -19,6 +19,8 @@ typedef struct {
   float *state[2];         /* SGD: momentum; AdamW: exp_avg, exp_avg_sq */
   char *state_name[2];
   int device;              /* parameter, gradient and state live on the GPU */
+  double weight_decay;     /* this parameter's (its group's, or the optimizer's) */
+  double lr_scale;         /* its group's: lr of the step times this */
 } entry;
 
 struct loom_optim {
@@ -82,14 +84,39 @@ loom_status loom_optim_add(loom_optim *o, const char *name, loom_buf param, loom
   return loom_optim_add_mixed(o, name, param, grad, (loom_buf){0});
 }
 
+static loom_status add_entry(loom_optim *o, const char *name, loom_buf param, loom_buf grad,
+                             loom_buf model_copy, double weight_decay, double lr_scale);
+
 loom_status loom_optim_add_mixed(loom_optim *o, const char *name, loom_buf param, loom_buf grad,
                                  loom_buf model_copy) {
+  if (!o) return loom_error_set(LOOM_ERR_ARG, "loom_optim_add: optimizer missing");
+  return add_entry(o, name, param, grad, model_copy, o->params.weight_decay, 1.0);
+}
+
+loom_status loom_optim_add_params(loom_optim *o, const loom_params *params) {
+  if (!o || !params) return loom_error_set(LOOM_ERR_ARG, "loom_optim_add_params: NULL argument");
+  for (int i = 0; i < loom_params_count(params); i++) {
+    const loom_param *p = loom_params_at(params, i);
+    const loom_param_group *g = loom_params_group_at(params, p->group);
+    double decay = g->weight_decay >= 0 ? g->weight_decay : o->params.weight_decay;
+    LOOM_CHECK(add_entry(o, p->name, p->value, p->grad, p->model_copy, decay, g->lr_scale));
+  }
+  return LOOM_OK;
+}
+
+static loom_status add_entry(loom_optim *o, const char *name, loom_buf param, loom_buf grad,
+                             loom_buf model_copy, double weight_decay, double lr_scale) {
   if (!o || !name || !*name) return loom_error_set(LOOM_ERR_ARG, "loom_optim_add: optimizer or name missing");
-  if (param.dtype != LOOM_FLOAT32 || (grad.dtype != LOOM_FLOAT32 && grad.dtype != LOOM_BFLOAT16))
+  int host_double = grad.dtype == LOOM_FLOAT64 && grad.device.kind == LOOM_DEVICE_CPU;
+  if (param.dtype != LOOM_FLOAT32 ||
+      (grad.dtype != LOOM_FLOAT32 && grad.dtype != LOOM_BFLOAT16 && !host_double))
     return loom_error_set(LOOM_ERR_ARG, "loom_optim_add '%s': parameter is %s and gradient %s; "
                           "the optimizer updates float32 parameters with float32 or bfloat16 "
-                          "gradients", name, loom_dtype_name(param.dtype),
+                          "gradients (float64 on the host)", name, loom_dtype_name(param.dtype),
                           loom_dtype_name(grad.dtype));
+  if (!(weight_decay >= 0) || !(lr_scale >= 0))
+    return loom_error_set(LOOM_ERR_ARG, "loom_optim_add '%s': weight_decay=%g and lr_scale=%g "
+                          "must be >= 0", name, weight_decay, lr_scale);
   if (param.device.kind != grad.device.kind)
     return loom_error_set(LOOM_ERR_ARG, "loom_optim_add '%s': parameter and gradient are in "
                           "different memories (host/device)", name);
@@ -119,7 +146,7 @@ loom_status loom_optim_add_mixed(loom_optim *o, const char *name, loom_buf param
     o->capacity = capacity;
   }
   entry e = {.name = strdup(name), .param = param, .grad = grad, .model_copy = model_copy,
-             .device = device};
+             .device = device, .weight_decay = weight_decay, .lr_scale = lr_scale};
   static const char *const sgd_names[] = {"momentum"}, *const adam_names[] = {"exp_avg", "exp_avg_sq"};
   int states = states_per_param(o);
   int ok = e.name != NULL;
@@ -164,31 +191,30 @@ loom_status loom_optim_step(loom_optim *o, double lr) {
   for (int i = 0; i < o->count; i++) {
     entry *e = &o->entries[i];
     uint16_t *copy = e->model_copy.count ? e->model_copy.ptr : NULL;
+    float rate = (float)(lr * e->lr_scale), decay = (float)e->weight_decay;
 #ifdef LOOM_HAVE_CUDA
     if (e->device) {
       if (p->kind == LOOM_OPTIM_SGD)
         LOOM_CHECK(loom_sgd_update_device_mixed(p->stream, e->param.count, e->param.ptr,
                                                 e->grad.ptr, e->grad.dtype, e->state[0], copy,
-                                                (float)lr, (float)p->momentum,
-                                                (float)p->weight_decay, p->nesterov, o->step == 1));
+                                                rate, (float)p->momentum, decay, p->nesterov,
+                                                o->step == 1));
       else
         LOOM_CHECK(loom_adamw_update_device_mixed(p->stream, e->param.count, e->param.ptr,
                                                   e->grad.ptr, e->grad.dtype, e->state[0],
-                                                  e->state[1], copy, o->step, (float)lr,
+                                                  e->state[1], copy, o->step, rate,
                                                   (float)p->beta1, (float)p->beta2, (float)p->eps,
-                                                  (float)p->weight_decay));
+                                                  decay));
       continue;
     }
 #endif
     if (p->kind == LOOM_OPTIM_SGD)
       loom_sgd_update_mixed(e->param.count, e->param.ptr, e->grad.ptr, e->grad.dtype, e->state[0],
-                            copy, (float)lr, (float)p->momentum, (float)p->weight_decay,
-                            p->nesterov, o->step == 1);
+                            copy, rate, (float)p->momentum, decay, p->nesterov, o->step == 1);
     else
       loom_adamw_update_mixed(e->param.count, e->param.ptr, e->grad.ptr, e->grad.dtype,
-                              e->state[0], e->state[1], copy, o->step, (float)lr,
-                              (float)p->beta1, (float)p->beta2, (float)p->eps,
-                              (float)p->weight_decay);
+                              e->state[0], e->state[1], copy, o->step, rate, (float)p->beta1,
+                              (float)p->beta2, (float)p->eps, decay);
   }
   return LOOM_OK;
 }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "runtime/dtype.h"
+#include "runtime/params.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -29,7 +30,8 @@ void loom_adamw_update(size_t n, float *param, const float *grad, float *exp_avg
                        float eps, float weight_decay);
 
 /* Mixed precision (Micikevicius et al., "Mixed Precision Training", ICLR'18): the same rules on
- * float32 master parameters with a float32 or bfloat16 gradient (`grad_dtype`), and, when
+ * float32 master parameters with a float32 or bfloat16 gradient (`grad_dtype`; on the CPU also
+ * float64, rounded once to float32), and, when
  * `bf16_copy` is not NULL, the updated parameter rounded to bfloat16 (nearest even) written
  * there: the weights a bf16 forward pass reads. The kernels above are these with float32
  * gradients and no copy. */
@@ -72,6 +74,11 @@ loom_status loom_optim_add(loom_optim *optim, const char *name, loom_buf param, 
  * step overwrites with the updated parameter rounded to bfloat16. */
 loom_status loom_optim_add_mixed(loom_optim *optim, const char *name, loom_buf param,
                                  loom_buf grad, loom_buf model_copy);
+/* Adds every parameter of the table (in table order) with its master value, gradient and model
+ * copy, and its optimizer group's hyper-parameters: the group's weight decay (when >= 0) in
+ * place of the optimizer's, and the step's learning rate times the group's lr_scale. Host
+ * gradients may be float64 (read as float32, as a float32 copy would be). */
+loom_status loom_optim_add_params(loom_optim *optim, const loom_params *params);
 /* One update of every parameter with learning rate `lr`; increments the step count. */
 loom_status loom_optim_step(loom_optim *optim, double lr);
 int64_t loom_optim_step_count(const loom_optim *optim);

@@ -4,17 +4,21 @@
 #include "optim/optim.h"
 #include "optim/update_rules.h"
 
-/* Gradient element i as float32 (bfloat16 gradients are widened exactly). */
-static inline float grad_at(const void *grad, int bf16, size_t i) {
-  return bf16 ? loom_bf16_widen(((const uint16_t *)grad)[i]) : ((const float *)grad)[i];
+/* Gradient element i as float32 (bfloat16 gradients are widened exactly; float64 ones are
+ * rounded once, as a float32 copy of them would be). */
+static inline float grad_at(const void *grad, loom_dtype dtype, size_t i) {
+  switch (dtype) {
+    case LOOM_BFLOAT16: return loom_bf16_widen(((const uint16_t *)grad)[i]);
+    case LOOM_FLOAT64: return (float)((const double *)grad)[i];
+    default: return ((const float *)grad)[i];
+  }
 }
 
 void loom_sgd_update_mixed(size_t n, float *param, const void *grad, loom_dtype grad_dtype,
                            float *momentum_buf, uint16_t *bf16_copy, float lr, float momentum,
                            float weight_decay, int nesterov, int first_step) {
-  int bf16 = grad_dtype == LOOM_BFLOAT16;
   for (size_t i = 0; i < n; i++) {
-    loom_sgd_element(&param[i], grad_at(grad, bf16, i), momentum_buf ? &momentum_buf[i] : NULL,
+    loom_sgd_element(&param[i], grad_at(grad, grad_dtype, i), momentum_buf ? &momentum_buf[i] : NULL,
                      lr, momentum, weight_decay, nesterov, first_step);
     if (bf16_copy) bf16_copy[i] = loom_bf16_round(param[i]);
   }
@@ -24,9 +28,8 @@ void loom_adamw_update_mixed(size_t n, float *param, const void *grad, loom_dtyp
                              float *exp_avg, float *exp_avg_sq, uint16_t *bf16_copy, int64_t step,
                              float lr, float beta1, float beta2, float eps, float weight_decay) {
   loom_adamw_step_scalars s = loom_adamw_scalars(step, lr, beta1, beta2, weight_decay);
-  int bf16 = grad_dtype == LOOM_BFLOAT16;
   for (size_t i = 0; i < n; i++) {
-    loom_adamw_element(&param[i], grad_at(grad, bf16, i), &exp_avg[i], &exp_avg_sq[i], beta1,
+    loom_adamw_element(&param[i], grad_at(grad, grad_dtype, i), &exp_avg[i], &exp_avg_sq[i], beta1,
                        beta2, eps, s);
     if (bf16_copy) bf16_copy[i] = loom_bf16_round(param[i]);
   }

@@ -22,6 +22,7 @@ typedef struct {
 typedef struct {
   loom_dtype dtype;
   size_t count;   /* elements */
+  size_t *offsets; /* (member_count) element offsets of the members, for the reducer */
   void *flat;     /* (count) packed gradients; for a bucket of one gradient, that gradient's
                    * own buffer (reduced in place: no packing copies, no extra memory) */
   int in_place;
@@ -43,6 +44,9 @@ struct loom_ddp {
   int next_to_post; /* first bucket not posted yet in this step */
   int in_step, sync;
   int on_device; /* gradients (and bucket buffers) live on the GPU; copies on its stream */
+  const loom_ddp_reducer *reducer;
+  int *from_param; /* (from_param_count) DDP index of each table parameter, -1 if not here */
+  int from_param_count;
   double backward_end, finish_end, wait_seconds;
 };
 
@@ -59,6 +63,12 @@ loom_status loom_ddp_create(loom_group *group, const loom_ddp_params *params, lo
   if (!ddp) return loom_error_set(LOOM_ERR_NOMEM, "allocating the DDP state");
   ddp->group = group;
   ddp->params = *params;
+  ddp->reducer = params->reducer ? params->reducer : loom_ddp_allreduce_reducer();
+  if (!ddp->reducer->post) {
+    free(ddp);
+    return loom_error_set(LOOM_ERR_ARG, "loom_ddp_create: reducer '%s' has no post function",
+                          params->reducer->name ? params->reducer->name : "?");
+  }
   *out = ddp;
   return LOOM_OK;
 }
@@ -86,11 +96,13 @@ void loom_ddp_destroy(loom_ddp *ddp) {
       free(ddp->buckets[b].flat);
     }
     free(ddp->buckets[b].members);
+    free(ddp->buckets[b].offsets);
   }
   for (int p = 0; p < ddp->param_count; p++) free(ddp->params_list[p].name);
   free(ddp->buckets);
   free(ddp->bucket_times);
   free(ddp->params_list);
+  free(ddp->from_param);
   free(ddp);
 }
 
@@ -104,10 +116,9 @@ loom_status loom_ddp_register(loom_ddp *ddp, const char *name, loom_buf grad, in
     return loom_error_set(LOOM_ERR_ARG, "loom_ddp_register '%s': invalid dtype or NULL pointer",
                           name);
   loom_ctx *ctx = loom_group_ctx(ddp->group);
-  if (grad.device.kind == LOOM_DEVICE_CUDA &&
-      (!loom_build_has_nccl() || loom_ctx_device(ctx).kind != LOOM_DEVICE_CUDA))
+  if (grad.device.kind == LOOM_DEVICE_CUDA && loom_ctx_device(ctx).kind != LOOM_DEVICE_CUDA)
     return loom_error_set(LOOM_ERR_UNSUPPORTED, "loom_ddp_register '%s': a CUDA gradient needs a "
-                          "GPU rank (--device cuda) and a build with NCCL", name);
+                          "GPU rank (--device cuda)", name);
   int device = grad.device.kind == LOOM_DEVICE_CUDA;
   if (ddp->param_count > 0 && device != ddp->on_device)
     return loom_error_set(LOOM_ERR_ARG, "loom_ddp_register '%s': gradient in %s memory but earlier "
@@ -147,11 +158,14 @@ static loom_status build_buckets(loom_ddp *ddp) {
       current = &ddp->buckets[ddp->bucket_count++];
       current->dtype = param->grad.dtype;
       current->members = malloc(sizeof(int) * (size_t)capacity);
-      if (!current->members) return loom_error_set(LOOM_ERR_NOMEM, "DDP bucket members");
+      current->offsets = malloc(sizeof(size_t) * (size_t)capacity);
+      if (!current->members || !current->offsets)
+        return loom_error_set(LOOM_ERR_NOMEM, "DDP bucket members");
       current_bytes = 0;
     }
     param->bucket = (int)(current - ddp->buckets);
     param->offset = current->count;
+    current->offsets[current->member_count] = param->offset;
     current->members[current->member_count++] = p;
     current->count += param->grad.count;
     current_bytes += bytes;
@@ -215,7 +229,49 @@ static loom_status post_bucket(loom_ddp *ddp, ddp_bucket *bucket) {
                                         bucket->dtype)
                       : loom_buf_host(bucket->flat, bucket->count, bucket->dtype);
   bucket->posted = 1;
-  return loom_allreduce_async(ddp->group, flat, flat, ddp->params.op, &bucket->req);
+  loom_ddp_bucket_view view = {.index = (int)(bucket - ddp->buckets), .flat = flat,
+                               .members = bucket->members, .offsets = bucket->offsets,
+                               .member_count = bucket->member_count};
+  return ddp->reducer->post(ddp->reducer->state, ddp->group, ddp->params.op, &view, &bucket->req);
+}
+
+static loom_status allreduce_post(void *state, loom_group *group, loom_op op,
+                                  const loom_ddp_bucket_view *bucket, loom_req **req) {
+  return loom_allreduce_async(group, bucket->flat, bucket->flat, op, req);
+}
+
+const loom_ddp_reducer *loom_ddp_allreduce_reducer(void) {
+  static const loom_ddp_reducer allreduce = {.name = "allreduce", .post = allreduce_post};
+  return &allreduce;
+}
+
+loom_status loom_ddp_add_params(loom_ddp *ddp, const loom_params *params, loom_axis axis) {
+  if (!ddp || !params) return loom_error_set(LOOM_ERR_ARG, "loom_ddp_add_params: NULL argument");
+  if (ddp->from_param)
+    return loom_error_set(LOOM_ERR_STATE, "loom_ddp_add_params on %s: a table was added already",
+                          loom_group_name(ddp->group));
+  int n = loom_params_count(params);
+  ddp->from_param = malloc(sizeof(int) * (size_t)(n ? n : 1));
+  if (!ddp->from_param) return loom_error_set(LOOM_ERR_NOMEM, "DDP parameter map (%d)", n);
+  ddp->from_param_count = n;
+  for (int i = 0; i < n; i++) {
+    const loom_param *p = loom_params_at(params, i);
+    ddp->from_param[i] = -1;
+    if (p->reduce_axis != axis) continue;
+    LOOM_CHECK(loom_ddp_register(ddp, p->name, p->grad, &ddp->from_param[i]));
+  }
+  return LOOM_OK;
+}
+
+loom_status loom_ddp_param_ready(loom_ddp *ddp, int param_index) {
+  if (!ddp || !ddp->from_param)
+    return loom_error_set(LOOM_ERR_STATE, "loom_ddp_param_ready: no parameter table added "
+                          "(loom_ddp_add_params)");
+  if (param_index < 0 || param_index >= ddp->from_param_count)
+    return loom_error_set(LOOM_ERR_ARG, "loom_ddp_param_ready: parameter %d outside [0, %d)",
+                          param_index, ddp->from_param_count);
+  int index = ddp->from_param[param_index];
+  return index < 0 ? LOOM_OK : loom_ddp_grad_ready(ddp, index);
 }
 
 /* Posts every full bucket from next_to_post on, stopping at the first one not full. */
@@ -291,6 +347,8 @@ loom_status loom_ddp_finish(loom_ddp *ddp) {
   loom_status waited = drain(ddp);
   if (status == LOOM_OK) status = waited;
   if (status < 0) return status;
+  if (ddp->reducer->finish)
+    LOOM_CHECK(ddp->reducer->finish(ddp->reducer->state, ddp->group, ddp->bucket_count));
   LOOM_CHECK(unpack(ddp));
   ddp->finish_end = loom_now();
   ddp->wait_seconds = ddp->finish_end - start;

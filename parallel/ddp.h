@@ -14,19 +14,48 @@
 #include <stddef.h>
 
 #include "collectives/coll.h"
+#include "runtime/params.h"
 #include "runtime/req.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+/* One bucket as its reducer sees it: its place in the posting order, the packed gradients and
+ * where each member gradient lies in them. Valid from the reducer's post to the step's end. */
+typedef struct {
+  int index;             /* bucket index: buckets are posted in this order on every rank */
+  loom_buf flat;         /* (count) the bucket's gradients, packed; reduced in place */
+  const int *members;    /* (member_count) DDP indices of its gradients, in layout order */
+  const size_t *offsets; /* (member_count) element offset of each member in `flat` */
+  int member_count;
+} loom_ddp_bucket_view;
+
+/* How buckets are combined over the group. `post` starts one bucket's reduction and returns a
+ * request; `finish` (may be NULL) runs once every bucket of a synced step has completed, before
+ * the reduced gradients are copied back. The default reducer is the all-reduce (sum or mean,
+ * in place). The same two calls carry a reduce-scatter into buckets laid out by shard (each
+ * rank keeps the slice it updates: a sharded optimizer) and an aggregation that drops or
+ * decodes contributions (backup workers, gradient coding): post sees the bucket's index,
+ * layout and buffer; finish may rewrite buffers before they are unpacked. */
+typedef struct {
+  const char *name;
+  void *state; /* the reducer's own; passed back to both calls */
+  loom_status (*post)(void *state, loom_group *group, loom_op op,
+                      const loom_ddp_bucket_view *bucket, loom_req **req);
+  loom_status (*finish)(void *state, loom_group *group, int bucket_count);
+} loom_ddp_reducer;
+
+/* The all-reduce reducer (what a NULL `reducer` means). */
+const loom_ddp_reducer *loom_ddp_allreduce_reducer(void);
+
 typedef struct {
   size_t bucket_bytes; /* gradient bytes per bucket (default 25 MiB); a larger tensor gets its own */
   int overlap;         /* 1: reduce buckets as they fill; 0: reduce all at finish (baseline) */
   loom_op op;          /* LOOM_OP_AVG (mean over replicas) or LOOM_OP_SUM */
+  const loom_ddp_reducer *reducer; /* NULL: the all-reduce; borrowed, outlives the DDP */
 } loom_ddp_params;
-
-#define LOOM_DDP_PARAMS_INIT {.bucket_bytes = 25u << 20, .overlap = 1, .op = LOOM_OP_AVG}
+#define LOOM_DDP_PARAMS_INIT {.bucket_bytes = 25u << 20, .overlap = 1, .op = LOOM_OP_AVG, .reducer = NULL}
 
 typedef struct loom_ddp loom_ddp;
 
@@ -39,6 +68,13 @@ void loom_ddp_destroy(loom_ddp *ddp);
  * returns its index for loom_ddp_grad_ready. Gradients of one bucket share a dtype. */
 loom_status loom_ddp_register(loom_ddp *ddp, const char *name, loom_buf grad, int *index);
 
+/* Registers, from the parameter table, the gradient of every parameter whose reduce axis is
+ * `axis` (the axis of this DDP's group: GRAD for dense parameters, EDP for experts), in table
+ * order. Mark them ready with loom_ddp_param_ready and the table's indices. */
+loom_status loom_ddp_add_params(loom_ddp *ddp, const loom_params *params, loom_axis axis);
+/* loom_ddp_grad_ready for parameter `param_index` of the table given to loom_ddp_add_params;
+ * a parameter of another axis (not registered here) is ignored. */
+loom_status loom_ddp_param_ready(loom_ddp *ddp, int param_index);
 /* Starts a step (a micro-batch). sync = 0: gradients are only accumulated by the user
  * (no communication, finish returns at once); sync = 1: this micro-batch's gradients are
  * reduced. Gradient accumulation = N-1 steps with sync 0, then one with sync 1. */

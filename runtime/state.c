@@ -1,6 +1,8 @@
 /* State registry: named tensors, their placement, and each rank's slice (see state.h). */
 #include "runtime/state.h"
 
+#include "runtime/params.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -160,3 +162,13 @@ loom_status loom_state_entry(const loom_state *state, int index, const char **na
 }
 
 loom_mesh *loom_state_mesh(const loom_state *state) { return state->mesh; }
+
+loom_status loom_state_register_params(loom_state *state, const loom_params *params) {
+  if (!state || !params)
+    return loom_error_set(LOOM_ERR_ARG, "loom_state_register_params: NULL argument");
+  for (int i = 0; i < loom_params_count(params); i++) {
+    const loom_param *p = loom_params_at(params, i);
+    LOOM_CHECK(loom_state_register(state, p->name, &p->spec, p->value));
+  }
+  return LOOM_OK;
+}

@@ -56,6 +56,10 @@ void loom_state_destroy(loom_state *state);
 loom_status loom_state_register(loom_state *state, const char *name, const loom_state_spec *spec,
                                 loom_buf local);
 
+/* Registers every parameter of a parameter table (runtime/params.h) under its name with its
+ * spec and value. (A declaration of the table type, to keep this header free of it.) */
+struct loom_params;
+loom_status loom_state_register_params(loom_state *state, const struct loom_params *params);
 int loom_state_count(const loom_state *state);
 /* Entry `index` in registration order: name, spec, local buffer, slice. NULL outputs skipped. */
 loom_status loom_state_entry(const loom_state *state, int index, const char **name,
