@@ -18,6 +18,7 @@
 #include "runtime/stream.h"
 #include "runtime/state.h"
 #include "runtime/params.h"
+#include "runtime/loop.h"
 #include "runtime/fault.h"
 #include "runtime/signals.h"
 #include "collectives/coll.h"
@@ -29,5 +30,6 @@
 #include "checkpoint/ckpt.h"
 #include "checkpoint/inspect.h"
 #include "checkpoint/snapshot.h"
+#include "checkpoint/keeper.h"
 
 #endif

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "optim/optim.h"
+#include "runtime/state.h"
 
 #ifdef LOOM_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -237,5 +238,18 @@ loom_status loom_optim_state_at(const loom_optim *o, int index, const char **nam
   int s = (index - 1) % per;
   *name = e->state_name[s];
   *buf = (loom_buf){e->state[s], e->param.count, LOOM_FLOAT32, e->param.device};
+  return LOOM_OK;
+}
+
+loom_status loom_optim_register_state(const loom_optim *o, loom_state *state) {
+  if (!o || !state) return loom_error_set(LOOM_ERR_ARG, "loom_optim_register_state: NULL argument");
+  for (int i = 0; i < loom_optim_state_count(o); i++) {
+    const char *name;
+    loom_buf buf;
+    LOOM_CHECK(loom_optim_state_at(o, i, &name, &buf));
+    int scalar = i == 0; /* "optim.step" */
+    loom_state_spec spec = {.dtype = buf.dtype, .ndims = scalar ? 0 : 1, .shape = {(int64_t)buf.count}};
+    LOOM_CHECK(loom_state_register(state, name, &spec, buf));
+  }
   return LOOM_OK;
 }
