@@ -5,8 +5,10 @@
  *      pinned host staging over PCIe; the fence makes the compute stream wait only for the
  *      device-side snapshot (or for the PCIe copy when there is no room for one);
  *   2. host tensors: copied into host staging by the writer thread; the fence waits for that;
- *   3. the writer thread writes the rank files from staging and publishes the checkpoint
+ *   3. the writer writes the rank files from staging and publishes the checkpoint
  *      (ckpt_write_checkpoint) on a communicator of its own.
+ * The writer is a job on the runtime's serial executor (one background job at a time, the
+ * same mechanism as asynchronous snapshots); each save returns its loom_req.
  * Invariants: at most one save in flight; staging is rewritten only after the previous save
  * finished; every rank makes the same busy decision (one allreduce on the control
  * communicator), so the writer threads' collectives always match. */
@@ -20,6 +22,7 @@
 #include "checkpoint/ckpt_write.h"
 #include "collectives/coll.h"
 #include "runtime/device.h"
+#include "runtime/executor.h"
 #include "runtime/log.h"
 
 #ifdef LOOM_HAVE_CUDA
@@ -42,12 +45,12 @@ struct loom_ckpt {
   cudaStream_t side;
   cudaEvent_t compute_ready, snapshot_done, copy_done;
 #endif
-  pthread_t thread;
-  int thread_started;
+  loom_executor *writer_lane; /* runs one save at a time */
+  loom_req *unclaimed;        /* the last save's request when the caller did not take it */
   pthread_mutex_t lock;
   pthread_cond_t cond;
   /* guarded by lock */
-  int job, stop, in_flight, host_copy_pending, result_pending;
+  int in_flight, host_copy_pending, result_pending;
   int64_t step;
   loom_status result;
   char message[1024];
@@ -62,67 +65,66 @@ static loom_status cuda_check(cudaError_t e, const char *what) {
 }
 #endif
 
-/* The writer thread: copy host tensors, wait for the device copies, write, publish. */
-static void *writer_main(void *arg) {
+/* The writer's job: copy host tensors, wait for the device copies, write, publish. Its
+ * outcome goes to the request and, once, to the next loom_ckpt_wait or save. */
+static loom_status write_job(void *arg) {
   loom_ckpt *ck = arg;
-  for (;;) {
-    pthread_mutex_lock(&ck->lock);
-    while (!ck->job && !ck->stop) pthread_cond_wait(&ck->cond, &ck->lock);
-    if (!ck->job) {
-      pthread_mutex_unlock(&ck->lock);
-      break;
-    }
-    ck->job = 0;
-    int64_t step = ck->step;
-    pthread_mutex_unlock(&ck->lock);
-
-    double start = loom_now();
-    loom_status status = LOOM_OK;
-    for (int i = 0; i < ck->count; i++) {
-      loom_buf local;
-      loom_state_entry(ck->state, i, NULL, NULL, &local, NULL, NULL);
-      if (ck->staging[i] && local.device.kind == LOOM_DEVICE_CPU)
-        memcpy(ck->staging[i], local.ptr, loom_buf_bytes(local));
-    }
-    pthread_mutex_lock(&ck->lock);
-    ck->host_copy_pending = 0;
-    pthread_cond_broadcast(&ck->cond);
-    pthread_mutex_unlock(&ck->lock);
-#ifdef LOOM_HAVE_CUDA
-    if (ck->device_entries) status = cuda_check(cudaEventSynchronize(ck->copy_done), "device copy");
-#endif
-    double copied = loom_now();
-    ckpt_write_report report = {0};
-    /* A failed copy still joins the collective write so that every rank learns of it. */
-    loom_status written = ckpt_write_checkpoint(ck->state, &ck->catalog, ck->writer, ck->root, step,
-                                                &ck->params, ck->staging, &report);
-    double bytes = report.bytes;
-    if (status == LOOM_OK) status = written;
-    double done = loom_now();
-    pthread_mutex_lock(&ck->lock);
-    ck->result = status;
-    snprintf(ck->message, sizeof ck->message, "%s", status == LOOM_OK ? "" : loom_error_string());
-    ck->result_pending = 1;
-    ck->in_flight = 0;
-    ck->stats.last_copy_seconds = copied - start;
-    ck->stats.last_write_seconds = done - copied;
-    ck->stats.last_data_seconds = report.data_seconds;
-    ck->stats.last_bytes = bytes;
-    ck->stats.total_write_seconds += done - copied;
-    ck->stats.total_data_seconds += report.data_seconds;
-    ck->stats.total_bytes += bytes;
-    pthread_cond_broadcast(&ck->cond);
-    pthread_mutex_unlock(&ck->lock);
-    if (status == LOOM_OK && ck->catalog.world > 0) {
-      int rank;
-      MPI_Comm_rank(ck->writer, &rank);
-      if (rank == 0)
-        loom_log(ck->ctx, LOOM_LOG_INFO, "checkpoint step %lld written to %s in the background "
-                 "(%.2f s; this rank %.1f MB at %.2f GB/s)", (long long)step, ck->root,
-                 done - start, bytes / 1e6, bytes / 1e9 / (done - copied > 0 ? done - copied : 1e-9));
-    }
+  pthread_mutex_lock(&ck->lock);
+  int64_t step = ck->step;
+  pthread_mutex_unlock(&ck->lock);
+  double start = loom_now();
+  loom_status status = LOOM_OK;
+  for (int i = 0; i < ck->count; i++) {
+    loom_buf local;
+    loom_state_entry(ck->state, i, NULL, NULL, &local, NULL, NULL);
+    if (ck->staging[i] && local.device.kind == LOOM_DEVICE_CPU)
+      memcpy(ck->staging[i], local.ptr, loom_buf_bytes(local));
   }
-  return NULL;
+  pthread_mutex_lock(&ck->lock);
+  ck->host_copy_pending = 0;
+  pthread_cond_broadcast(&ck->cond);
+  pthread_mutex_unlock(&ck->lock);
+#ifdef LOOM_HAVE_CUDA
+  if (ck->device_entries) status = cuda_check(cudaEventSynchronize(ck->copy_done), "device copy");
+#endif
+  double copied = loom_now();
+  ckpt_write_report report = {0};
+  /* A failed copy still joins the collective write so that every rank learns of it. */
+  loom_status written = ckpt_write_checkpoint(ck->state, &ck->catalog, ck->writer, ck->root, step,
+                                              &ck->params, ck->staging, &report);
+  double bytes = report.bytes;
+  if (status == LOOM_OK) status = written;
+  double done = loom_now();
+  pthread_mutex_lock(&ck->lock);
+  ck->result = status;
+  snprintf(ck->message, sizeof ck->message, "%s", status == LOOM_OK ? "" : loom_error_string());
+  ck->result_pending = 1;
+  ck->in_flight = 0;
+  ck->stats.last_copy_seconds = copied - start;
+  ck->stats.last_write_seconds = done - copied;
+  ck->stats.last_data_seconds = report.data_seconds;
+  ck->stats.last_bytes = bytes;
+  ck->stats.total_write_seconds += done - copied;
+  ck->stats.total_data_seconds += report.data_seconds;
+  ck->stats.total_bytes += bytes;
+  pthread_cond_broadcast(&ck->cond);
+  pthread_mutex_unlock(&ck->lock);
+  if (status == LOOM_OK && ck->catalog.world > 0) {
+    int rank;
+    MPI_Comm_rank(ck->writer, &rank);
+    if (rank == 0)
+      loom_log(ck->ctx, LOOM_LOG_INFO, "checkpoint step %lld written to %s in the background "
+               "(%.2f s; this rank %.1f MB at %.2f GB/s)", (long long)step, ck->root,
+               done - start, bytes / 1e6, bytes / 1e9 / (done - copied > 0 ? done - copied : 1e-9));
+  }
+  if (status < 0) loom_error_restore(ck->message); /* the request carries it */
+  return status;
+}
+
+/* Frees the request of an earlier save nobody took (its outcome reaches wait_local). */
+static void reap_unclaimed(loom_ckpt *ck) {
+  if (!ck->unclaimed) return;
+  loom_wait(&ck->unclaimed);
 }
 
 /* Staging for every entry this rank writes: pinned host memory (and a device-side snapshot
@@ -205,10 +207,7 @@ loom_status loom_ckpt_create(loom_state *state, const char *root, const loom_ckp
     if (status == LOOM_OK) status = cuda_check(cudaEventCreateWithFlags(&ck->copy_done, cudaEventDisableTiming), "event");
   }
 #endif
-  if (status == LOOM_OK) {
-    if (pthread_create(&ck->thread, NULL, writer_main, ck) == 0) ck->thread_started = 1;
-    else status = loom_error_set(LOOM_ERR_STATE, "loom_ckpt_create: starting the writer thread");
-  }
+  if (status == LOOM_OK) status = loom_executor_create("loom-ckpt", 1, &ck->writer_lane);
   status = ckpt_agree(ck->control, status);
   if (status != LOOM_OK) {
     loom_ckpt_destroy(ck);
@@ -272,8 +271,8 @@ static loom_status enqueue_device_copies(loom_ckpt *ck) {
   return LOOM_OK;
 }
 
-loom_status loom_ckpt_save_async(loom_ckpt *ck, int64_t step, int *started) {
-  if (started) *started = 0;
+loom_status loom_ckpt_save_async(loom_ckpt *ck, int64_t step, loom_req **req) {
+  if (req) *req = NULL;
   if (!ck || step < 0)
     return loom_error_set(LOOM_ERR_ARG, "loom_ckpt_save_async: no checkpointer, or step %lld < 0",
                           (long long)step);
@@ -296,19 +295,28 @@ loom_status loom_ckpt_save_async(loom_ckpt *ck, int64_t step, int *started) {
     return LOOM_OK;
   }
   /* Idle (or WAIT): the previous save's outcome first; a failure is reported, not lost. */
-  LOOM_CHECK(wait_local(ck));
+  loom_status previous_result = wait_local(ck);
+  reap_unclaimed(ck);
+  LOOM_CHECK(previous_result);
   LOOM_CHECK(loom_ckpt_fence(ck)); /* staging and snapshots are about to be rewritten */
   loom_status status = enqueue_device_copies(ck);
   if (status != LOOM_OK) return status;
   pthread_mutex_lock(&ck->lock);
   ck->step = step;
-  ck->job = 1;
   ck->in_flight = 1;
   ck->host_copy_pending = ck->host_entries > 0;
   ck->stats.saves_started++;
-  pthread_cond_broadcast(&ck->cond);
   pthread_mutex_unlock(&ck->lock);
-  if (started) *started = 1;
+  loom_req *posted = NULL;
+  status = loom_executor_post(ck->writer_lane, write_job, ck, NULL, &posted);
+  if (status < 0) { /* nothing runs: nothing is in flight */
+    pthread_mutex_lock(&ck->lock);
+    ck->in_flight = ck->host_copy_pending = 0;
+    pthread_mutex_unlock(&ck->lock);
+    return status;
+  }
+  if (req) *req = posted;
+  else ck->unclaimed = posted;
   return LOOM_OK;
 }
 
@@ -330,7 +338,9 @@ loom_status loom_ckpt_fence(loom_ckpt *ck) {
 
 loom_status loom_ckpt_wait(loom_ckpt *ck) {
   if (!ck) return loom_error_set(LOOM_ERR_ARG, "loom_ckpt_wait: no checkpointer");
-  return wait_local(ck);
+  loom_status status = wait_local(ck);
+  reap_unclaimed(ck);
+  return status;
 }
 
 loom_status loom_ckpt_get_stats(const loom_ckpt *ck, loom_ckpt_stats *stats) {
@@ -341,15 +351,13 @@ loom_status loom_ckpt_get_stats(const loom_ckpt *ck, loom_ckpt_stats *stats) {
   return LOOM_OK;
 }
 
-void loom_ckpt_destroy(loom_ckpt *ck) {
-  if (!ck) return;
-  if (ck->thread_started) {
-    wait_local(ck);
-    pthread_mutex_lock(&ck->lock);
-    ck->stop = 1;
-    pthread_cond_broadcast(&ck->cond);
-    pthread_mutex_unlock(&ck->lock);
-    pthread_join(ck->thread, NULL);
+loom_status loom_ckpt_destroy(loom_ckpt *ck) {
+  if (!ck) return LOOM_OK;
+  loom_status status = LOOM_OK;
+  if (ck->writer_lane) {
+    status = wait_local(ck); /* the last save's outcome, if nobody asked for it */
+    reap_unclaimed(ck);
+    loom_executor_destroy(ck->writer_lane);
   }
   for (int i = 0; ck->staging && i < ck->count; i++) {
 #ifdef LOOM_HAVE_CUDA
@@ -377,4 +385,5 @@ void loom_ckpt_destroy(loom_ckpt *ck) {
   pthread_cond_destroy(&ck->cond);
   free(ck->root);
   free(ck);
+  return status;
 }

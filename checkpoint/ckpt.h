@@ -17,6 +17,7 @@
 
 #include <stdint.h>
 
+#include "runtime/req.h"
 #include "runtime/state.h"
 
 #ifdef __cplusplus
@@ -47,19 +48,22 @@ loom_status loom_ckpt_save_with(loom_state *state, const char *root, int64_t ste
 loom_status loom_ckpt_save(loom_state *state, const char *root, int64_t step);
 
 /* An asynchronous checkpointer of `state` into `root` (its own communicator, pinned staging
- * buffers, a side stream and a writer thread). Create it after every tensor is registered;
+ * buffers, a side stream and a background writer on the runtime's executor). Create it after every tensor is registered;
  * the registry must not change while it lives. Collective over the world. */
 typedef struct loom_ckpt loom_ckpt;
 loom_status loom_ckpt_create(loom_state *state, const char *root, const loom_ckpt_params *params,
                              loom_ckpt **out);
 /* Starts saving the registered state as of now as checkpoint `step`, and returns at once: call
  * it right after an optimizer step. Device tensors are copied on a side stream once the
- * compute stream's work enqueued so far is done; host tensors are copied by the writer thread;
- * the writer thread then writes and publishes the checkpoint as loom_ckpt_save_with does.
+ * compute stream's work enqueued so far is done; host tensors are copied by the writer; the
+ * writer then writes and publishes the checkpoint as loom_ckpt_save_with does.
  * Before anything modifies registered tensors (the next optimizer step), call loom_ckpt_fence.
- * While a previous save is in flight, params.busy decides (all ranks decide alike). *started
- * (may be NULL) = 1 if this save was started, 0 if skipped. Collective over the world. */
-loom_status loom_ckpt_save_async(loom_ckpt *ckpt, int64_t step, int *started);
+ * While a previous save is in flight, params.busy decides (all ranks decide alike).
+ * *req (may be NULL): the save's request, complete when the checkpoint is published (its
+ * status is the save's), or NULL when the save was skipped; the caller waits for or tests it
+ * (before or after loom_ckpt_wait). With req == NULL the checkpointer reaps it itself.
+ * Collective over the world. */
+loom_status loom_ckpt_save_async(loom_ckpt *ckpt, int64_t step, loom_req **req);
 /* Makes the next writes to registered tensors safe: the compute stream waits (on the GPU, no
  * host wait) for the side-stream copies, and the caller waits for the copies of host tensors,
  * which are usually done long before. Cheap when nothing is being copied. */
@@ -76,8 +80,9 @@ typedef struct {
   double total_write_seconds, total_data_seconds, total_bytes; /* over all saves */
 } loom_ckpt_stats;
 loom_status loom_ckpt_get_stats(const loom_ckpt *ckpt, loom_ckpt_stats *stats);
-/* Waits for the save in flight and frees everything. Collective when a save is in flight. */
-void loom_ckpt_destroy(loom_ckpt *ckpt);
+/* Waits for the save in flight and frees everything; returns that save's status if nobody
+ * had asked for it. Collective when a save is in flight. */
+loom_status loom_ckpt_destroy(loom_ckpt *ckpt);
 
 /* Loads every registered tensor's slice from the checkpoint `root`/latest names (or from
  * `root` itself when it holds an index.h5), after verifying every shard's checksum; *step

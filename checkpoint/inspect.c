@@ -5,6 +5,7 @@
 #include "checkpoint/inspect.h"
 
 #include "checkpoint/hdf5_types.h"
+#include "runtime/mesh.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -128,6 +129,7 @@ static int read_string_attribute(hid_t object, const char *name, char *out, size
   int ok = 0;
   if (stored >= 0 && H5Tget_class(stored) == H5T_STRING) {
     hid_t text = H5Tcopy(H5T_C_S1);
+    H5Tset_cset(text, H5Tget_cset(stored)); /* h5py writes UTF-8: no conversion to ASCII */
     if (H5Tis_variable_str(stored) > 0) {
       char *value = NULL;
       H5Tset_size(text, H5T_VARIABLE);
@@ -340,10 +342,30 @@ static loom_status info_open(const char *root, loom_ckpt_info *info) {
                           "not a checkpoint index); use another checkpoint", path);
   loom_status status = LOOM_OK;
   name_list list = {0};
-  if (read_numeric_attribute(index, "step", H5T_NATIVE_INT64, 1, &info->step) < 0 ||
-      read_numeric_attribute(index, "mesh_pp_dp_sp_ep", H5T_NATIVE_INT, 4, info->mesh) < 0) {
-    status = loom_error_set(LOOM_ERR_CORRUPT, "%s lacks a valid step or mesh_pp_dp_sp_ep "
-                            "attribute: not a loom checkpoint, or damaged", path);
+  if (read_numeric_attribute(index, "step", H5T_NATIVE_INT64, 1, &info->step) < 0) {
+    status = loom_error_set(LOOM_ERR_CORRUPT, "%s lacks a valid step attribute: not a loom "
+                            "checkpoint, or damaged", path);
+    goto done;
+  }
+  /* The mesh: the named axes (mesh_axes), or the attribute of checkpoints written before it */
+  char axes[256];
+  if (H5Aexists(index, "mesh_axes") > 0) {
+    loom_mesh_shape shape;
+    if (read_string_attribute(index, "mesh_axes", axes, sizeof axes) < 0) {
+      status = loom_error_set(LOOM_ERR_CORRUPT, "%s: the mesh_axes attribute is unreadable", path);
+      goto done;
+    }
+    status = loom_mesh_shape_parse(axes, &shape);
+    if (status < 0) {
+      char cause[512];
+      snprintf(cause, sizeof cause, "%s", loom_error_string());
+      status = loom_error_set(status, "%s: %s", path, cause);
+      goto done;
+    }
+    for (int a = 0; a < 4; a++) info->mesh[a] = loom_mesh_shape_size(&shape, a);
+  } else if (read_numeric_attribute(index, "mesh_pp_dp_sp_ep", H5T_NATIVE_INT, 4, info->mesh) < 0) {
+    status = loom_error_set(LOOM_ERR_CORRUPT, "%s lacks a valid mesh_axes (or older "
+                            "mesh_pp_dp_sp_ep) attribute: not a loom checkpoint, or damaged", path);
     goto done;
   }
   int64_t writers = 1;

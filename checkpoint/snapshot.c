@@ -354,8 +354,8 @@ loom_status loom_snapshot_take(loom_snapshot *s, int64_t step) {
   return snap_finish_slot(s, slot, seq, step, snap_pack(s, data_slot(s, slot)), NULL, &c);
 }
 
-void loom_snapshot_destroy(loom_snapshot *s) {
-  if (!s) return;
+loom_status loom_snapshot_destroy(loom_snapshot *s) {
+  if (!s) return LOOM_OK;
   if (s->async_ready) loom_snapshot_wait(s);
   snap_async_release(s);
   for (int i = 0; s->shares && i < loom_state_count(s->state); i++) free(s->shares[i].replicas);
@@ -375,6 +375,7 @@ void loom_snapshot_destroy(loom_snapshot *s) {
   free(s->columns);
   free(s->group_bytes);
   free(s);
+  return LOOM_OK;
 }
 
 int loom_snapshot_remove_job(const char *job) {

@@ -21,6 +21,7 @@
 
 #include <stdint.h>
 
+#include "runtime/req.h"
 #include "runtime/state.h"
 
 #ifdef __cplusplus
@@ -56,10 +57,12 @@ loom_status loom_snapshot_restore(loom_snapshot *snap, int64_t *step, int *resto
  * returns; a worker thread checksums, encodes the parity and publishes the slot. Call
  * loom_snapshot_fence before the next optimizer step (the compute stream waits on the GPU for
  * the device-side copy only). While a snapshot is in flight a request is skipped on every rank
- * alike (*started = 0; the first skip is logged, all are counted): the snapshot interval then
- * adapts to what copying and publishing take. Host tensors are copied at the call. A failure
- * of the previous snapshot is returned by the next call. Collective over the world. */
-loom_status loom_snapshot_take_async(loom_snapshot *snap, int64_t step, int *started);
+ * alike (*req = NULL; the first skip is logged, all are counted): the snapshot interval then
+ * adapts to what copying and publishing take. Host tensors are copied at the call. *req (may
+ * be NULL): the publication's request, complete when the slot is valid (its status is the
+ * snapshot's); the caller waits for or tests it, before or after loom_snapshot_wait. A failure
+ * of the previous snapshot is also returned by the next call. Collective over the world. */
+loom_status loom_snapshot_take_async(loom_snapshot *snap, int64_t step, loom_req **req);
 loom_status loom_snapshot_fence(loom_snapshot *snap);
 /* Waits for the snapshot in flight; returns its outcome (the same on every rank). */
 loom_status loom_snapshot_wait(loom_snapshot *snap);
@@ -75,7 +78,7 @@ loom_snapshot_stats loom_snapshot_get_stats(const loom_snapshot *snap);
  * padding and parity. */
 uint64_t loom_snapshot_share_bytes(const loom_snapshot *snap);
 /* Unmaps; the segment stays for a restart. Waits for a snapshot in flight. */
-void loom_snapshot_destroy(loom_snapshot *snap);
+loom_status loom_snapshot_destroy(loom_snapshot *snap);
 /* Removes this host's segments of `job` (after a successful run). Returns how many. */
 int loom_snapshot_remove_job(const char *job);
 

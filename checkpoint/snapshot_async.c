@@ -36,6 +36,13 @@ static loom_status publish_job(void *arg) {
   s->job_copied = loom_now();
   status = snap_finish_slot(s, s->job_slot, s->job_seq, s->job_step, status, data_sum, &c);
   s->job_published = loom_now();
+  pthread_mutex_lock(&s->job_lock);
+  s->job_result = status;
+  snprintf(s->job_result_message, sizeof s->job_result_message, "%s",
+           status == LOOM_OK ? "" : loom_error_string());
+  s->job_done = 1;
+  pthread_cond_broadcast(&s->job_cond);
+  pthread_mutex_unlock(&s->job_lock);
   return status;
 }
 
@@ -48,17 +55,27 @@ static void record_job(loom_snapshot *s, loom_status status) {
   s->stats.publish_seconds += s->job_published - s->job_requested;
 }
 
-/* 1 while a snapshot is being published; when it has finished, keeps its outcome in
- * s->finished (and its message) for the next call to report. */
-static int still_publishing(loom_snapshot *s) {
-  if (!s->in_flight) return 0;
-  int done = 0;
-  loom_status status = loom_test(&s->in_flight, &done);
-  if (!done) return 1;
+/* Folds a finished job into the statistics and keeps its outcome in s->finished (and its
+ * message) for the next call to report; frees its request if nobody took it. */
+static void settle_job(loom_snapshot *s) {
+  pthread_mutex_lock(&s->job_lock);
+  loom_status status = s->job_result;
+  snprintf(s->finished_message, sizeof s->finished_message, "%s", s->job_result_message);
+  pthread_mutex_unlock(&s->job_lock);
   record_job(s, status);
   s->finished = status;
-  snprintf(s->finished_message, sizeof s->finished_message, "%s",
-           status == LOOM_OK ? "" : loom_error_string());
+  s->job_active = 0;
+  if (s->unclaimed) loom_wait(&s->unclaimed); /* done: returns at once */
+}
+
+/* 1 while a snapshot is being published; when it has finished, settles it. */
+static int still_publishing(loom_snapshot *s) {
+  if (!s->job_active) return 0;
+  pthread_mutex_lock(&s->job_lock);
+  int done = s->job_done;
+  pthread_mutex_unlock(&s->job_lock);
+  if (!done) return 1;
+  settle_job(s);
   return 0;
 }
 
@@ -72,6 +89,9 @@ static loom_status take_finished(loom_snapshot *s) {
 
 static loom_status setup_async(loom_snapshot *s) {
   loom_status status = LOOM_OK;
+  pthread_mutex_init(&s->job_lock, NULL);
+  pthread_cond_init(&s->job_cond, NULL);
+  s->job_sync_ready = 1;
   if (MPI_Comm_dup(s->world, &s->worker_world) != MPI_SUCCESS ||
       MPI_Comm_dup(s->column, &s->worker_column) != MPI_SUCCESS ||
       (s->group != MPI_COMM_NULL && MPI_Comm_dup(s->group, &s->worker_group) != MPI_SUCCESS))
@@ -176,8 +196,8 @@ static loom_status enqueue_copies(loom_snapshot *s, int slot) {
   return snap_pack(s, data_slot(s, slot));
 }
 
-loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *started) {
-  if (started) *started = 0;
+loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, loom_req **req) {
+  if (req) *req = NULL;
   if (!s || step < 0)
     return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_take_async: no snapshot, or step < 0");
   if (!s->async_ready) { /* set up on every rank, or torn down on every rank */
@@ -210,8 +230,12 @@ loom_status loom_snapshot_take_async(loom_snapshot *s, int64_t step, int *starte
   s->job_status = local;
   snprintf(s->job_message, sizeof s->job_message, "%s", local == LOOM_OK ? "" : loom_error_string());
   s->job_slot = slot, s->job_seq = seq, s->job_step = step;
-  LOOM_CHECK(loom_executor_post(s->worker, publish_job, s, NULL, &s->in_flight));
-  if (started) *started = local == LOOM_OK;
+  s->job_done = 0; /* the worker is idle: no lock needed */
+  loom_req *posted = NULL;
+  LOOM_CHECK(loom_executor_post(s->worker, publish_job, s, NULL, &posted));
+  s->job_active = 1;
+  if (req) *req = posted;
+  else s->unclaimed = posted;
   return LOOM_OK;
 }
 
@@ -230,10 +254,11 @@ loom_status loom_snapshot_fence(loom_snapshot *s) {
 loom_status loom_snapshot_wait(loom_snapshot *s) {
   if (!s) return loom_error_set(LOOM_ERR_ARG, "loom_snapshot_wait: no snapshot");
   if (!s->async_ready) return LOOM_OK;
-  if (s->in_flight) {
-    loom_status status = loom_wait(&s->in_flight);
-    record_job(s, status);
-    if (status != LOOM_OK) return status;
+  if (s->job_active) {
+    pthread_mutex_lock(&s->job_lock);
+    while (!s->job_done) pthread_cond_wait(&s->job_cond, &s->job_lock);
+    pthread_mutex_unlock(&s->job_lock);
+    settle_job(s);
   }
   return take_finished(s);
 }
@@ -253,8 +278,15 @@ uint64_t loom_snapshot_share_bytes(const loom_snapshot *s) {
 }
 
 void snap_async_release(loom_snapshot *s) {
-  loom_executor_destroy(s->worker);
+  loom_executor_destroy(s->worker); /* runs a queued job to its end */
   s->worker = NULL;
+  if (s->unclaimed) loom_wait(&s->unclaimed);
+  s->job_active = 0;
+  if (s->job_sync_ready) {
+    pthread_mutex_destroy(&s->job_lock);
+    pthread_cond_destroy(&s->job_cond);
+    s->job_sync_ready = 0;
+  }
 #ifdef LOOM_HAVE_CUDA
   if (s->staging) cudaFree(s->staging);
   if (s->staging_sum) cudaFree(s->staging_sum);

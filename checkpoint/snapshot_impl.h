@@ -12,6 +12,7 @@
 #define LOOM_CHECKPOINT_SNAPSHOT_IMPL_H
 
 #include <mpi.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #include "checkpoint/snapshot.h"
@@ -103,7 +104,17 @@ struct loom_snapshot {
   cudaEvent_t compute_ready, copied_on_device, copied_to_host;
 #endif
   loom_executor *worker;    /* publishes snapshots, one at a time */
-  loom_req *in_flight;      /* the snapshot being published, or NULL */
+  /* The snapshot being published: its job reports its end here (the caller may hold the job's
+   * request, so the snapshot does not wait on it); `unclaimed` is that request when the caller
+   * did not take it. job_active is the training thread's; job_done, job_result and
+   * job_result_message are guarded by job_lock. */
+  pthread_mutex_t job_lock;
+  pthread_cond_t job_cond;
+  int job_sync_ready;       /* job_lock and job_cond initialised */
+  int job_active, job_done;
+  loom_status job_result;
+  char job_result_message[1024];
+  loom_req *unclaimed;
   loom_status finished;     /* outcome of the last one, reported by the next call */
   char finished_message[1024];
   int fence_pending;

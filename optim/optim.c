@@ -57,8 +57,8 @@ loom_status loom_optim_create(const loom_optim_params *p, loom_optim **out) {
   return LOOM_OK;
 }
 
-void loom_optim_destroy(loom_optim *o) {
-  if (!o) return;
+loom_status loom_optim_destroy(loom_optim *o) {
+  if (!o) return LOOM_OK;
   for (int i = 0; i < o->count; i++) {
     free(o->entries[i].name);
     for (int s = 0; s < 2; s++) {
@@ -72,6 +72,7 @@ void loom_optim_destroy(loom_optim *o) {
   }
   free(o->entries);
   free(o);
+  return LOOM_OK;
 }
 
 static char *joined(const char *a, const char *b) {

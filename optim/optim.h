@@ -63,7 +63,7 @@ typedef struct loom_optim loom_optim;
 
 /* Checks the parameters (ranges named in the message) and creates an empty optimizer. */
 loom_status loom_optim_create(const loom_optim_params *params, loom_optim **out);
-void loom_optim_destroy(loom_optim *optim);
+loom_status loom_optim_destroy(loom_optim *optim);
 /* Adds a float32 parameter and its float32 gradient (same count, same memory: host, or the
  * GPU in a CUDA build); the optimizer allocates its state beside them, zeroed. Names must be
  * unique. Buffers stay the caller's. */

@@ -85,9 +85,9 @@ static loom_status drain(loom_ddp *ddp) {
   return first;
 }
 
-void loom_ddp_destroy(loom_ddp *ddp) {
-  if (!ddp) return;
-  drain(ddp);
+loom_status loom_ddp_destroy(loom_ddp *ddp) {
+  if (!ddp) return LOOM_OK;
+  loom_status status = drain(ddp); /* the last reductions' outcome */
   for (int b = 0; b < ddp->bucket_count; b++) {
     if (ddp->buckets[b].in_place) { /* the user's gradient */
     } else if (ddp->on_device) {
@@ -104,6 +104,7 @@ void loom_ddp_destroy(loom_ddp *ddp) {
   free(ddp->params_list);
   free(ddp->from_param);
   free(ddp);
+  return status;
 }
 
 loom_status loom_ddp_register(loom_ddp *ddp, const char *name, loom_buf grad, int *index) {

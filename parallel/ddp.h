@@ -61,8 +61,8 @@ typedef struct loom_ddp loom_ddp;
 
 /* Reduction over `group` (usually the mesh's GRAD group). */
 loom_status loom_ddp_create(loom_group *group, const loom_ddp_params *params, loom_ddp **out);
-/* Drains any reduction in flight, then frees. */
-void loom_ddp_destroy(loom_ddp *ddp);
+/* Drains any reduction in flight, then frees; returns the first failure of those reductions. */
+loom_status loom_ddp_destroy(loom_ddp *ddp);
 
 /* Registers a gradient buffer under a unique name (any order, before the first step);
  * returns its index for loom_ddp_grad_ready. Gradients of one bucket share a dtype. */

@@ -3,7 +3,9 @@
  * it, so a new axis (tensor parallelism, say) is one more entry in these tables. */
 #include "runtime/mesh.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "runtime/group_impl.h"
 #include "runtime/log.h"
@@ -33,6 +35,7 @@ struct loom_mesh {
   loom_mesh_coords coords;
   loom_group *groups[LOOM_AXIS_COUNT];
   int owned[LOOM_AXIS_COUNT]; /* 1: created here; 0: the context's (WORLD, NODE) */
+  loom_group *by_mask[1u << FINE_COUNT]; /* loom_mesh_group_of, created on first use */
 };
 
 const char *loom_axis_name(loom_axis axis) {
@@ -65,6 +68,72 @@ static int linear_index(const int sizes[FINE_COUNT], const int coords[FINE_COUNT
   for (int a = 0; a < FINE_COUNT; a++)
     if (mask & BIT(a)) index = index * sizes[a] + coords[a];
   return index;
+}
+
+static const char *const mesh_axis_labels[LOOM_MESH_AXIS_COUNT] = {"pp", "dp", "sp", "ep"};
+
+const char *loom_mesh_axis_label(int index) {
+  return index >= 0 && index < LOOM_MESH_AXIS_COUNT ? mesh_axis_labels[index] : NULL;
+}
+
+static int *shape_field(loom_mesh_shape *s, int index) {
+  switch (index) {
+    case 0: return &s->pp;
+    case 1: return &s->dp;
+    case 2: return &s->sp;
+    default: return &s->ep;
+  }
+}
+
+int loom_mesh_shape_size(const loom_mesh_shape *s, int index) {
+  if (index < 0 || index >= LOOM_MESH_AXIS_COUNT) return 0;
+  return *shape_field((loom_mesh_shape *)s, index);
+}
+
+void loom_mesh_shape_format(const loom_mesh_shape *s, char *out, size_t bytes) {
+  size_t used = 0;
+  if (bytes) out[0] = '\0';
+  for (int a = 0; a < LOOM_MESH_AXIS_COUNT && used < bytes; a++)
+    used += (size_t)snprintf(out + used, bytes - used, "%s%s=%d", a ? " " : "",
+                             mesh_axis_labels[a], loom_mesh_shape_size(s, a));
+}
+
+loom_status loom_mesh_shape_parse(const char *text, loom_mesh_shape *out) {
+  if (!text || !out) return loom_error_set(LOOM_ERR_ARG, "loom_mesh_shape_parse: NULL argument");
+  loom_mesh_shape s = {0, 0, 0, 0};
+  int seen[LOOM_MESH_AXIS_COUNT] = {0};
+  const char *p = text;
+  while (*p) {
+    while (*p == ' ') p++;
+    if (!*p) break;
+    const char *eq = strchr(p, '=');
+    size_t len = eq ? (size_t)(eq - p) : 0;
+    char *end = NULL;
+    long size = eq ? strtol(eq + 1, &end, 10) : 0;
+    if (!eq || len == 0 || end == eq + 1 || (*end && *end != ' ') || size < 1 || size > 1 << 24)
+      return loom_error_set(LOOM_ERR_ARG, "mesh axes '%s': expected name=size pairs (sizes >= 1) "
+                            "such as 'pp=1 dp=4 sp=1 ep=2'", text);
+    int axis = -1;
+    for (int a = 0; a < LOOM_MESH_AXIS_COUNT; a++)
+      if (strlen(mesh_axis_labels[a]) == len && strncmp(mesh_axis_labels[a], p, len) == 0) axis = a;
+    if (axis < 0 && size != 1)
+      return loom_error_set(LOOM_ERR_ARG, "mesh axes '%s': axis '%.*s' of size %ld is not one "
+                            "this loom knows (pp dp sp ep); load it with the loom that wrote it",
+                            text, (int)len, p, size);
+    if (axis >= 0) {
+      if (seen[axis]++)
+        return loom_error_set(LOOM_ERR_ARG, "mesh axes '%s': axis '%s' given twice", text,
+                              mesh_axis_labels[axis]);
+      *shape_field(&s, axis) = (int)size;
+    }
+    p = end;
+  }
+  for (int a = 0; a < LOOM_MESH_AXIS_COUNT; a++)
+    if (!seen[a])
+      return loom_error_set(LOOM_ERR_ARG, "mesh axes '%s': axis '%s' missing", text,
+                            mesh_axis_labels[a]);
+  *out = s;
+  return LOOM_OK;
 }
 
 loom_status loom_mesh_shape_check(const loom_mesh_shape *s, int world_size) {
@@ -178,8 +247,54 @@ fail:
   return status;
 }
 
+loom_status loom_mesh_group_of(loom_mesh *mesh, unsigned mask, loom_group **out) {
+  if (!mesh || !out || mask == 0 || mask >= (1u << FINE_COUNT))
+    return loom_error_set(LOOM_ERR_ARG, "loom_mesh_group_of: mesh or out NULL, or fine-axis mask "
+                          "%u outside [1, %u]", mask, (1u << FINE_COUNT) - 1);
+  if (mesh->by_mask[mask]) {
+    *out = mesh->by_mask[mask];
+    return LOOM_OK;
+  }
+  loom_ctx *ctx = mesh->ctx;
+  int sizes[FINE_COUNT], mine[FINE_COUNT], world = ctx->size, count = 0;
+  fine_sizes(&mesh->shape, sizes);
+  fine_coords(&mesh->shape, ctx->rank, mine);
+  int *members = malloc(sizeof(int) * (size_t)world);
+  if (!members) return loom_error_set(LOOM_ERR_NOMEM, "loom_mesh_group_of (%d ranks)", world);
+  int my_color = linear_index(sizes, mine, ~mask);
+  for (int other = 0; other < world; other++) {
+    int f[FINE_COUNT];
+    fine_coords(&mesh->shape, other, f);
+    if (linear_index(sizes, f, ~mask) == my_color) members[count++] = other;
+  }
+  char name[48] = "";
+  static const char *const fine_names[FINE_COUNT] = {"PP", "EDP", "EP", "SP"};
+  for (int a = 0; a < FINE_COUNT; a++)
+    if (mask & BIT(a))
+      snprintf(name + strlen(name), sizeof name - strlen(name), "%s%s", *name ? "+" : "",
+               fine_names[a]);
+  MPI_Group world_group, group;
+  MPI_Comm comm = MPI_COMM_NULL;
+  int rc = MPI_Comm_group(ctx->world->comm, &world_group);
+  if (rc == MPI_SUCCESS) {
+    rc = MPI_Group_incl(world_group, count, members, &group);
+    if (rc == MPI_SUCCESS) {
+      /* collective over the members only; the mask as tag keeps creations apart */
+      rc = MPI_Comm_create_group(ctx->world->comm, group, (int)mask, &comm);
+      MPI_Group_free(&group);
+    }
+    MPI_Group_free(&world_group);
+  }
+  free(members);
+  if (rc != MPI_SUCCESS) return loom_mpi_error(ctx, rc, "loom_mesh_group_of: MPI_Comm_create_group");
+  LOOM_CHECK(loom_group_from_comm(ctx, comm, name, 0, &mesh->by_mask[mask]));
+  *out = mesh->by_mask[mask];
+  return LOOM_OK;
+}
+
 loom_status loom_mesh_destroy(loom_mesh *mesh) {
   if (!mesh) return LOOM_OK;
+  for (unsigned m = 0; m < (1u << FINE_COUNT); m++) loom_group_free(mesh->by_mask[m]);
   for (int axis = 0; axis < LOOM_AXIS_COUNT; axis++)
     if (mesh->owned[axis]) loom_group_free(mesh->groups[axis]);
   free(mesh);

@@ -41,6 +41,18 @@ const char *loom_axis_name(loom_axis axis);
 /* Fine axes (LOOM_FINE_BIT mask) varying inside `axis`'s group; 0 for NODE or an invalid axis. */
 unsigned loom_axis_fine_mask(loom_axis axis);
 
+/* The mesh as an ordered list of named axes, outermost first: "pp", "dp", "sp", then "ep"
+ * (which divides dp). One definition for the configuration (--pp/--dp/--sp/--ep), the
+ * checkpoint attribute (mesh_axes) and messages; a new axis is one more entry. */
+enum { LOOM_MESH_AXIS_COUNT = 4 };
+const char *loom_mesh_axis_label(int index); /* "pp", "dp", "sp", "ep"; NULL outside */
+int loom_mesh_shape_size(const loom_mesh_shape *shape, int index);
+/* "pp=1 dp=4 sp=1 ep=2" into `out` (bytes >= 64 holds any shape). */
+void loom_mesh_shape_format(const loom_mesh_shape *shape, char *out, size_t bytes);
+/* The inverse, strict: every known axis once, sizes >= 1; an unknown axis of size 1 is
+ * ignored, of another size refused (LOOM_ERR_ARG naming it: a layout this loom cannot load). */
+loom_status loom_mesh_shape_parse(const char *text, loom_mesh_shape *out);
+
 /* LOOM_OK if the shape fits `world_size` ranks; LOOM_ERR_ARG naming the numbers otherwise
  * (a size <= 0, pp*dp*sp != world size, ep not dividing dp). */
 loom_status loom_mesh_shape_check(const loom_mesh_shape *shape, int world_size);
@@ -65,6 +77,13 @@ loom_status loom_mesh_create(loom_ctx *ctx, const loom_mesh_shape *shape, loom_m
 loom_status loom_mesh_destroy(loom_mesh *mesh);
 /* The group of this rank along `axis` (owned by the mesh or the context). */
 loom_group *loom_mesh_group(const loom_mesh *mesh, loom_axis axis);
+/* The group of this rank over any set of fine axes (`fine_mask`: LOOM_FINE_BIT of each), e.g.
+ * PP|EDP|EP for clipping across stages without SP: the ranks that differ from this one only on
+ * those axes, in rank order. Created on first use and kept by the mesh; collective over the
+ * group's members only (not the world), which must ask for their groups in the same order.
+ * The group's node-local and cross-node subgroups (loom_group_node_local / cross_node) give DP
+ * within a node and DP across nodes for hierarchical partitions. */
+loom_status loom_mesh_group_of(loom_mesh *mesh, unsigned fine_mask, loom_group **out);
 loom_mesh_shape loom_mesh_get_shape(const loom_mesh *mesh);
 loom_mesh_coords loom_mesh_my_coords(const loom_mesh *mesh);
 

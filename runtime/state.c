@@ -96,11 +96,12 @@ loom_status loom_state_create(loom_mesh *mesh, loom_state **out) {
   return LOOM_OK;
 }
 
-void loom_state_destroy(loom_state *state) {
-  if (!state) return;
+loom_status loom_state_destroy(loom_state *state) {
+  if (!state) return LOOM_OK;
   for (int i = 0; i < state->count; i++) free(state->entries[i].name);
   free(state->entries);
   free(state);
+  return LOOM_OK;
 }
 
 int loom_state_find(const loom_state *state, const char *name) {

@@ -49,7 +49,7 @@ typedef struct loom_state loom_state;
 
 /* An empty registry for `mesh` (borrowed; must outlive the registry). */
 loom_status loom_state_create(loom_mesh *mesh, loom_state **out);
-void loom_state_destroy(loom_state *state);
+loom_status loom_state_destroy(loom_state *state);
 
 /* Registers `local` (this rank's slice, borrowed) under a unique name. The slice's element
  * count must equal the product of the extents from loom_state_slice; the dtype must match. */

@@ -67,6 +67,29 @@ static void check_shape(check_state *st, loom_mesh_shape shape) {
     }
     check_subgroups(st, g, what);
   }
+  /* Groups over any set of fine axes (created on first use, asked twice: the same group) match
+   * the ranks that differ from this one only on those axes. */
+  for (unsigned mask = 1; mask < (1u << LOOM_FINE_COUNT); mask++) {
+    loom_group *g = NULL, *again = NULL;
+    CHECK_OK(st, loom_mesh_group_of(mesh, mask, &g));
+    CHECK_OK(st, loom_mesh_group_of(mesh, mask, &again));
+    char what[96];
+    snprintf(what, sizeof what, "mesh pp%d dp%d sp%d ep%d group_of %u (%s)", shape.pp, shape.dp,
+             shape.sp, shape.ep, mask, loom_group_name(g));
+    expect_near(st, what, 0, g == again, 1, 0);
+    int count = 0;
+    for (int r = 0; r < st->size; r++) {
+      loom_mesh_coords c = loom_mesh_coords_of(&shape, r);
+      int f[LOOM_FINE_COUNT] = {c.pp, c.edp, c.ep, c.sp}, m[LOOM_FINE_COUNT] = {mine.pp, mine.edp, mine.ep, mine.sp};
+      int same = 1;
+      for (int a = 0; a < LOOM_FINE_COUNT; a++)
+        if (!(mask & LOOM_FINE_BIT(a)) && f[a] != m[a]) same = 0;
+      if (same) members[count++] = r;
+    }
+    expect_near(st, what, 1, loom_group_size(g), count, 0);
+    for (int r = 0; r < count && r < loom_group_size(g); r++)
+      expect_near(st, what, 2, loom_group_world_rank(g, r), members[r], 0);
+  }
   free(members);
   CHECK_OK(st, loom_mesh_destroy(mesh));
 }

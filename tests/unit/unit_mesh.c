@@ -186,8 +186,41 @@ static void test_mesh_layout_and_groups(void) {
         loom_axis_name(LOOM_AXIS_COUNT));
 }
 
+/* The named axes: format and parse are inverse; bad text, missing or repeated axes, and an
+ * unknown axis of size > 1 are refused naming the problem; an unknown axis of size 1 passes. */
+static void test_mesh_axis_names(void) {
+  loom_rng rng = input_rng(21);
+  for (int trial = 0; trial < 50; trial++) {
+    loom_mesh_shape s = {1 + (int)loom_rng_below(&rng, 9), 1 + (int)loom_rng_below(&rng, 64),
+                         1 + (int)loom_rng_below(&rng, 9), 1 + (int)loom_rng_below(&rng, 9)};
+    char text[128];
+    loom_mesh_shape_format(&s, text, sizeof text);
+    loom_mesh_shape back = {0, 0, 0, 0};
+    CHECK(loom_mesh_shape_parse(text, &back) == LOOM_OK, "'%s': %s", text, loom_error_string());
+    CHECK(memcmp(&s, &back, sizeof s) == 0, "'%s' parsed to pp %d dp %d sp %d ep %d", text,
+          back.pp, back.dp, back.sp, back.ep);
+  }
+  CHECK(strcmp(loom_mesh_axis_label(0), "pp") == 0 && loom_mesh_axis_label(4) == NULL,
+        "axis labels");
+  loom_mesh_shape s;
+  CHECK(loom_mesh_shape_parse("ep=2 sp=1 dp=4 pp=1 tp=1", &s) == LOOM_OK && s.dp == 4 && s.ep == 2,
+        "order-free, unknown size-1 axis: %s", loom_error_string());
+  static const struct {
+    const char *text, *needle;
+  } bad[] = {{"pp=1 dp=4 sp=1", "'ep' missing"}, {"pp=1 dp=4 sp=1 ep=2 tp=2", "'tp'"},
+             {"pp=1 dp=4 dp=4 sp=1 ep=1", "twice"}, {"pp=1 dp=0 sp=1 ep=1", "sizes >= 1"},
+             {"pp=1 dp=four sp=1 ep=1", "name=size"}, {"pp", "name=size"}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    loom_error_clear();
+    CHECK(loom_mesh_shape_parse(bad[i].text, &s) == LOOM_ERR_ARG, "'%s' accepted", bad[i].text);
+    CHECK(strstr(loom_error_string(), bad[i].needle) != NULL, "'%s': message '%s' lacks '%s'",
+          bad[i].text, loom_error_string(), bad[i].needle);
+  }
+}
+
 int register_mesh_suite(void) {
   static const unit_test tests[] = {
+      {"named axes", test_mesh_axis_names},
       {"shape checks", test_mesh_shape_checks},
       {"layout and groups", test_mesh_layout_and_groups},
       {NULL, NULL}};
