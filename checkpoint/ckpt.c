@@ -175,24 +175,32 @@ static loom_status write_rank_file(loom_state *state, const ckpt_catalog *c, voi
   return status;
 }
 
-/* Writes a variable-length string attribute. */
-static void write_text_attribute(hid_t object, const char *name, const char *value) {
+/* Writes a variable-length string attribute; LOOM_ERR_HDF5 naming it (and `where`) on failure. */
+static loom_status write_text_attribute(hid_t object, const char *name, const char *value,
+                                        const char *where) {
   hid_t text = H5Tcopy(H5T_C_S1), scalar = H5Screate(H5S_SCALAR);
-  H5Tset_size(text, H5T_VARIABLE);
-  hid_t a = H5Acreate2(object, name, text, scalar, H5P_DEFAULT, H5P_DEFAULT);
-  H5Awrite(a, text, &value);
-  H5Aclose(a);
-  H5Sclose(scalar);
-  H5Tclose(text);
+  int ok = text >= 0 && scalar >= 0 && H5Tset_size(text, H5T_VARIABLE) >= 0;
+  hid_t a = ok ? H5Acreate2(object, name, text, scalar, H5P_DEFAULT, H5P_DEFAULT) : -1;
+  ok = a >= 0 && H5Awrite(a, text, &value) >= 0;
+  if (a >= 0 && H5Aclose(a) < 0) ok = 0;
+  if (scalar >= 0) H5Sclose(scalar);
+  if (text >= 0) H5Tclose(text);
+  if (ok) return LOOM_OK;
+  return loom_error_set(LOOM_ERR_HDF5, "writing attribute '%s' in %s failed (disk full?)", name,
+                        where);
 }
 
-static void write_attribute(hid_t object, const char *name, hid_t type, hsize_t count,
-                            const void *value) {
+/* A numeric attribute of `count` values (0: a scalar); as above on failure. */
+static loom_status write_attribute(hid_t object, const char *name, hid_t type, hsize_t count,
+                                   const void *value, const char *where) {
   hid_t space = count == 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &count, NULL);
-  hid_t a = H5Acreate2(object, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
-  H5Awrite(a, type, value);
-  H5Aclose(a);
-  H5Sclose(space);
+  hid_t a = space >= 0 ? H5Acreate2(object, name, type, space, H5P_DEFAULT, H5P_DEFAULT) : -1;
+  int ok = a >= 0 && H5Awrite(a, type, value) >= 0;
+  if (a >= 0 && H5Aclose(a) < 0) ok = 0;
+  if (space >= 0) H5Sclose(space);
+  if (ok) return LOOM_OK;
+  return loom_error_set(LOOM_ERR_HDF5, "writing attribute '%s' in %s failed (disk full?)", name,
+                        where);
 }
 
 /* Rank 0: index.h5 with one virtual dataset per catalog tensor over its writers' files. */
@@ -201,12 +209,11 @@ static loom_status write_index(const ckpt_catalog *c, const loom_mesh_shape *sha
                                const uint32_t *all_crcs /* (world, tensor_count) */) {
   hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   if (file < 0) return loom_error_set(LOOM_ERR_HDF5, "creating %s failed", path);
-  loom_status status = LOOM_OK;
-  write_attribute(file, "step", H5T_NATIVE_INT64, 0, &step);
   char axes[128]; /* the named axes, outermost first: "pp=1 dp=4 sp=1 ep=2" */
   loom_mesh_shape_format(shape, axes, sizeof axes);
-  write_text_attribute(file, "mesh_axes", axes);
-  write_text_attribute(file, "loom_version", "0.1.0");
+  loom_status status = write_attribute(file, "step", H5T_NATIVE_INT64, 0, &step, path);
+  if (status == LOOM_OK) status = write_text_attribute(file, "mesh_axes", axes, path);
+  if (status == LOOM_OK) status = write_text_attribute(file, "loom_version", "0.1.0", path);
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
   H5Pset_create_intermediate_group(lcpl, 1);
   uint32_t *crcs = malloc(sizeof(uint32_t) * (size_t)c->world);
@@ -240,11 +247,15 @@ static loom_status write_index(const ckpt_catalog *c, const loom_mesh_shape *sha
     hid_t set = H5Dcreate2(file, name, loom_hdf5_type(spec->dtype), space, lcpl, dcpl, H5P_DEFAULT);
     if (set < 0) status = loom_error_set(LOOM_ERR_HDF5, "creating '%s' in %s failed", name, path);
     if (set >= 0) {
-      write_text_attribute(set, "loom_dtype", loom_dtype_name(spec->dtype));
       int ndims = spec->ndims;
-      write_attribute(set, "loom_ndims", H5T_NATIVE_INT, 0, &ndims);
-      write_attribute(set, "shard_crc32", H5T_NATIVE_UINT32, (hsize_t)c->world, crcs);
-      H5Dclose(set);
+      if (status == LOOM_OK)
+        status = write_text_attribute(set, "loom_dtype", loom_dtype_name(spec->dtype), path);
+      if (status == LOOM_OK)
+        status = write_attribute(set, "loom_ndims", H5T_NATIVE_INT, 0, &ndims, path);
+      if (status == LOOM_OK)
+        status = write_attribute(set, "shard_crc32", H5T_NATIVE_UINT32, (hsize_t)c->world, crcs, path);
+      if (H5Dclose(set) < 0 && status == LOOM_OK)
+        status = loom_error_set(LOOM_ERR_HDF5, "closing '%s' in %s failed", name, path);
     }
     H5Pclose(dcpl);
     H5Sclose(space);

@@ -75,7 +75,64 @@ __global__ void scale_kernel(T *x, size_t n, double scale) {
     x[i] = (T)((double)x[i] * scale);
 }
 
+__device__ inline float grad_element(const loom_optim_tensor &t, size_t i) {
+  return t.grad_bf16 ? loom_bf16_widen(((const uint16_t *)t.grad)[i]) : ((const float *)t.grad)[i];
+}
+
+__global__ void sgd_multi_kernel(const loom_optim_tensor *tensors, const loom_optim_chunk *chunks,
+                                 int chunk_count, float lr, float momentum, float weight_decay,
+                                 int nesterov, int first_step) {
+  for (int c = blockIdx.x; c < chunk_count; c += gridDim.x) {
+    const loom_optim_tensor t = tensors[chunks[c].tensor];
+    size_t end = chunks[c].first + LOOM_OPTIM_CHUNK < t.n ? chunks[c].first + LOOM_OPTIM_CHUNK : t.n;
+    for (size_t i = chunks[c].first + threadIdx.x; i < end; i += blockDim.x) {
+      loom_sgd_element(&t.param[i], grad_element(t, i), t.state0 ? &t.state0[i] : nullptr, lr,
+                       momentum, weight_decay, nesterov, first_step);
+      if (t.copy) t.copy[i] = loom_bf16_round(t.param[i]);
+    }
+  }
+}
+
+__global__ void adamw_multi_kernel(const loom_optim_tensor *tensors, const loom_optim_chunk *chunks,
+                                   int chunk_count, float beta1, float beta2, float eps,
+                                   loom_adamw_step_scalars scalars) {
+  for (int c = blockIdx.x; c < chunk_count; c += gridDim.x) {
+    const loom_optim_tensor t = tensors[chunks[c].tensor];
+    size_t end = chunks[c].first + LOOM_OPTIM_CHUNK < t.n ? chunks[c].first + LOOM_OPTIM_CHUNK : t.n;
+    for (size_t i = chunks[c].first + threadIdx.x; i < end; i += blockDim.x) {
+      loom_adamw_element(&t.param[i], grad_element(t, i), &t.state0[i], &t.state1[i], beta1,
+                         beta2, eps, scalars);
+      if (t.copy) t.copy[i] = loom_bf16_round(t.param[i]);
+    }
+  }
+}
+
+int multi_blocks(int chunk_count) { return chunk_count < 8192 ? chunk_count : 8192; }
+
 }  // namespace
+
+extern "C" loom_status loom_sgd_update_device_multi(void *stream, const loom_optim_tensor *tensors,
+                                                    const loom_optim_chunk *chunks,
+                                                    int chunk_count, float lr, float momentum,
+                                                    float weight_decay, int nesterov,
+                                                    int first_step) {
+  if (chunk_count <= 0) return LOOM_OK;
+  sgd_multi_kernel<<<multi_blocks(chunk_count), kThreads, 0, (cudaStream_t)stream>>>(
+      tensors, chunks, chunk_count, lr, momentum, weight_decay, nesterov, first_step);
+  return launch_status("SGD (multi-tensor)");
+}
+
+extern "C" loom_status loom_adamw_update_device_multi(void *stream, const loom_optim_tensor *tensors,
+                                                      const loom_optim_chunk *chunks,
+                                                      int chunk_count, int64_t step, float lr,
+                                                      float beta1, float beta2, float eps,
+                                                      float weight_decay) {
+  if (chunk_count <= 0) return LOOM_OK;
+  loom_adamw_step_scalars scalars = loom_adamw_scalars(step, lr, beta1, beta2, weight_decay);
+  adamw_multi_kernel<<<multi_blocks(chunk_count), kThreads, 0, (cudaStream_t)stream>>>(
+      tensors, chunks, chunk_count, beta1, beta2, eps, scalars);
+  return launch_status("AdamW (multi-tensor)");
+}
 
 extern "C" loom_status loom_sgd_update_device_mixed(void *stream, size_t n, float *param,
                                                     const void *grad, loom_dtype grad_dtype,

@@ -1,5 +1,6 @@
 /* The optimizer object: a list of (parameter, gradient, state) entries updated by the
  * kernels of update.c, and the state exposed as named tensors for checkpoints. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,10 +25,25 @@ typedef struct {
   double lr_scale;         /* its group's: lr of the step times this */
 } entry;
 
+#ifdef LOOM_HAVE_CUDA
+/* Device entries of one optimizer group (equal weight decay and lr scale): one launch a step. */
+typedef struct {
+  double weight_decay, lr_scale;
+  loom_optim_tensor *tensors; /* device (count) */
+  loom_optim_chunk *chunks;   /* device (chunk_count) */
+  int chunk_count;
+} launch_group;
+#endif
+
 struct loom_optim {
   loom_optim_params params;
   entry *entries;
   int count, capacity;
+#ifdef LOOM_HAVE_CUDA
+  launch_group *launches;
+  int launch_count;
+  int launches_for; /* entry count the launches were built for (-1: none) */
+#endif
   int64_t step; /* optimizer steps taken; exposed as "optim.step" */
 };
 
@@ -53,12 +69,94 @@ loom_status loom_optim_create(const loom_optim_params *p, loom_optim **out) {
   loom_optim *o = calloc(1, sizeof *o);
   if (!o) return loom_error_set(LOOM_ERR_NOMEM, "allocating the optimizer");
   o->params = *p;
+#ifdef LOOM_HAVE_CUDA
+  o->launches_for = -1;
+#endif
   *out = o;
   return LOOM_OK;
 }
 
+#ifdef LOOM_HAVE_CUDA
+static void free_launches(loom_optim *o) {
+  for (int g = 0; g < o->launch_count; g++) {
+    cudaFree(o->launches[g].tensors);
+    cudaFree(o->launches[g].chunks);
+  }
+  free(o->launches);
+  o->launches = NULL;
+  o->launch_count = 0;
+  o->launches_for = -1;
+}
+
+/* Groups the device entries by hyper-parameters and uploads their descriptors and chunk
+ * tables once (the entries do not move). */
+static loom_status build_launches(loom_optim *o) {
+  free_launches(o);
+  o->launches = calloc((size_t)(o->count ? o->count : 1), sizeof *o->launches);
+  loom_optim_tensor *tensors = malloc(sizeof *tensors * (size_t)(o->count ? o->count : 1));
+  int *member = malloc(sizeof *member * (size_t)(o->count ? o->count : 1));
+  loom_status status = o->launches && tensors && member ? LOOM_OK
+                       : loom_error_set(LOOM_ERR_NOMEM, "optimizer launch groups");
+  for (int first = 0; first < o->count && status == LOOM_OK; first++) {
+    entry *lead = &o->entries[first];
+    int taken = 0;
+    for (int g = 0; g < o->launch_count; g++)
+      if (o->launches[g].weight_decay == lead->weight_decay && o->launches[g].lr_scale == lead->lr_scale)
+        taken = 1;
+    if (!lead->device || taken) continue;
+    int count = 0;
+    size_t chunk_count = 0;
+    for (int i = first; i < o->count; i++) {
+      entry *e = &o->entries[i];
+      if (!e->device || e->weight_decay != lead->weight_decay || e->lr_scale != lead->lr_scale)
+        continue;
+      tensors[count] = (loom_optim_tensor){.param = e->param.ptr, .grad = e->grad.ptr,
+                                           .state0 = e->state[0], .state1 = e->state[1],
+                                           .copy = e->model_copy.count ? e->model_copy.ptr : NULL,
+                                           .n = e->param.count,
+                                           .grad_bf16 = e->grad.dtype == LOOM_BFLOAT16};
+      member[count++] = i;
+      chunk_count += (e->param.count + LOOM_OPTIM_CHUNK - 1) / LOOM_OPTIM_CHUNK;
+    }
+    loom_optim_chunk *chunks = malloc(sizeof *chunks * (chunk_count ? chunk_count : 1));
+    if (!chunks || chunk_count > (size_t)INT_MAX) {
+      free(chunks);
+      status = loom_error_set(LOOM_ERR_NOMEM, "optimizer chunk table (%zu chunks)", chunk_count);
+      break;
+    }
+    size_t at = 0;
+    for (int t = 0; t < count; t++)
+      for (size_t first_element = 0; first_element < tensors[t].n; first_element += LOOM_OPTIM_CHUNK)
+        chunks[at++] = (loom_optim_chunk){.tensor = t, .first = first_element};
+    launch_group *g = &o->launches[o->launch_count++];
+    *g = (launch_group){.weight_decay = lead->weight_decay, .lr_scale = lead->lr_scale,
+                        .chunk_count = (int)chunk_count};
+    cudaError_t e = cudaMalloc((void **)&g->tensors, sizeof *tensors * (size_t)count);
+    if (e == cudaSuccess) e = cudaMalloc((void **)&g->chunks, sizeof *chunks * (chunk_count ? chunk_count : 1));
+    if (e == cudaSuccess)
+      e = cudaMemcpy(g->tensors, tensors, sizeof *tensors * (size_t)count, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess && chunk_count)
+      e = cudaMemcpy(g->chunks, chunks, sizeof *chunks * chunk_count, cudaMemcpyHostToDevice);
+    free(chunks);
+    if (e != cudaSuccess)
+      status = loom_error_set(LOOM_ERR_CUDA, "optimizer launch tables: %s", cudaGetErrorString(e));
+  }
+  free(tensors);
+  free(member);
+  if (status < 0) {
+    free_launches(o);
+    return status;
+  }
+  o->launches_for = o->count;
+  return LOOM_OK;
+}
+#endif
+
 loom_status loom_optim_destroy(loom_optim *o) {
   if (!o) return LOOM_OK;
+#ifdef LOOM_HAVE_CUDA
+  free_launches(o);
+#endif
   for (int i = 0; i < o->count; i++) {
     free(o->entries[i].name);
     for (int s = 0; s < 2; s++) {
@@ -190,26 +288,29 @@ loom_status loom_optim_step(loom_optim *o, double lr) {
   if (!(lr >= 0)) return loom_error_set(LOOM_ERR_ARG, "loom_optim_step: lr=%g must be >= 0", lr);
   const loom_optim_params *p = &o->params;
   o->step++;
-  for (int i = 0; i < o->count; i++) {
+#ifdef LOOM_HAVE_CUDA
+  /* Device tensors: one multi-tensor launch per optimizer group */
+  int any_device = 0;
+  for (int i = 0; i < o->count && !any_device; i++) any_device = o->entries[i].device;
+  if (any_device && o->launches_for != o->count) LOOM_CHECK(build_launches(o));
+  for (int g = 0; any_device && g < o->launch_count; g++) {
+    const launch_group *l = &o->launches[g];
+    float rate = (float)(lr * l->lr_scale), decay = (float)l->weight_decay;
+    if (p->kind == LOOM_OPTIM_SGD)
+      LOOM_CHECK(loom_sgd_update_device_multi(p->stream, l->tensors, l->chunks, l->chunk_count,
+                                              rate, (float)p->momentum, decay, p->nesterov,
+                                              o->step == 1));
+    else
+      LOOM_CHECK(loom_adamw_update_device_multi(p->stream, l->tensors, l->chunks, l->chunk_count,
+                                                o->step, rate, (float)p->beta1, (float)p->beta2,
+                                                (float)p->eps, decay));
+  }
+#endif
+  for (int i = 0; i < o->count; i++) { /* host tensors */
     entry *e = &o->entries[i];
+    if (e->device) continue;
     uint16_t *copy = e->model_copy.count ? e->model_copy.ptr : NULL;
     float rate = (float)(lr * e->lr_scale), decay = (float)e->weight_decay;
-#ifdef LOOM_HAVE_CUDA
-    if (e->device) {
-      if (p->kind == LOOM_OPTIM_SGD)
-        LOOM_CHECK(loom_sgd_update_device_mixed(p->stream, e->param.count, e->param.ptr,
-                                                e->grad.ptr, e->grad.dtype, e->state[0], copy,
-                                                rate, (float)p->momentum, decay, p->nesterov,
-                                                o->step == 1));
-      else
-        LOOM_CHECK(loom_adamw_update_device_mixed(p->stream, e->param.count, e->param.ptr,
-                                                  e->grad.ptr, e->grad.dtype, e->state[0],
-                                                  e->state[1], copy, o->step, rate,
-                                                  (float)p->beta1, (float)p->beta2, (float)p->eps,
-                                                  decay));
-      continue;
-    }
-#endif
     if (p->kind == LOOM_OPTIM_SGD)
       loom_sgd_update_mixed(e->param.count, e->param.ptr, e->grad.ptr, e->grad.dtype, e->state[0],
                             copy, rate, (float)p->momentum, decay, p->nesterov, o->step == 1);

@@ -1,6 +1,7 @@
 /* GPU optimizer and norm kernels against the CPU kernels (double-precision references are
  * tested in tests/optim): SGD (plain, momentum, Nesterov + decay) and AdamW over 20 steps,
- * the optimizer object on device tensors, the sum of squares and scaling. Tolerance: the GPU
+ * the optimizer object on device tensors, its multi-tensor launches per optimizer group
+ * (bit-identical to one launch per tensor), the sum of squares and scaling. Tolerance: the GPU
  * contracts a*b+c into FMAs, so each step may differ by an ulp; 20 steps on parameters of
  * magnitude <= 1 stay within 1e-6. Exits 77 without a GPU. */
 #include <loom.h>
@@ -27,6 +28,11 @@ static void fill(float *x, size_t n, uint64_t seed, double scale) {
   loom_rng_init(&rng, seed, LOOM_RNG_TEST, 0);
   for (size_t i = 0; i < n; i++) x[i] = (float)((2 * loom_rng_uniform(&rng) - 1) * scale);
 }
+
+/* The optimizer's one launch per group (loom_optim_add_params: two groups, tensors on both
+ * sides of a chunk boundary, a bfloat16 gradient with a model copy) against one launch per
+ * tensor of the same kernels' element rule: equal bit for bit over 3 AdamW steps. */
+static void check_multi_tensor(loom_ctx *ctx, void *stream);
 
 static double max_diff(const float *a, const float *b, size_t n) {
   double worst = 0;
@@ -217,10 +223,111 @@ int main(int argc, char **argv) {
   OK(loom_grad_norm(NULL, stream, device_grads, 2, &after));
   expect(fabs(after - 1.0) < 1e-5, "norm after clipping", after);
 
+  check_multi_tensor(ctx, stream);
   printf("test_kernels: %d checks, %d failures\n", checks, failures);
   loom_device_free(ctx, dp), loom_device_free(ctx, dg), loom_device_free(ctx, dm);
   loom_device_free(ctx, dv), loom_device_free(ctx, d64);
   free(p), free(g), free(m), free(v), free(out), free(h64);
   loom_finalize(ctx);
   return failures ? 1 : 0;
+}
+
+static void check_multi_tensor(loom_ctx *ctx, void *stream) {
+  enum { TENSORS = 4, MULTI_STEPS = 3 };
+  const size_t sizes[TENSORS] = {3, 1000, LOOM_OPTIM_CHUNK + 7, 2 * LOOM_OPTIM_CHUNK + 5};
+  const int group_of[TENSORS] = {0, 1, 0, 1}, bf16[TENSORS] = {0, 0, 0, 1};
+  const double decay[2] = {0.1, 0.0}, lr_scale[2] = {1.0, 0.5}, lr = 1e-3;
+  loom_mesh_shape one = {1, 1, 1, 1};
+  loom_mesh *mesh = NULL;
+  loom_params *params = NULL;
+  OK(loom_mesh_create(ctx, &one, &mesh));
+  OK(loom_params_create(mesh, &params));
+  loom_param_group slow = {.name = "slow", .weight_decay = 0.0, .lr_scale = 0.5};
+  int slow_index = -1;
+  OK(loom_params_add_group(params, &slow, &slow_index));
+  float *value[TENSORS], *ref_value[TENSORS], *m[TENSORS], *v[TENSORS];
+  void *grad[TENSORS];
+  uint16_t *copy[TENSORS], *ref_copy[TENSORS];
+  for (int t = 0; t < TENSORS; t++) {
+    size_t n = sizes[t], grad_bytes = n * (bf16[t] ? 2 : 4);
+    float *host = malloc(n * sizeof(float));
+    fill(host, n, 40 + (uint64_t)t, 1.0);
+    OK(loom_device_alloc(ctx, n * sizeof(float), (void **)&value[t]));
+    OK(loom_device_alloc(ctx, n * sizeof(float), (void **)&ref_value[t]));
+    OK(loom_device_alloc(ctx, grad_bytes, &grad[t]));
+    OK(loom_device_upload(ctx, value[t], host, n * sizeof(float)));
+    OK(loom_device_upload(ctx, ref_value[t], host, n * sizeof(float)));
+    OK(loom_device_alloc(ctx, n * sizeof(float), (void **)&m[t]));
+    OK(loom_device_alloc(ctx, n * sizeof(float), (void **)&v[t]));
+    memset(host, 0, n * sizeof(float));
+    OK(loom_device_upload(ctx, m[t], host, n * sizeof(float)));
+    OK(loom_device_upload(ctx, v[t], host, n * sizeof(float)));
+    copy[t] = ref_copy[t] = NULL;
+    if (bf16[t]) {
+      OK(loom_device_alloc(ctx, n * 2, (void **)&copy[t]));
+      OK(loom_device_alloc(ctx, n * 2, (void **)&ref_copy[t]));
+    }
+    free(host);
+    char name[16];
+    snprintf(name, sizeof name, "t%d", t);
+    loom_param q = {.name = name, .value = loom_buf_device(ctx, value[t], n, LOOM_FLOAT32),
+                    .grad = loom_buf_device(ctx, grad[t], n, bf16[t] ? LOOM_BFLOAT16 : LOOM_FLOAT32),
+                    .model_copy = bf16[t] ? loom_buf_device(ctx, copy[t], n, LOOM_BFLOAT16)
+                                          : (loom_buf){0},
+                    .spec = {.dtype = LOOM_FLOAT32, .ndims = 1, .shape = {(int64_t)n}},
+                    .reduce_axis = LOOM_AXIS_COUNT, .group = group_of[t] ? slow_index : 0};
+    OK(loom_params_add(params, &q, NULL));
+  }
+  loom_optim_params op = LOOM_OPTIM_PARAMS_INIT;
+  op.weight_decay = decay[0];
+  op.stream = stream;
+  loom_optim *optim = NULL;
+  OK(loom_optim_create(&op, &optim));
+  OK(loom_optim_add_params(optim, params));
+  for (int step = 1; step <= MULTI_STEPS; step++) {
+    for (int t = 0; t < TENSORS; t++) { /* fresh gradients, the same for both */
+      size_t n = sizes[t];
+      float *g = malloc(n * sizeof(float));
+      fill(g, n, 500 + 10 * (uint64_t)step + (uint64_t)t, 0.5);
+      if (bf16[t]) {
+        uint16_t *g16 = malloc(n * 2);
+        for (size_t i = 0; i < n; i++) g16[i] = loom_float_to_bf16(g[i]);
+        OK(loom_device_upload(ctx, grad[t], g16, n * 2));
+        free(g16);
+      } else {
+        OK(loom_device_upload(ctx, grad[t], g, n * sizeof(float)));
+      }
+      free(g);
+    }
+    OK(loom_optim_step(optim, lr)); /* one launch per group */
+    for (int t = 0; t < TENSORS; t++) { /* the reference: one launch per tensor, own moments */
+      int g = group_of[t];
+      OK(loom_adamw_update_device_mixed(stream, sizes[t], ref_value[t], grad[t],
+                                        bf16[t] ? LOOM_BFLOAT16 : LOOM_FLOAT32, m[t], v[t],
+                                        ref_copy[t], step, (float)(lr * lr_scale[g]), 0.9f,
+                                        0.999f, 1e-8f, (float)decay[g]));
+    }
+  }
+  for (int t = 0; t < TENSORS; t++) {
+    size_t n = sizes[t];
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    OK(loom_device_download(ctx, a, value[t], n * sizeof(float)));
+    OK(loom_device_download(ctx, b, ref_value[t], n * sizeof(float)));
+    expect(memcmp(a, b, n * sizeof(float)) == 0, "multi-tensor launch = per-tensor launches",
+           max_diff(a, b, n));
+    if (bf16[t]) {
+      uint16_t *ca = malloc(n * 2), *cb = malloc(n * 2);
+      OK(loom_device_download(ctx, ca, copy[t], n * 2));
+      OK(loom_device_download(ctx, cb, ref_copy[t], n * 2));
+      expect(memcmp(ca, cb, n * 2) == 0, "multi-tensor bf16 copy", 0);
+      free(ca), free(cb);
+    }
+    free(a), free(b);
+    loom_device_free(ctx, value[t]), loom_device_free(ctx, ref_value[t]);
+    loom_device_free(ctx, grad[t]), loom_device_free(ctx, m[t]), loom_device_free(ctx, v[t]);
+    loom_device_free(ctx, copy[t]), loom_device_free(ctx, ref_copy[t]);
+  }
+  loom_optim_destroy(optim);
+  loom_params_destroy(params);
+  loom_mesh_destroy(mesh);
 }
