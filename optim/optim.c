@@ -26,6 +26,16 @@ typedef struct {
 } entry;
 
 #ifdef LOOM_HAVE_CUDA
+/* Device tensors below this many elements share one launch per optimizer group; larger ones
+ * keep a launch of their own. Measured on one H200 (wide MLP, 16 tensors of 16.8 M elements,
+ * bench/RESULTS.md): the multi-tensor kernel made the step 1.3-2 % slower on such tensors
+ * (0.7 % with 16 K-element chunks), where a launch costs nothing next to the work, while a
+ * model of many small tensors (norms, biases) saves a launch per tensor. */
+enum { MULTI_TENSOR_MAX = 1 << 20 };
+
+/* 1 for a device entry that goes into its group's shared launch. */
+static int in_shared_launch(const entry *e) { return e->device && e->param.count < MULTI_TENSOR_MAX; }
+
 /* Device entries of one optimizer group (equal weight decay and lr scale): one launch a step. */
 typedef struct {
   double weight_decay, lr_scale;
@@ -103,12 +113,13 @@ static loom_status build_launches(loom_optim *o) {
     for (int g = 0; g < o->launch_count; g++)
       if (o->launches[g].weight_decay == lead->weight_decay && o->launches[g].lr_scale == lead->lr_scale)
         taken = 1;
-    if (!lead->device || taken) continue;
+    if (!in_shared_launch(lead) || taken) continue;
     int count = 0;
     size_t chunk_count = 0;
     for (int i = first; i < o->count; i++) {
       entry *e = &o->entries[i];
-      if (!e->device || e->weight_decay != lead->weight_decay || e->lr_scale != lead->lr_scale)
+      if (!in_shared_launch(e) || e->weight_decay != lead->weight_decay ||
+          e->lr_scale != lead->lr_scale)
         continue;
       tensors[count] = (loom_optim_tensor){.param = e->param.ptr, .grad = e->grad.ptr,
                                            .state0 = e->state[0], .state1 = e->state[1],
@@ -289,7 +300,7 @@ loom_status loom_optim_step(loom_optim *o, double lr) {
   const loom_optim_params *p = &o->params;
   o->step++;
 #ifdef LOOM_HAVE_CUDA
-  /* Device tensors: one multi-tensor launch per optimizer group */
+  /* Small device tensors: one multi-tensor launch per optimizer group */
   int any_device = 0;
   for (int i = 0; i < o->count && !any_device; i++) any_device = o->entries[i].device;
   if (any_device && o->launches_for != o->count) LOOM_CHECK(build_launches(o));
@@ -306,11 +317,27 @@ loom_status loom_optim_step(loom_optim *o, double lr) {
                                                 (float)p->eps, decay));
   }
 #endif
-  for (int i = 0; i < o->count; i++) { /* host tensors */
+  for (int i = 0; i < o->count; i++) { /* host tensors, and large device tensors */
     entry *e = &o->entries[i];
-    if (e->device) continue;
     uint16_t *copy = e->model_copy.count ? e->model_copy.ptr : NULL;
     float rate = (float)(lr * e->lr_scale), decay = (float)e->weight_decay;
+#ifdef LOOM_HAVE_CUDA
+    if (in_shared_launch(e)) continue;
+    if (e->device) {
+      if (p->kind == LOOM_OPTIM_SGD)
+        LOOM_CHECK(loom_sgd_update_device_mixed(p->stream, e->param.count, e->param.ptr,
+                                                e->grad.ptr, e->grad.dtype, e->state[0], copy,
+                                                rate, (float)p->momentum, decay, p->nesterov,
+                                                o->step == 1));
+      else
+        LOOM_CHECK(loom_adamw_update_device_mixed(p->stream, e->param.count, e->param.ptr,
+                                                  e->grad.ptr, e->grad.dtype, e->state[0],
+                                                  e->state[1], copy, o->step, rate,
+                                                  (float)p->beta1, (float)p->beta2, (float)p->eps,
+                                                  decay));
+      continue;
+    }
+#endif
     if (p->kind == LOOM_OPTIM_SGD)
       loom_sgd_update_mixed(e->param.count, e->param.ptr, e->grad.ptr, e->grad.dtype, e->state[0],
                             copy, rate, (float)p->momentum, decay, p->nesterov, o->step == 1);

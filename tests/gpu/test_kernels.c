@@ -31,7 +31,9 @@ static void fill(float *x, size_t n, uint64_t seed, double scale) {
 
 /* The optimizer's one launch per group (loom_optim_add_params: two groups, tensors on both
  * sides of a chunk boundary, a bfloat16 gradient with a model copy) against one launch per
- * tensor of the same kernels' element rule: equal bit for bit over 3 AdamW steps. */
+ * tensor of the same element rule, over 3 AdamW steps. Not bit for bit: nvcc contracts the
+ * rule's multiply-adds into FMAs differently in the two kernels (measured: 6e-8 on values
+ * below 1), so within 1e-6 as the other GPU checks; the model copy within 1 bf16 ulp. */
 static void check_multi_tensor(loom_ctx *ctx, void *stream);
 
 static double max_diff(const float *a, const float *b, size_t n) {
@@ -233,9 +235,11 @@ int main(int argc, char **argv) {
 }
 
 static void check_multi_tensor(loom_ctx *ctx, void *stream) {
-  enum { TENSORS = 4, MULTI_STEPS = 3 };
-  const size_t sizes[TENSORS] = {3, 1000, LOOM_OPTIM_CHUNK + 7, 2 * LOOM_OPTIM_CHUNK + 5};
-  const int group_of[TENSORS] = {0, 1, 0, 1}, bf16[TENSORS] = {0, 0, 0, 1};
+  enum { TENSORS = 5, MULTI_STEPS = 3 };
+  /* the last is large enough for a launch of its own (optim.c, MULTI_TENSOR_MAX) */
+  const size_t sizes[TENSORS] = {3, 1000, LOOM_OPTIM_CHUNK + 7, 2 * LOOM_OPTIM_CHUNK + 5,
+                                 (1u << 20) + 3};
+  const int group_of[TENSORS] = {0, 1, 0, 1, 1}, bf16[TENSORS] = {0, 0, 0, 1, 0};
   const double decay[2] = {0.1, 0.0}, lr_scale[2] = {1.0, 0.5}, lr = 1e-3;
   loom_mesh_shape one = {1, 1, 1, 1};
   loom_mesh *mesh = NULL;
@@ -313,13 +317,15 @@ static void check_multi_tensor(loom_ctx *ctx, void *stream) {
     float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
     OK(loom_device_download(ctx, a, value[t], n * sizeof(float)));
     OK(loom_device_download(ctx, b, ref_value[t], n * sizeof(float)));
-    expect(memcmp(a, b, n * sizeof(float)) == 0, "multi-tensor launch = per-tensor launches",
-           max_diff(a, b, n));
+    double diff = max_diff(a, b, n);
+    expect(diff <= 1e-6, "multi-tensor launch = per-tensor launches (1e-6)", diff);
     if (bf16[t]) {
       uint16_t *ca = malloc(n * 2), *cb = malloc(n * 2);
       OK(loom_device_download(ctx, ca, copy[t], n * 2));
       OK(loom_device_download(ctx, cb, ref_copy[t], n * 2));
-      expect(memcmp(ca, cb, n * 2) == 0, "multi-tensor bf16 copy", 0);
+      size_t off = 0; /* copies of parameters that differ by an FMA may round apart: 1 ulp */
+      for (size_t i = 0; i < n; i++) off += abs((int)ca[i] - (int)cb[i]) > 1;
+      expect(off == 0, "multi-tensor bf16 copy within 1 ulp", (double)off);
       free(ca), free(cb);
     }
     free(a), free(b);
