@@ -7,8 +7,9 @@
  *   2. host tensors: copied into host staging by the writer thread; the fence waits for that;
  *   3. the writer writes the rank files from staging and publishes the checkpoint
  *      (ckpt_write_checkpoint) on a communicator of its own.
- * The writer is a job on the runtime's serial executor (one background job at a time, the
- * same mechanism as asynchronous snapshots); each save returns its loom_req.
+ * The writer is a job on a serial executor of the checkpointer's own (runtime/executor.h, one
+ * save at a time: the mechanism asynchronous snapshots use too); each save returns its
+ * loom_req, which may be waited for even after loom_ckpt_destroy.
  * Invariants: at most one save in flight; staging is rewritten only after the previous save
  * finished; every rank makes the same busy decision (one allreduce on the control
  * communicator), so the writer threads' collectives always match. */

@@ -48,7 +48,7 @@ loom_status loom_ckpt_save_with(loom_state *state, const char *root, int64_t ste
 loom_status loom_ckpt_save(loom_state *state, const char *root, int64_t step);
 
 /* An asynchronous checkpointer of `state` into `root` (its own communicator, pinned staging
- * buffers, a side stream and a background writer on the runtime's executor). Create it after every tensor is registered;
+ * buffers, a side stream and a background writer: a serial executor of its own). Create it after every tensor is registered;
  * the registry must not change while it lives. Collective over the world. */
 typedef struct loom_ckpt loom_ckpt;
 loom_status loom_ckpt_create(loom_state *state, const char *root, const loom_ckpt_params *params,

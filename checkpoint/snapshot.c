@@ -356,7 +356,7 @@ loom_status loom_snapshot_take(loom_snapshot *s, int64_t step) {
 
 loom_status loom_snapshot_destroy(loom_snapshot *s) {
   if (!s) return LOOM_OK;
-  if (s->async_ready) loom_snapshot_wait(s);
+  loom_status status = s->async_ready ? loom_snapshot_wait(s) : LOOM_OK; /* nobody asked yet */
   snap_async_release(s);
   for (int i = 0; s->shares && i < loom_state_count(s->state); i++) free(s->shares[i].replicas);
   free(s->shares);
@@ -375,7 +375,7 @@ loom_status loom_snapshot_destroy(loom_snapshot *s) {
   free(s->columns);
   free(s->group_bytes);
   free(s);
-  return LOOM_OK;
+  return status;
 }
 
 int loom_snapshot_remove_job(const char *job) {

@@ -78,6 +78,8 @@ loom_snapshot_stats loom_snapshot_get_stats(const loom_snapshot *snap);
  * padding and parity. */
 uint64_t loom_snapshot_share_bytes(const loom_snapshot *snap);
 /* Unmaps; the segment stays for a restart. Waits for a snapshot in flight. */
+/* Waits for a snapshot in flight and frees everything; returns its outcome if nobody had asked
+ * for it. Requests of loom_snapshot_take_async may still be waited for afterwards. */
 loom_status loom_snapshot_destroy(loom_snapshot *snap);
 /* Removes this host's segments of `job` (after a successful run). Returns how many. */
 int loom_snapshot_remove_job(const char *job);

@@ -278,9 +278,9 @@ uint64_t loom_snapshot_share_bytes(const loom_snapshot *s) {
 }
 
 void snap_async_release(loom_snapshot *s) {
+  if (s->unclaimed) loom_wait(&s->unclaimed);
   loom_executor_destroy(s->worker); /* runs a queued job to its end */
   s->worker = NULL;
-  if (s->unclaimed) loom_wait(&s->unclaimed);
   s->job_active = 0;
   if (s->job_sync_ready) {
     pthread_mutex_destroy(&s->job_lock);

@@ -14,8 +14,11 @@
  *     finishes while a large allreduce on another is still in flight;
  *   - a blocking call runs on the caller's thread when its lane is idle, so it costs what the
  *     MPI call costs; behind queued work it waits its turn;
- *   - hierarchical algorithms run their phases on the group's own node-local and cross-node
- *     communicators from the group's lane, so they cannot interleave with another group's.
+ *   - hierarchical algorithms run their phases from the group's lane on private channels of
+ *     its node-local and cross-node subgroups, so they never interleave with collectives
+ *     posted on those subgroups themselves (host buffers; device ones share the subgroups'
+ *     NCCL communicators);
+ *   - loom_status_agree runs on the group's lane too, in posting order with its collectives.
  * Point-to-point calls bypass the lanes (MPI_Isend/Irecv at post), so a blocking receive can
  * never wait behind a queued send. Without MPI_THREAD_MULTIPLE every lane runs its jobs at
  * post time (no overlap; logged at init).

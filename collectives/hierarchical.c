@@ -47,10 +47,10 @@ static loom_status allreduce_in_place(loom_group *g, void *work, size_t count, M
   if (!g->uniform) {
     /* Leaders (local index 0) share one cross-node subgroup: the one of local index 0. */
     MPI_TRY(g, MPI_Reduce(local->rank == 0 ? MPI_IN_PLACE : work, work, (int)count, type, op, 0,
-                          local->comm));
+                          local->parent_channel));
     if (local->rank == 0)
-      MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, work, (int)count, type, op, cross->comm));
-    MPI_TRY(g, MPI_Bcast(work, (int)count, type, 0, local->comm));
+      MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, work, (int)count, type, op, cross->parent_channel));
+    MPI_TRY(g, MPI_Bcast(work, (int)count, type, 0, local->parent_channel));
     goto done;
   }
   counts = malloc(sizeof(int) * (size_t)local->size);
@@ -66,9 +66,9 @@ static loom_status allreduce_in_place(loom_group *g, void *work, size_t count, M
     status = loom_error_set(LOOM_ERR_NOMEM, "hierarchical allreduce piece (%d elements)", mine);
     goto done;
   }
-  MPI_TRY(g, MPI_Reduce_scatter(work, piece, counts, type, op, local->comm));
-  MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, piece, mine, type, op, cross->comm));
-  MPI_TRY(g, MPI_Allgatherv(piece, mine, type, work, counts, displs, type, local->comm));
+  MPI_TRY(g, MPI_Reduce_scatter(work, piece, counts, type, op, local->parent_channel));
+  MPI_TRY(g, MPI_Allreduce(MPI_IN_PLACE, piece, mine, type, op, cross->parent_channel));
+  MPI_TRY(g, MPI_Allgatherv(piece, mine, type, work, counts, displs, type, local->parent_channel));
 done:
   free(counts);
   free(displs);
@@ -128,9 +128,9 @@ loom_status loom_coll_hier_allgather(loom_group *g, loom_buf send, loom_buf recv
   }
   memcpy(mine, send.ptr, block_bytes);
   MPI_TRY(g, MPI_Allgather(mine, (int)send.count, type, node_block, (int)send.count, type,
-                           local->comm));
+                           local->parent_channel));
   MPI_TRY(g, MPI_Allgather(node_block, (int)send.count * per_node, type, ordered,
-                           (int)send.count * per_node, type, cross->comm));
+                           (int)send.count * per_node, type, cross->parent_channel));
   if (!identity)
     for (int r = 0; r < g->size; r++)
       memcpy((char *)recv.ptr + (size_t)r * block_bytes,
@@ -178,8 +178,8 @@ loom_status loom_coll_hier_reduce_scatter(loom_group *g, loom_buf send, loom_buf
     memcpy(ordered + slot * block_bytes, input + (size_t)r * block_bytes, block_bytes);
   }
   MPI_TRY(g, MPI_Reduce_scatter_block(ordered, partial, (int)(n * (size_t)nodes), type, mpi_op,
-                                      local->comm));
-  MPI_TRY(g, MPI_Reduce_scatter_block(partial, result, (int)n, type, mpi_op, cross->comm));
+                                      local->parent_channel));
+  MPI_TRY(g, MPI_Reduce_scatter_block(partial, result, (int)n, type, mpi_op, cross->parent_channel));
   loom_buf out = loom_buf_host(result, n, work_dtype);
   if (op == LOOM_OP_AVG) loom_coll_divide(out, g->size);
   if (half)

@@ -65,6 +65,8 @@ static loom_status ensure(loom_group *g, staged_state **out) {
     return LOOM_OK;
   }
   loom_status status = LOOM_OK;
+  cudaError_t current = cudaSetDevice(g->ctx->device.ordinal); /* a lane thread's first use */
+  if (current != cudaSuccess) return cuda_failure(g, "cudaSetDevice", current);
   pthread_mutex_lock(&g->ctx->lanes_lock);
   if (!g->staged) {
     st = calloc(1, sizeof *st);
@@ -241,6 +243,7 @@ typedef struct {
   double posted_at, deadline;
   int finished;
   loom_status result;
+  char message[512]; /* the failure's, restored at every later poll */
 } staged_p2p;
 
 static loom_status take_block(loom_group *g, staged_state *st, size_t bytes, pinned_block **out) {
@@ -278,12 +281,17 @@ static loom_status take_block(loom_group *g, staged_state *st, size_t bytes, pin
 
 static void release_p2p(void *opaque) {
   staged_p2p *p = opaque;
+  int keep_block = 0;
   if (p->request != MPI_REQUEST_NULL) { /* abandoned: let MPI finish or drop it */
     MPI_Cancel(&p->request);
-    if (!p->is_send) MPI_Wait(&p->request, MPI_STATUS_IGNORE);
-    else MPI_Request_free(&p->request);
+    if (!p->is_send) {
+      MPI_Wait(&p->request, MPI_STATUS_IGNORE);
+    } else { /* MPI may still read a send it could not cancel: its block stays taken */
+      MPI_Request_free(&p->request);
+      keep_block = 1;
+    }
   }
-  if (p->block) {
+  if (p->block && !keep_block) {
     pthread_mutex_lock(&p->st->lock);
     p->block->in_use = 0;
     pthread_mutex_unlock(&p->st->lock);
@@ -295,7 +303,10 @@ static loom_status poll_p2p(void *opaque, int *done) {
   staged_p2p *p = opaque;
   loom_group *g = p->group;
   *done = 1;
-  if (p->finished) return p->result;
+  if (p->finished) {
+    if (p->result < 0) loom_error_restore(p->message);
+    return p->result;
+  }
   int flag = 0;
   int rc = MPI_Test(&p->request, &flag, MPI_STATUS_IGNORE);
   loom_status status = LOOM_OK;
@@ -321,6 +332,7 @@ static loom_status poll_p2p(void *opaque, int *done) {
   }
   p->finished = 1;
   p->result = status;
+  if (status < 0) snprintf(p->message, sizeof p->message, "%s", loom_error_string());
   return status;
 }
 

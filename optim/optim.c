@@ -23,6 +23,8 @@ typedef struct {
   int device;              /* parameter, gradient and state live on the GPU */
   double weight_decay;     /* this parameter's (its group's, or the optimizer's) */
   double lr_scale;         /* its group's: lr of the step times this */
+  loom_state_spec spec;    /* the parameter's placement (from the table), or ndims = -1: none
+                            * (loom_optim_add: the state is registered as replicated) */
 } entry;
 
 #ifdef LOOM_HAVE_CUDA
@@ -196,12 +198,13 @@ loom_status loom_optim_add(loom_optim *o, const char *name, loom_buf param, loom
 }
 
 static loom_status add_entry(loom_optim *o, const char *name, loom_buf param, loom_buf grad,
-                             loom_buf model_copy, double weight_decay, double lr_scale);
+                             loom_buf model_copy, double weight_decay, double lr_scale,
+                             const loom_state_spec *spec);
 
 loom_status loom_optim_add_mixed(loom_optim *o, const char *name, loom_buf param, loom_buf grad,
                                  loom_buf model_copy) {
   if (!o) return loom_error_set(LOOM_ERR_ARG, "loom_optim_add: optimizer missing");
-  return add_entry(o, name, param, grad, model_copy, o->params.weight_decay, 1.0);
+  return add_entry(o, name, param, grad, model_copy, o->params.weight_decay, 1.0, NULL);
 }
 
 loom_status loom_optim_add_params(loom_optim *o, const loom_params *params) {
@@ -210,13 +213,15 @@ loom_status loom_optim_add_params(loom_optim *o, const loom_params *params) {
     const loom_param *p = loom_params_at(params, i);
     const loom_param_group *g = loom_params_group_at(params, p->group);
     double decay = g->weight_decay >= 0 ? g->weight_decay : o->params.weight_decay;
-    LOOM_CHECK(add_entry(o, p->name, p->value, p->grad, p->model_copy, decay, g->lr_scale));
+    LOOM_CHECK(add_entry(o, p->name, p->value, p->grad, p->model_copy, decay, g->lr_scale,
+                         &p->spec));
   }
   return LOOM_OK;
 }
 
 static loom_status add_entry(loom_optim *o, const char *name, loom_buf param, loom_buf grad,
-                             loom_buf model_copy, double weight_decay, double lr_scale) {
+                             loom_buf model_copy, double weight_decay, double lr_scale,
+                             const loom_state_spec *spec) {
   if (!o || !name || !*name) return loom_error_set(LOOM_ERR_ARG, "loom_optim_add: optimizer or name missing");
   int host_double = grad.dtype == LOOM_FLOAT64 && grad.device.kind == LOOM_DEVICE_CPU;
   if (param.dtype != LOOM_FLOAT32 ||
@@ -257,7 +262,9 @@ static loom_status add_entry(loom_optim *o, const char *name, loom_buf param, lo
     o->capacity = capacity;
   }
   entry e = {.name = strdup(name), .param = param, .grad = grad, .model_copy = model_copy,
-             .device = device, .weight_decay = weight_decay, .lr_scale = lr_scale};
+             .device = device, .weight_decay = weight_decay, .lr_scale = lr_scale,
+             .spec = {.ndims = -1}};
+  if (spec) e.spec = *spec; /* the moments are split exactly like their parameter */
   static const char *const sgd_names[] = {"momentum"}, *const adam_names[] = {"exp_avg", "exp_avg_sq"};
   int states = states_per_param(o);
   int ok = e.name != NULL;
@@ -378,6 +385,10 @@ loom_status loom_optim_register_state(const loom_optim *o, loom_state *state) {
     LOOM_CHECK(loom_optim_state_at(o, i, &name, &buf));
     int scalar = i == 0; /* "optim.step" */
     loom_state_spec spec = {.dtype = buf.dtype, .ndims = scalar ? 0 : 1, .shape = {(int64_t)buf.count}};
+    const entry *e = scalar ? NULL : &o->entries[(i - 1) / states_per_param(o)];
+    /* moments of a split parameter are placed like it (float32 both); those of a replicated
+     * one stay 1-D, the layout checkpoints have always had */
+    if (e && e->spec.ndims >= 0 && e->spec.split_count > 0) spec = e->spec;
     LOOM_CHECK(loom_state_register(state, name, &spec, buf));
   }
   return LOOM_OK;

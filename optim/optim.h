@@ -83,8 +83,10 @@ loom_status loom_optim_add_params(loom_optim *optim, const loom_params *params);
 loom_status loom_optim_step(loom_optim *optim, double lr);
 int64_t loom_optim_step_count(const loom_optim *optim);
 
-/* Registers every state tensor (moments, "optim.step") in the state registry, replicated like
- * the parameters they belong to, so checkpoints and snapshots keep them. */
+/* Registers every state tensor (moments, "optim.step") in the state registry so that
+ * checkpoints and snapshots keep them: the moments of a split parameter from the table with
+ * that parameter's spec (over the same axes, so each shard saves and reshards its own), all
+ * others as replicated 1-D tensors (the layout of earlier checkpoints). */
 struct loom_state;
 loom_status loom_optim_register_state(const loom_optim *optim, struct loom_state *state);
 /* Named state tensors (the step count is an int64 tensor of one element, "optim.step"). */

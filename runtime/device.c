@@ -4,7 +4,7 @@
 
 #include <stdlib.h>
 
-#include "runtime/ctx_impl.h"
+#include "runtime/group_impl.h"
 #include "runtime/log.h"
 
 #ifdef LOOM_HAVE_CUDA
@@ -89,16 +89,19 @@ loom_status loom_device_select(loom_ctx *ctx) {
   CUDA_TRY(ctx, cudaStreamCreateWithFlags((cudaStream_t *)&ctx->stream, cudaStreamNonBlocking));
   ctx->device = (loom_device){LOOM_DEVICE_CUDA, ordinal};
   /* NCCL refuses two ranks on one GPU: those go staged; so does a build without NCCL */
-  int shared = ctx->host_local_size > count;
+  /* every rank takes the same path: one host's ranks sharing a GPU make the whole job staged */
+  int shared_here = ctx->host_local_size > count, shared = 0;
+  int rc = MPI_Allreduce(&shared_here, &shared, 1, MPI_INT, MPI_MAX, ctx->world->comm);
+  if (rc != MPI_SUCCESS) return loom_mpi_error(ctx, rc, "agreeing on the device path");
   ctx->staged = ctx->config.device_comm == 2 ||
                 (ctx->config.device_comm == 0 && (shared || !loom_build_has_nccl()));
   if (ctx->config.device_comm == 1 && !loom_build_has_nccl())
     return loom_error_set(LOOM_ERR_UNSUPPORTED, "--device-comm nccl on rank %d: this build has "
                           "no NCCL; use --device-comm staged or auto", ctx->rank);
   if (ctx->config.device_comm == 1 && shared)
-    return loom_error_set(LOOM_ERR_ARG, "--device-comm nccl with %d ranks on %d GPU(s): NCCL "
-                          "refuses two ranks on one GPU; use --device-comm staged or auto",
-                          ctx->host_local_size, count);
+    return loom_error_set(LOOM_ERR_ARG, "--device-comm nccl where ranks share a GPU (%d ranks on "
+                          "%d GPU(s) on this host): NCCL refuses two ranks on one GPU; use "
+                          "--device-comm staged or auto", ctx->host_local_size, count);
   return LOOM_OK;
 #else
   return LOOM_ERR_INTERNAL;

@@ -33,7 +33,7 @@ static void run_job(loom_executor *executor, loom_req *req) {
   pthread_mutex_lock(&executor->lock);
   req->status = status;
   req->times.completed_at = completed_at;
-  req->done = 1;
+  __atomic_store_n(&req->done, 1, __ATOMIC_RELEASE); /* after status, message, times */
   executor->busy = 0;
   pthread_cond_broadcast(&executor->job_done);
   pthread_mutex_unlock(&executor->lock);
@@ -152,7 +152,10 @@ loom_status loom_executor_run(loom_executor *executor, loom_job_run_fn run, void
   return status;
 }
 
+/* A finished request never touches its executor again, so it may be waited for after the
+ * executor was destroyed (destroy runs every queued job to its end). */
 void loom_executor_wait_job(loom_req *req) {
+  if (__atomic_load_n(&req->done, __ATOMIC_ACQUIRE)) return;
   loom_executor *executor = req->executor;
   pthread_mutex_lock(&executor->lock);
   while (!req->done) pthread_cond_wait(&executor->job_done, &executor->lock);
@@ -160,6 +163,7 @@ void loom_executor_wait_job(loom_req *req) {
 }
 
 int loom_executor_job_done(loom_req *req) {
+  if (__atomic_load_n(&req->done, __ATOMIC_ACQUIRE)) return 1;
   loom_executor *executor = req->executor;
   pthread_mutex_lock(&executor->lock);
   int done = req->done;

@@ -66,6 +66,7 @@ loom_status loom_group_from_comm(loom_ctx *ctx, MPI_Comm comm, const char *name,
   g->ctx = ctx;
   g->comm = comm;
   g->internal = MPI_COMM_NULL;
+  g->parent_channel = MPI_COMM_NULL;
   g->is_subgroup = is_subgroup;
   g->algo = ctx->config.collective_algo;
   snprintf(g->name, sizeof g->name, "%s", name);
@@ -78,6 +79,14 @@ loom_status loom_group_from_comm(loom_ctx *ctx, MPI_Comm comm, const char *name,
     goto fail;
   }
   MPI_Comm_set_errhandler(g->internal, MPI_ERRORS_RETURN);
+  if (is_subgroup) {
+    rc = MPI_Comm_dup(comm, &g->parent_channel);
+    if (rc != MPI_SUCCESS) {
+      status = loom_mpi_error(ctx, rc, "MPI_Comm_dup (subgroup's channel for its parent)");
+      goto fail;
+    }
+    MPI_Comm_set_errhandler(g->parent_channel, MPI_ERRORS_RETURN);
+  }
 
   g->member_node = malloc(sizeof(int) * (size_t)g->size);
   g->member_local = malloc(sizeof(int) * (size_t)g->size);
@@ -143,6 +152,7 @@ void loom_group_free(loom_group *g) {
   loom_group_free(g->node_local);
   loom_group_free(g->cross_node);
   if (g->internal != MPI_COMM_NULL) MPI_Comm_free(&g->internal);
+  if (g->parent_channel != MPI_COMM_NULL) MPI_Comm_free(&g->parent_channel);
   if (g->comm != MPI_COMM_NULL) MPI_Comm_free(&g->comm);
   free(g->member_node);
   free(g->member_local);
@@ -200,11 +210,30 @@ loom_status loom_group_set_stream(loom_group *g, void *stream) {
   return LOOM_OK;
 }
 
+typedef struct {
+  loom_group *group;
+  loom_status status;
+  const char *what;
+} agree_job;
+
+static loom_status run_agree(void *opaque) {
+  agree_job *job = opaque;
+  char name[64];
+  snprintf(name, sizeof name, "group %s", job->group->name);
+  return agree(job->group->comm, name, job->status, job->what);
+}
+
 loom_status loom_status_agree(loom_group *g, loom_status status, const char *what) {
   if (!g) return loom_error_set(LOOM_ERR_ARG, "loom_status_agree: group is NULL");
-  char name[64];
-  snprintf(name, sizeof name, "group %s", g->name);
-  return agree(g->comm, name, status, what);
+  /* on the group's lane: in posting order with the collectives queued there */
+  loom_executor *lane = NULL;
+  char message[1024] = "";
+  if (status < 0) snprintf(message, sizeof message, "%s", loom_error_string());
+  LOOM_CHECK(loom_group_lane(g, &lane));
+  agree_job job = {.group = g, .status = status, .what = what};
+  loom_status agreed = loom_executor_run(lane, run_agree, &job);
+  if (agreed == status && status < 0 && message[0]) loom_error_restore(message); /* its own */
+  return agreed;
 }
 
 loom_status loom_status_agree_comm(MPI_Comm comm, loom_status status, const char *what) {

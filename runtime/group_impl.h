@@ -10,6 +10,9 @@ struct loom_group {
   char name[48];
   MPI_Comm comm;     /* collectives and user point-to-point */
   MPI_Comm internal; /* loom's own point-to-point (sparse exchanges), never matches users' */
+  MPI_Comm parent_channel; /* subgroups only: the parent group's hierarchical phases run here,
+                            * on the parent's lane, never mixed with the subgroup's own
+                            * collectives (which run on its lane, over `comm`) */
   int rank, size;
   int is_subgroup;
   loom_group *node_local, *cross_node; /* NULL for subgroups */

@@ -26,13 +26,17 @@ loom_status loom_loop_create(loom_ctx *ctx, loom_state *state, const loom_loop_p
                              const loom_loop_keeper *keeper, loom_loop **out) {
   if (!ctx || !params || !out) return loom_error_set(LOOM_ERR_ARG, "loom_loop_create: NULL argument");
   *out = NULL;
+  loom_status invalid = LOOM_OK;
   if (params->total_steps <= 0 || params->stop_at_step < 0 || params->progress_every < 0)
-    return loom_error_set(LOOM_ERR_ARG, "loom_loop_create: total_steps=%lld must be > 0, "
-                          "stop_at_step=%lld and progress_every=%lld >= 0",
-                          (long long)params->total_steps, (long long)params->stop_at_step,
-                          (long long)params->progress_every);
-  loom_loop *loop = calloc(1, sizeof *loop);
-  if (!loop) return loom_error_set(LOOM_ERR_NOMEM, "allocating the training loop");
+    invalid = loom_error_set(LOOM_ERR_ARG, "loom_loop_create: total_steps=%lld must be > 0, "
+                             "stop_at_step=%lld and progress_every=%lld >= 0",
+                             (long long)params->total_steps, (long long)params->stop_at_step,
+                             (long long)params->progress_every);
+  loom_loop *loop = invalid < 0 ? NULL : calloc(1, sizeof *loop);
+  if (!loop) { /* the keeper was handed over: it goes too */
+    if (keeper && keeper->destroy) keeper->destroy(keeper->state);
+    return invalid < 0 ? invalid : loom_error_set(LOOM_ERR_NOMEM, "allocating the training loop");
+  }
   loop->ctx = ctx;
   loop->params = *params;
   if (keeper) loop->keeper = *keeper, loop->has_keeper = 1;
@@ -49,6 +53,9 @@ loom_status loom_loop_create(loom_ctx *ctx, loom_state *state, const loom_loop_p
       status = loom_error_set(LOOM_ERR_IO, "cannot write the metrics file %s; check the "
                               "directory exists and is writable", params->metrics_path);
   }
+  /* one rank's failure (the metrics file) must not leave the others in the keeper's
+   * collectives */
+  status = loom_status_agree(loom_ctx_world(ctx), status, "loom_loop_create");
   int resumed = 0;
   if (status == LOOM_OK && keeper && keeper->resume) status = keeper->resume(keeper->state, &resumed);
   if (status == LOOM_OK && loop->done > params->total_steps)

@@ -62,8 +62,9 @@ typedef struct {
 typedef struct loom_loop loom_loop;
 
 /* Registers the step in `state` (may be NULL: nothing is kept), takes the keeper (copied; may
- * be NULL; destroyed with the loop), installs the signal handlers when the keeper handles
- * them, opens the metrics file, and resumes through the keeper. */
+ * be NULL; destroyed with the loop, or here when this fails), installs the signal handlers
+ * when the keeper handles them, opens the metrics file, and resumes through the keeper.
+ * Collective over the world: every rank succeeds, or every rank fails. */
 loom_status loom_loop_create(loom_ctx *ctx, loom_state *state, const loom_loop_params *params,
                              const loom_loop_keeper *keeper, loom_loop **out);
 /* 1 and *step = the 0-based index of the next step while the run goes on; 0 at the end (the

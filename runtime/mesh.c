@@ -36,6 +36,8 @@ struct loom_mesh {
   loom_group *groups[LOOM_AXIS_COUNT];
   int owned[LOOM_AXIS_COUNT]; /* 1: created here; 0: the context's (WORLD, NODE) */
   loom_group *by_mask[1u << FINE_COUNT]; /* loom_mesh_group_of, created on first use */
+  MPI_Comm creation; /* a world duplicate for creating those: never mixed with the world's
+                      * own collectives, which may run on its lane meanwhile */
 };
 
 const char *loom_axis_name(loom_axis axis) {
@@ -219,12 +221,19 @@ loom_status loom_mesh_create(loom_ctx *ctx, const loom_mesh_shape *shape, loom_m
   loom_mesh *mesh = calloc(1, sizeof *mesh);
   if (!mesh) return loom_error_set(LOOM_ERR_NOMEM, "allocating the mesh");
   mesh->ctx = ctx;
+  mesh->creation = MPI_COMM_NULL;
   mesh->shape = *shape;
   mesh->coords = loom_mesh_coords_of(shape, ctx->rank);
   int sizes[FINE_COUNT], mine[FINE_COUNT];
   fine_sizes(shape, sizes);
   fine_coords(shape, ctx->rank, mine);
   loom_status status = LOOM_OK;
+  int rc = MPI_Comm_dup(ctx->world->comm, &mesh->creation);
+  if (rc != MPI_SUCCESS) {
+    mesh->creation = MPI_COMM_NULL;
+    status = loom_mpi_error(ctx, rc, "loom_mesh_create: MPI_Comm_dup");
+    goto fail;
+  }
   for (int axis = 0; axis < LOOM_AXIS_COUNT; axis++) {
     if (axis == LOOM_AXIS_WORLD || axis == LOOM_AXIS_NODE) {
       mesh->groups[axis] = axis == LOOM_AXIS_WORLD ? ctx->world : ctx->node_group;
@@ -275,12 +284,12 @@ loom_status loom_mesh_group_of(loom_mesh *mesh, unsigned mask, loom_group **out)
                fine_names[a]);
   MPI_Group world_group, group;
   MPI_Comm comm = MPI_COMM_NULL;
-  int rc = MPI_Comm_group(ctx->world->comm, &world_group);
+  int rc = MPI_Comm_group(mesh->creation, &world_group);
   if (rc == MPI_SUCCESS) {
     rc = MPI_Group_incl(world_group, count, members, &group);
     if (rc == MPI_SUCCESS) {
       /* collective over the members only; the mask as tag keeps creations apart */
-      rc = MPI_Comm_create_group(ctx->world->comm, group, (int)mask, &comm);
+      rc = MPI_Comm_create_group(mesh->creation, group, (int)mask, &comm);
       MPI_Group_free(&group);
     }
     MPI_Group_free(&world_group);
@@ -295,6 +304,7 @@ loom_status loom_mesh_group_of(loom_mesh *mesh, unsigned mask, loom_group **out)
 loom_status loom_mesh_destroy(loom_mesh *mesh) {
   if (!mesh) return LOOM_OK;
   for (unsigned m = 0; m < (1u << FINE_COUNT); m++) loom_group_free(mesh->by_mask[m]);
+  if (mesh->creation != MPI_COMM_NULL) MPI_Comm_free(&mesh->creation);
   for (int axis = 0; axis < LOOM_AXIS_COUNT; axis++)
     if (mesh->owned[axis]) loom_group_free(mesh->groups[axis]);
   free(mesh);

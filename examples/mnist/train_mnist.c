@@ -240,6 +240,7 @@ int main(int argc, char **argv) {
            o.optimizer == OPT_SGD ? "sgd" : "adamw", o.lr);
 
   double start = loom_now(), epoch_start = start, loss_sum = 0, train_loss = 0, accuracy = 0;
+  int epoch_steps = 0; /* steps of this epoch run by this process (fewer after a resume) */
   int64_t step, first_step = loom_loop_steps_done(loop);
   while (loom_loop_next(loop, &step)) {
     int epoch = (int)(step / steps_per_epoch), in_epoch = (int)(step % steps_per_epoch);
@@ -264,26 +265,25 @@ int main(int argc, char **argv) {
     TRY(loom_loop_before_update(loop));
     TRY(loom_optim_step(optim, loom_schedule_lr(&schedule, step)));
     TRY(loom_loop_end_step(loop, step_loss * shape.dp / o.batch));
-    loss_sum += step_loss;
+    loss_sum += step_loss, epoch_steps++;
     int epoch_done = in_epoch == steps_per_epoch - 1;
     if (!epoch_done && !loom_loop_stopped(loop)) continue;
     double sums[2] = {loss_sum, 0}; /* the epoch's mean training loss and test accuracy */
     TRY(evaluate(model, &test, grad_group, inputs, labels, sums));
     double seconds = loom_now() - epoch_start;
-    train_loss = sums[0] / ((double)(in_epoch + 1) * o.batch);
+    train_loss = sums[0] / ((double)epoch_steps * o.batch);
     accuracy = sums[1] / test.count;
     if (rank == 0)
       printf("epoch %d/%d  train loss %.6f  test accuracy %.4f  %.0f samples/s  %.1f s\n",
-             epoch + 1, o.epochs, train_loss, accuracy, (in_epoch + 1.0) * o.batch / seconds,
+             epoch + 1, o.epochs, train_loss, accuracy, (double)epoch_steps * o.batch / seconds,
              loom_now() - start);
     fflush(stdout);
     char fields[256];
     snprintf(fields, sizeof fields, "\"epoch\": %d, \"train_loss\": %.9g, \"test_accuracy\": "
              "%.6f, \"samples_per_s\": %.1f", epoch + 1, train_loss, accuracy,
-             (in_epoch + 1.0) * o.batch / seconds);
+             (double)epoch_steps * o.batch / seconds);
     TRY(loom_loop_metrics(loop, fields));
-    loss_sum = 0;
-    epoch_start = loom_now();
+    loss_sum = 0, epoch_steps = 0, epoch_start = loom_now();
   }
   TRY(loom_loop_finish(loop, &exit_code));
   if (rank == 0) printf("final train_loss=%.10g test_accuracy=%.6f\n", train_loss, accuracy);

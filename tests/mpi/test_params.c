@@ -227,7 +227,30 @@ int main(int argc, char **argv) {
   CHECK_OK(&st, loom_state_register_params(state, params));
   expect_near(&st, "registry holds every parameter", 0, loom_state_count(state), 3, 0);
   expect_near(&st, "registry finds the experts", 0, loom_state_find(state, names[2]), 2, 0);
+  /* AdamW moments: the split expert's placed like it, the replicated ones 1-D */
+  loom_optim_params adam = LOOM_OPTIM_PARAMS_INIT;
+  adam.stream = loom_ctx_stream(st.ctx);
+  loom_optim *moments = NULL;
+  CHECK_OK(&st, loom_optim_create(&adam, &moments));
+  CHECK_OK(&st, loom_optim_add_params(moments, params));
+  CHECK_OK(&st, loom_optim_register_state(moments, state));
+  char moment[48];
+  snprintf(moment, sizeof moment, "%s.exp_avg", names[2]);
+  const loom_state_spec *spec = NULL;
+  int at = loom_state_find(state, moment);
+  expect_near(&st, "expert moment registered", 0, at >= 0, 1, 0);
+  if (at >= 0) {
+    CHECK_OK(&st, loom_state_entry(state, at, NULL, &spec, NULL, NULL, NULL));
+    expect_near(&st, "expert moment split over EP like its parameter", 0,
+                spec->split_count == 1 && spec->splits[0].axis == LOOM_AXIS_EP &&
+                    spec->shape[0] == expert_rows, 1, 0);
+  }
+  snprintf(moment, sizeof moment, "%s.exp_avg_sq", names[0]);
+  at = loom_state_find(state, moment);
+  if (at >= 0) CHECK_OK(&st, loom_state_entry(state, at, NULL, &spec, NULL, NULL, NULL));
+  expect_near(&st, "dense moment replicated 1-D", 0, at >= 0 && spec->ndims == 1 && spec->split_count == 0, 1, 0);
   loom_state_destroy(state);
+  loom_optim_destroy(moments);
 
   CHECK_OK(&st, loom_params_destroy(params));
   drop(&st, &dense);
