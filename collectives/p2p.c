@@ -151,7 +151,8 @@ loom_status loom_p2p_batch(loom_group *g, const loom_p2p *ops, int count, const 
   batch_state *b = calloc(1, sizeof *b);
   loom_req **parts = calloc((size_t)(count ? count : 1), sizeof *parts);
   loom_req *r = NULL;
-  loom_status status = b && parts ? loom_req_alloc(LOOM_REQ_POLL, &r)
+  loom_status status = b && parts ? loom_req_poll_create(call, poll_batch, release_batch,
+                                                        device ? order_batch : NULL, b, &r)
                                   : loom_error_set(LOOM_ERR_NOMEM, "%s: %d transfers", call, count);
   if (status < 0) {
     free(b);
@@ -160,11 +161,6 @@ loom_status loom_p2p_batch(loom_group *g, const loom_p2p *ops, int count, const 
   }
   b->parts = parts;
   b->count = count;
-  r->what = call;
-  r->poll = poll_batch;
-  r->poll_release = release_batch;
-  r->poll_order = device ? order_batch : NULL;
-  r->poll_state = b;
   for (int i = 0; i < count && status == LOOM_OK; i++) {
     const loom_p2p *op = &ops[i];
     status = device ? loom_staged_p2p(g, op->buf, op->peer, op->tag, op->is_send, after_event,

@@ -378,16 +378,12 @@ loom_status loom_staged_p2p(loom_group *g, loom_buf buf, int peer, int tag, int 
     }
   }
   loom_req *r = NULL;
-  if (status == LOOM_OK) status = loom_req_alloc(LOOM_REQ_POLL, &r);
+  if (status == LOOM_OK)
+    status = loom_req_poll_create(call, poll_p2p, release_p2p, order_p2p, p, &r);
   if (status < 0) {
     release_p2p(p);
     return status;
   }
-  r->what = call;
-  r->poll = poll_p2p;
-  r->poll_release = release_p2p;
-  r->poll_order = order_p2p;
-  r->poll_state = p;
   r->ctx = g->ctx;
   r->watch = (loom_watch){.what = call, .group = g->name, .peer = peer, .tag = tag};
   loom_watch_begin(g->ctx, &r->watch);

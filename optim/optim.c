@@ -106,8 +106,7 @@ static loom_status build_launches(loom_optim *o) {
   free_launches(o);
   o->launches = calloc((size_t)(o->count ? o->count : 1), sizeof *o->launches);
   loom_optim_tensor *tensors = malloc(sizeof *tensors * (size_t)(o->count ? o->count : 1));
-  int *member = malloc(sizeof *member * (size_t)(o->count ? o->count : 1));
-  loom_status status = o->launches && tensors && member ? LOOM_OK
+  loom_status status = o->launches && tensors ? LOOM_OK
                        : loom_error_set(LOOM_ERR_NOMEM, "optimizer launch groups");
   for (int first = 0; first < o->count && status == LOOM_OK; first++) {
     entry *lead = &o->entries[first];
@@ -128,7 +127,7 @@ static loom_status build_launches(loom_optim *o) {
                                            .copy = e->model_copy.count ? e->model_copy.ptr : NULL,
                                            .n = e->param.count,
                                            .grad_bf16 = e->grad.dtype == LOOM_BFLOAT16};
-      member[count++] = i;
+      count++;
       chunk_count += (e->param.count + LOOM_OPTIM_CHUNK - 1) / LOOM_OPTIM_CHUNK;
     }
     loom_optim_chunk *chunks = malloc(sizeof *chunks * (chunk_count ? chunk_count : 1));
@@ -155,7 +154,6 @@ static loom_status build_launches(loom_optim *o) {
       status = loom_error_set(LOOM_ERR_CUDA, "optimizer launch tables: %s", cudaGetErrorString(e));
   }
   free(tensors);
-  free(member);
   if (status < 0) {
     free_launches(o);
     return status;

@@ -15,7 +15,6 @@ struct loom_loop {
   loom_loop_keeper keeper;
   int has_keeper;
   int64_t done;        /* steps completed (registered as train.global_step) */
-  int64_t first;       /* done at creation (after a resume) */
   int stopped, requeue;
   double start, last_progress_time;
   int64_t last_progress_step;
@@ -69,7 +68,6 @@ loom_status loom_loop_create(loom_ctx *ctx, loom_state *state, const loom_loop_p
     loom_error_restore(message);
     return status;
   }
-  loop->first = loop->done;
   loop->start = loop->last_progress_time = loom_now();
   loop->last_progress_step = loop->done;
   *out = loop;

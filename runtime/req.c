@@ -18,6 +18,21 @@ loom_status loom_req_alloc(loom_req_kind kind, loom_req **out) {
   return LOOM_OK;
 }
 
+loom_status loom_req_poll_create(const char *what, loom_req_poll_fn poll,
+                                 void (*release)(void *state),
+                                 loom_status (*order)(void *state, void *stream), void *state,
+                                 loom_req **out) {
+  loom_req *req = NULL;
+  LOOM_CHECK(loom_req_alloc(LOOM_REQ_POLL, &req));
+  req->what = what;
+  req->poll = poll;
+  req->poll_release = release;
+  req->poll_order = order;
+  req->poll_state = state;
+  *out = req;
+  return LOOM_OK;
+}
+
 loom_status loom_req_completed(loom_status status, loom_req **out) {
   loom_req *req = NULL;
   LOOM_CHECK(loom_req_alloc(LOOM_REQ_DONE, &req));

@@ -60,6 +60,11 @@ struct loom_req {
 
 /* A heap request of `kind`, zeroed. */
 loom_status loom_req_alloc(loom_req_kind kind, loom_req **out);
+/* A LOOM_REQ_POLL request over `state` (`order` may be NULL: not a device operation). */
+loom_status loom_req_poll_create(const char *what, loom_req_poll_fn poll,
+                                 void (*release)(void *state),
+                                 loom_status (*order)(void *state, void *stream), void *state,
+                                 loom_req **out);
 /* Records a failure message (copies loom_error_string() of the calling thread). */
 void loom_req_record_failure(loom_req *req, loom_status status);
 
