@@ -75,34 +75,79 @@ __global__ void scale_kernel(T *x, size_t n, double scale) {
     x[i] = (T)((double)x[i] * scale);
 }
 
-__device__ inline float grad_element(const loom_optim_tensor &t, size_t i) {
-  return t.grad_bf16 ? loom_bf16_widen(((const uint16_t *)t.grad)[i]) : ((const float *)t.grad)[i];
-}
+// Multi-tensor kernels: each block takes chunks of the table, each thread kIlp elements of a
+// chunk at a time, all loads before any arithmetic so that kIlp loads of each stream are in
+// flight per thread (the single-tensor kernels rely on a 4096-block grid for the same effect).
+// Templated on the gradient type and on the bfloat16 copy so that the inner loop has no
+// branch a launch group does not need (a group is homogeneous in both).
+constexpr int kIlp = 4;
 
+template <typename G, bool kCopy>
 __global__ void sgd_multi_kernel(const loom_optim_tensor *tensors, const loom_optim_chunk *chunks,
                                  int chunk_count, float lr, float momentum, float weight_decay,
                                  int nesterov, int first_step) {
   for (int c = blockIdx.x; c < chunk_count; c += gridDim.x) {
     const loom_optim_tensor t = tensors[chunks[c].tensor];
-    size_t end = chunks[c].first + LOOM_OPTIM_CHUNK < t.n ? chunks[c].first + LOOM_OPTIM_CHUNK : t.n;
-    for (size_t i = chunks[c].first + threadIdx.x; i < end; i += blockDim.x) {
-      loom_sgd_element(&t.param[i], grad_element(t, i), t.state0 ? &t.state0[i] : nullptr, lr,
-                       momentum, weight_decay, nesterov, first_step);
-      if (t.copy) t.copy[i] = loom_bf16_round(t.param[i]);
+    const size_t first = chunks[c].first;
+    const size_t end = first + LOOM_OPTIM_CHUNK < t.n ? first + LOOM_OPTIM_CHUNK : t.n;
+    float *param = t.param, *buf = t.state0;
+    const G *grad = (const G *)t.grad;
+    for (size_t base = first + threadIdx.x; base < end; base += (size_t)kIlp * blockDim.x) {
+      float p[kIlp], g[kIlp], m[kIlp];
+#pragma unroll
+      for (int k = 0; k < kIlp; k++) {
+        size_t i = base + (size_t)k * blockDim.x;
+        if (i < end) {
+          p[k] = param[i];
+          g[k] = widen(grad[i]);
+          m[k] = buf ? buf[i] : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kIlp; k++) {
+        size_t i = base + (size_t)k * blockDim.x;
+        if (i >= end) continue;
+        loom_sgd_element(&p[k], g[k], &m[k], lr, momentum, weight_decay, nesterov, first_step);
+        param[i] = p[k];
+        if (buf) buf[i] = m[k];
+        if (kCopy) t.copy[i] = loom_bf16_round(p[k]);
+      }
     }
   }
 }
 
+template <typename G, bool kCopy>
 __global__ void adamw_multi_kernel(const loom_optim_tensor *tensors, const loom_optim_chunk *chunks,
                                    int chunk_count, float beta1, float beta2, float eps,
                                    loom_adamw_step_scalars scalars) {
   for (int c = blockIdx.x; c < chunk_count; c += gridDim.x) {
     const loom_optim_tensor t = tensors[chunks[c].tensor];
-    size_t end = chunks[c].first + LOOM_OPTIM_CHUNK < t.n ? chunks[c].first + LOOM_OPTIM_CHUNK : t.n;
-    for (size_t i = chunks[c].first + threadIdx.x; i < end; i += blockDim.x) {
-      loom_adamw_element(&t.param[i], grad_element(t, i), &t.state0[i], &t.state1[i], beta1,
-                         beta2, eps, scalars);
-      if (t.copy) t.copy[i] = loom_bf16_round(t.param[i]);
+    const size_t first = chunks[c].first;
+    const size_t end = first + LOOM_OPTIM_CHUNK < t.n ? first + LOOM_OPTIM_CHUNK : t.n;
+    float *param = t.param, *avg = t.state0, *avg_sq = t.state1;
+    const G *grad = (const G *)t.grad;
+    for (size_t base = first + threadIdx.x; base < end; base += (size_t)kIlp * blockDim.x) {
+      float p[kIlp], g[kIlp], m[kIlp], v[kIlp];
+#pragma unroll
+      for (int k = 0; k < kIlp; k++) {
+        size_t i = base + (size_t)k * blockDim.x;
+        if (i < end) {
+          p[k] = param[i];
+          g[k] = widen(grad[i]);
+          m[k] = avg[i];
+          v[k] = avg_sq[i];
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kIlp; k++) {
+        size_t i = base + (size_t)k * blockDim.x;
+        if (i >= end) continue;
+        loom_adamw_element(&p[k], g[k], &m[k], &v[k], beta1, beta2, eps, scalars);
+        param[i] = p[k];
+        avg[i] = m[k];
+        avg_sq[i] = v[k];
+        if (kCopy) t.copy[i] = loom_bf16_round(p[k]);
+      }
     }
   }
 }
@@ -113,24 +158,48 @@ int multi_blocks(int chunk_count) { return chunk_count < 8192 ? chunk_count : 81
 
 extern "C" loom_status loom_sgd_update_device_multi(void *stream, const loom_optim_tensor *tensors,
                                                     const loom_optim_chunk *chunks,
-                                                    int chunk_count, float lr, float momentum,
+                                                    int chunk_count, loom_dtype grad_dtype,
+                                                    int with_copy, float lr, float momentum,
                                                     float weight_decay, int nesterov,
                                                     int first_step) {
   if (chunk_count <= 0) return LOOM_OK;
-  sgd_multi_kernel<<<multi_blocks(chunk_count), kThreads, 0, (cudaStream_t)stream>>>(
-      tensors, chunks, chunk_count, lr, momentum, weight_decay, nesterov, first_step);
+  cudaStream_t s = (cudaStream_t)stream;
+  int blocks = multi_blocks(chunk_count);
+#define SGD_MULTI(G, C)                                                                          \
+  sgd_multi_kernel<G, C><<<blocks, kThreads, 0, s>>>(tensors, chunks, chunk_count, lr, momentum, \
+                                                     weight_decay, nesterov, first_step)
+  if (grad_dtype == LOOM_BFLOAT16) {
+    if (with_copy) SGD_MULTI(uint16_t, true);
+    else SGD_MULTI(uint16_t, false);
+  } else {
+    if (with_copy) SGD_MULTI(float, true);
+    else SGD_MULTI(float, false);
+  }
+#undef SGD_MULTI
   return launch_status("SGD (multi-tensor)");
 }
 
 extern "C" loom_status loom_adamw_update_device_multi(void *stream, const loom_optim_tensor *tensors,
                                                       const loom_optim_chunk *chunks,
-                                                      int chunk_count, int64_t step, float lr,
+                                                      int chunk_count, loom_dtype grad_dtype,
+                                                      int with_copy, int64_t step, float lr,
                                                       float beta1, float beta2, float eps,
                                                       float weight_decay) {
   if (chunk_count <= 0) return LOOM_OK;
   loom_adamw_step_scalars scalars = loom_adamw_scalars(step, lr, beta1, beta2, weight_decay);
-  adamw_multi_kernel<<<multi_blocks(chunk_count), kThreads, 0, (cudaStream_t)stream>>>(
-      tensors, chunks, chunk_count, beta1, beta2, eps, scalars);
+  cudaStream_t s = (cudaStream_t)stream;
+  int blocks = multi_blocks(chunk_count);
+#define ADAMW_MULTI(G, C)                                                                        \
+  adamw_multi_kernel<G, C><<<blocks, kThreads, 0, s>>>(tensors, chunks, chunk_count, beta1,     \
+                                                       beta2, eps, scalars)
+  if (grad_dtype == LOOM_BFLOAT16) {
+    if (with_copy) ADAMW_MULTI(uint16_t, true);
+    else ADAMW_MULTI(uint16_t, false);
+  } else {
+    if (with_copy) ADAMW_MULTI(float, true);
+    else ADAMW_MULTI(float, false);
+  }
+#undef ADAMW_MULTI
   return launch_status("AdamW (multi-tensor)");
 }
 

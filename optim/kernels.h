@@ -37,28 +37,30 @@ loom_status loom_adamw_update_device_mixed(void *stream, size_t n, float *param,
  * descriptors (`tensors`) and the chunk table (`chunks`: which tensor, first element, for each
  * piece of at most LOOM_OPTIM_CHUNK elements) live in device memory, built once by the
  * optimizer; each block takes chunks, each thread elements, with the same element rule as the
- * single-tensor kernels (results identical, bit for bit). */
+ * single-tensor kernels. Every tensor of one launch has gradients of `grad_dtype` (float32 or
+ * bfloat16) and, when `with_copy`, a bfloat16 copy; the optimizer groups them so. */
 enum { LOOM_OPTIM_CHUNK = 65536 };
 typedef struct {
   float *param;
-  const void *grad;       /* float32, or bfloat16 bits when grad_bf16 */
+  const void *grad;       /* float32 or bfloat16 bits (the launch's grad_dtype) */
   float *state0, *state1; /* SGD: momentum (NULL without); AdamW: exp_avg, exp_avg_sq */
-  uint16_t *copy;         /* bfloat16 model copy, or NULL */
+  uint16_t *copy;         /* bfloat16 model copy (with_copy), or NULL */
   size_t n;
-  int grad_bf16;
 } loom_optim_tensor;
 typedef struct {
   int tensor;
   size_t first;
 } loom_optim_chunk;
 loom_status loom_sgd_update_device_multi(void *stream, const loom_optim_tensor *tensors,
-                                         const loom_optim_chunk *chunks, int chunk_count, float lr,
+                                         const loom_optim_chunk *chunks, int chunk_count,
+                                         loom_dtype grad_dtype, int with_copy, float lr,
                                          float momentum, float weight_decay, int nesterov,
                                          int first_step);
 loom_status loom_adamw_update_device_multi(void *stream, const loom_optim_tensor *tensors,
                                            const loom_optim_chunk *chunks, int chunk_count,
-                                           int64_t step, float lr, float beta1, float beta2,
-                                           float eps, float weight_decay);
+                                           loom_dtype grad_dtype, int with_copy, int64_t step,
+                                           float lr, float beta1, float beta2, float eps,
+                                           float weight_decay);
 
 /* Sum of squares of n float32 or float64 elements in double precision (one block-wise
  * reduction, then the host sums the block results). */

@@ -28,23 +28,21 @@ typedef struct {
 } entry;
 
 #ifdef LOOM_HAVE_CUDA
-/* Device tensors below this many elements share one launch per optimizer group; larger ones
- * keep a launch of their own. Measured on one H200 (wide MLP, 16 tensors of 16.8 M elements,
- * bench/RESULTS.md): the multi-tensor kernel made the step 1.3-2 % slower on such tensors
- * (0.7 % with 16 K-element chunks), where a launch costs nothing next to the work, while a
- * model of many small tensors (norms, biases) saves a launch per tensor. */
-enum { MULTI_TENSOR_MAX = 1 << 20 };
-
-/* 1 for a device entry that goes into its group's shared launch. */
-static int in_shared_launch(const entry *e) { return e->device && e->param.count < MULTI_TENSOR_MAX; }
-
-/* Device entries of one optimizer group (equal weight decay and lr scale): one launch a step. */
+/* Device entries of one optimizer group (equal weight decay and lr scale) with the same
+ * gradient dtype and bfloat16-copy presence: one launch a step (kernels.cu). */
 typedef struct {
   double weight_decay, lr_scale;
+  loom_dtype grad_dtype;
+  int with_copy;
   loom_optim_tensor *tensors; /* device (count) */
   loom_optim_chunk *chunks;   /* device (chunk_count) */
   int chunk_count;
 } launch_group;
+
+static int same_launch(const launch_group *g, const entry *e) {
+  return g->weight_decay == e->weight_decay && g->lr_scale == e->lr_scale &&
+         g->grad_dtype == e->grad.dtype && g->with_copy == (e->model_copy.count != 0);
+}
 #endif
 
 struct loom_optim {
@@ -110,24 +108,20 @@ static loom_status build_launches(loom_optim *o) {
                        : loom_error_set(LOOM_ERR_NOMEM, "optimizer launch groups");
   for (int first = 0; first < o->count && status == LOOM_OK; first++) {
     entry *lead = &o->entries[first];
+    launch_group key = {.weight_decay = lead->weight_decay, .lr_scale = lead->lr_scale,
+                        .grad_dtype = lead->grad.dtype, .with_copy = lead->model_copy.count != 0};
     int taken = 0;
-    for (int g = 0; g < o->launch_count; g++)
-      if (o->launches[g].weight_decay == lead->weight_decay && o->launches[g].lr_scale == lead->lr_scale)
-        taken = 1;
-    if (!in_shared_launch(lead) || taken) continue;
+    for (int g = 0; g < o->launch_count; g++) taken |= same_launch(&o->launches[g], lead);
+    if (!lead->device || taken) continue;
     int count = 0;
     size_t chunk_count = 0;
     for (int i = first; i < o->count; i++) {
       entry *e = &o->entries[i];
-      if (!in_shared_launch(e) || e->weight_decay != lead->weight_decay ||
-          e->lr_scale != lead->lr_scale)
-        continue;
-      tensors[count] = (loom_optim_tensor){.param = e->param.ptr, .grad = e->grad.ptr,
-                                           .state0 = e->state[0], .state1 = e->state[1],
-                                           .copy = e->model_copy.count ? e->model_copy.ptr : NULL,
-                                           .n = e->param.count,
-                                           .grad_bf16 = e->grad.dtype == LOOM_BFLOAT16};
-      count++;
+      if (!e->device || !same_launch(&key, e)) continue;
+      tensors[count++] = (loom_optim_tensor){.param = e->param.ptr, .grad = e->grad.ptr,
+                                             .state0 = e->state[0], .state1 = e->state[1],
+                                             .copy = e->model_copy.count ? e->model_copy.ptr : NULL,
+                                             .n = e->param.count};
       chunk_count += (e->param.count + LOOM_OPTIM_CHUNK - 1) / LOOM_OPTIM_CHUNK;
     }
     loom_optim_chunk *chunks = malloc(sizeof *chunks * (chunk_count ? chunk_count : 1));
@@ -141,8 +135,8 @@ static loom_status build_launches(loom_optim *o) {
       for (size_t first_element = 0; first_element < tensors[t].n; first_element += LOOM_OPTIM_CHUNK)
         chunks[at++] = (loom_optim_chunk){.tensor = t, .first = first_element};
     launch_group *g = &o->launches[o->launch_count++];
-    *g = (launch_group){.weight_decay = lead->weight_decay, .lr_scale = lead->lr_scale,
-                        .chunk_count = (int)chunk_count};
+    *g = key;
+    g->chunk_count = (int)chunk_count;
     cudaError_t e = cudaMalloc((void **)&g->tensors, sizeof *tensors * (size_t)count);
     if (e == cudaSuccess) e = cudaMalloc((void **)&g->chunks, sizeof *chunks * (chunk_count ? chunk_count : 1));
     if (e == cudaSuccess)
@@ -305,7 +299,7 @@ loom_status loom_optim_step(loom_optim *o, double lr) {
   const loom_optim_params *p = &o->params;
   o->step++;
 #ifdef LOOM_HAVE_CUDA
-  /* Small device tensors: one multi-tensor launch per optimizer group */
+  /* Device tensors: one multi-tensor launch per optimizer group (and gradient dtype) */
   int any_device = 0;
   for (int i = 0; i < o->count && !any_device; i++) any_device = o->entries[i].device;
   if (any_device && o->launches_for != o->count) LOOM_CHECK(build_launches(o));
@@ -314,35 +308,21 @@ loom_status loom_optim_step(loom_optim *o, double lr) {
     float rate = (float)(lr * l->lr_scale), decay = (float)l->weight_decay;
     if (p->kind == LOOM_OPTIM_SGD)
       LOOM_CHECK(loom_sgd_update_device_multi(p->stream, l->tensors, l->chunks, l->chunk_count,
-                                              rate, (float)p->momentum, decay, p->nesterov,
+                                              l->grad_dtype, l->with_copy, rate,
+                                              (float)p->momentum, decay, p->nesterov,
                                               o->step == 1));
     else
       LOOM_CHECK(loom_adamw_update_device_multi(p->stream, l->tensors, l->chunks, l->chunk_count,
-                                                o->step, rate, (float)p->beta1, (float)p->beta2,
-                                                (float)p->eps, decay));
+                                                l->grad_dtype, l->with_copy, o->step, rate,
+                                                (float)p->beta1, (float)p->beta2, (float)p->eps,
+                                                decay));
   }
 #endif
-  for (int i = 0; i < o->count; i++) { /* host tensors, and large device tensors */
+  for (int i = 0; i < o->count; i++) { /* host tensors */
     entry *e = &o->entries[i];
+    if (e->device) continue;
     uint16_t *copy = e->model_copy.count ? e->model_copy.ptr : NULL;
     float rate = (float)(lr * e->lr_scale), decay = (float)e->weight_decay;
-#ifdef LOOM_HAVE_CUDA
-    if (in_shared_launch(e)) continue;
-    if (e->device) {
-      if (p->kind == LOOM_OPTIM_SGD)
-        LOOM_CHECK(loom_sgd_update_device_mixed(p->stream, e->param.count, e->param.ptr,
-                                                e->grad.ptr, e->grad.dtype, e->state[0], copy,
-                                                rate, (float)p->momentum, decay, p->nesterov,
-                                                o->step == 1));
-      else
-        LOOM_CHECK(loom_adamw_update_device_mixed(p->stream, e->param.count, e->param.ptr,
-                                                  e->grad.ptr, e->grad.dtype, e->state[0],
-                                                  e->state[1], copy, o->step, rate,
-                                                  (float)p->beta1, (float)p->beta2, (float)p->eps,
-                                                  decay));
-      continue;
-    }
-#endif
     if (p->kind == LOOM_OPTIM_SGD)
       loom_sgd_update_mixed(e->param.count, e->param.ptr, e->grad.ptr, e->grad.dtype, e->state[0],
                             copy, rate, (float)p->momentum, decay, p->nesterov, o->step == 1);

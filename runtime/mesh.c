@@ -9,6 +9,7 @@
 
 #include "runtime/group_impl.h"
 #include "runtime/log.h"
+#include "runtime/watchdog.h"
 
 enum { FINE_PP = LOOM_FINE_PP, FINE_EDP = LOOM_FINE_EDP, FINE_EP = LOOM_FINE_EP,
        FINE_SP = LOOM_FINE_SP, FINE_COUNT = LOOM_FINE_COUNT };
@@ -33,9 +34,7 @@ struct loom_mesh {
   loom_ctx *ctx;
   loom_mesh_shape shape;
   loom_mesh_coords coords;
-  loom_group *groups[LOOM_AXIS_COUNT];
-  int owned[LOOM_AXIS_COUNT]; /* 1: created here; 0: the context's (WORLD, NODE) */
-  loom_group *by_mask[1u << FINE_COUNT]; /* loom_mesh_group_of, created on first use */
+  loom_group *by_mask[1u << FINE_COUNT]; /* groups by fine-axis mask, created on first use */
   MPI_Comm creation; /* a world duplicate for creating those: never mixed with the world's
                       * own collectives, which may run on its lane meanwhile */
 };
@@ -224,27 +223,12 @@ loom_status loom_mesh_create(loom_ctx *ctx, const loom_mesh_shape *shape, loom_m
   mesh->creation = MPI_COMM_NULL;
   mesh->shape = *shape;
   mesh->coords = loom_mesh_coords_of(shape, ctx->rank);
-  int sizes[FINE_COUNT], mine[FINE_COUNT];
-  fine_sizes(shape, sizes);
-  fine_coords(shape, ctx->rank, mine);
   loom_status status = LOOM_OK;
   int rc = MPI_Comm_dup(ctx->world->comm, &mesh->creation);
   if (rc != MPI_SUCCESS) {
     mesh->creation = MPI_COMM_NULL;
     status = loom_mpi_error(ctx, rc, "loom_mesh_create: MPI_Comm_dup");
     goto fail;
-  }
-  for (int axis = 0; axis < LOOM_AXIS_COUNT; axis++) {
-    if (axis == LOOM_AXIS_WORLD || axis == LOOM_AXIS_NODE) {
-      mesh->groups[axis] = axis == LOOM_AXIS_WORLD ? ctx->world : ctx->node_group;
-      continue;
-    }
-    unsigned vary = varying_axes[axis];
-    int color = linear_index(sizes, mine, ~vary), key = linear_index(sizes, mine, vary);
-    LOOM_CHECK_GOTO(loom_group_create(ctx, ctx->world, color, key, axis_names[axis],
-                                      &mesh->groups[axis]),
-                    status, fail);
-    mesh->owned[axis] = 1;
   }
   loom_log(ctx, LOOM_LOG_INFO, "mesh pp=%d dp=%d sp=%d ep=%d: coords pp=%d dp=%d sp=%d ep=%d "
            "edp=%d", shape->pp, shape->dp, shape->sp, shape->ep, mesh->coords.pp,
@@ -256,15 +240,26 @@ fail:
   return status;
 }
 
+/* The standard axis whose group varies exactly `mask`, or NULL. */
+static const char *varying_named(unsigned mask) {
+  for (int axis = 0; axis < LOOM_AXIS_COUNT; axis++)
+    if (varying_axes[axis] == mask) return axis_names[axis];
+  return NULL;
+}
+
 loom_status loom_mesh_group_of(loom_mesh *mesh, unsigned mask, loom_group **out) {
   if (!mesh || !out || mask == 0 || mask >= (1u << FINE_COUNT))
     return loom_error_set(LOOM_ERR_ARG, "loom_mesh_group_of: mesh or out NULL, or fine-axis mask "
                           "%u outside [1, %u]", mask, (1u << FINE_COUNT) - 1);
+  loom_ctx *ctx = mesh->ctx;
+  if (mask == (1u << FINE_COUNT) - 1) { /* every axis varies: the world, in rank order */
+    *out = ctx->world;
+    return LOOM_OK;
+  }
   if (mesh->by_mask[mask]) {
     *out = mesh->by_mask[mask];
     return LOOM_OK;
   }
-  loom_ctx *ctx = mesh->ctx;
   int sizes[FINE_COUNT], mine[FINE_COUNT], world = ctx->size, count = 0;
   fine_sizes(&mesh->shape, sizes);
   fine_coords(&mesh->shape, ctx->rank, mine);
@@ -276,12 +271,20 @@ loom_status loom_mesh_group_of(loom_mesh *mesh, unsigned mask, loom_group **out)
     fine_coords(&mesh->shape, other, f);
     if (linear_index(sizes, f, ~mask) == my_color) members[count++] = other;
   }
+  /* Named after the standard axis with this mask (DP, GRAD, ...), else after its fine axes */
   char name[48] = "";
+  if (varying_named(mask)) snprintf(name, sizeof name, "%s", varying_named(mask));
   static const char *const fine_names[FINE_COUNT] = {"PP", "EDP", "EP", "SP"};
-  for (int a = 0; a < FINE_COUNT; a++)
+  for (int a = 0; a < FINE_COUNT && !varying_named(mask); a++)
     if (mask & BIT(a))
       snprintf(name + strlen(name), sizeof name - strlen(name), "%s%s", *name ? "+" : "",
                fine_names[a]);
+  /* Creation blocks until every member asks: a member that never does (or asks for other
+   * groups first) would hang here, so the watchdog names it at LOOM_TIMEOUT. */
+  loom_watch watch = {.what = "loom_mesh_group: creating a group on first use (every member "
+                              "must ask for it, members in the same order of groups)",
+                      .group = name, .peer = -1, .tag = -1, .fatal = 1};
+  loom_watch_begin(ctx, &watch);
   MPI_Group world_group, group;
   MPI_Comm comm = MPI_COMM_NULL;
   int rc = MPI_Comm_group(mesh->creation, &world_group);
@@ -295,8 +298,11 @@ loom_status loom_mesh_group_of(loom_mesh *mesh, unsigned mask, loom_group **out)
     MPI_Group_free(&world_group);
   }
   free(members);
-  if (rc != MPI_SUCCESS) return loom_mpi_error(ctx, rc, "loom_mesh_group_of: MPI_Comm_create_group");
-  LOOM_CHECK(loom_group_from_comm(ctx, comm, name, 0, &mesh->by_mask[mask]));
+  loom_status status = rc == MPI_SUCCESS
+                           ? loom_group_from_comm(ctx, comm, name, 0, &mesh->by_mask[mask])
+                           : loom_mpi_error(ctx, rc, "loom_mesh_group_of: MPI_Comm_create_group");
+  loom_watch_end(ctx, &watch);
+  if (status < 0) return status;
   *out = mesh->by_mask[mask];
   return LOOM_OK;
 }
@@ -305,14 +311,24 @@ loom_status loom_mesh_destroy(loom_mesh *mesh) {
   if (!mesh) return LOOM_OK;
   for (unsigned m = 0; m < (1u << FINE_COUNT); m++) loom_group_free(mesh->by_mask[m]);
   if (mesh->creation != MPI_COMM_NULL) MPI_Comm_free(&mesh->creation);
-  for (int axis = 0; axis < LOOM_AXIS_COUNT; axis++)
-    if (mesh->owned[axis]) loom_group_free(mesh->groups[axis]);
   free(mesh);
   return LOOM_OK;
 }
 
-loom_group *loom_mesh_group(const loom_mesh *mesh, loom_axis axis) {
-  return axis >= 0 && axis < LOOM_AXIS_COUNT ? mesh->groups[axis] : NULL;
+loom_group *loom_mesh_group(loom_mesh *mesh, loom_axis axis) {
+  if (!mesh || axis < 0 || axis >= LOOM_AXIS_COUNT) {
+    loom_error_set(LOOM_ERR_ARG, "loom_mesh_group: mesh NULL or axis %d invalid", (int)axis);
+    return NULL;
+  }
+  if (axis == LOOM_AXIS_NODE) return mesh->ctx->node_group;
+  loom_group *group = NULL;
+  return loom_mesh_group_of(mesh, varying_axes[axis], &group) == LOOM_OK ? group : NULL;
+}
+
+int loom_mesh_groups_created(const loom_mesh *mesh) {
+  int count = 0;
+  for (unsigned m = 0; m < (1u << FINE_COUNT); m++) count += mesh->by_mask[m] != NULL;
+  return count;
 }
 loom_mesh_shape loom_mesh_get_shape(const loom_mesh *mesh) { return mesh->shape; }
 loom_mesh_coords loom_mesh_my_coords(const loom_mesh *mesh) { return mesh->coords; }

@@ -72,15 +72,23 @@ void loom_mesh_axis_position(const loom_mesh_shape *shape, const loom_mesh_coord
 int loom_mesh_group_members(const loom_mesh_shape *shape, loom_axis axis, int rank,
                             int *members);
 
-/* Creates the groups of every axis; collective over the world. */
+/* Checks the shape against the world and creates the mesh; collective over the world. No
+ * group exists yet: each is created when first asked for (loom_mesh_group, _group_of). */
 loom_status loom_mesh_create(loom_ctx *ctx, const loom_mesh_shape *shape, loom_mesh **out);
 loom_status loom_mesh_destroy(loom_mesh *mesh);
-/* The group of this rank along `axis` (owned by the mesh or the context). */
-loom_group *loom_mesh_group(const loom_mesh *mesh, loom_axis axis);
+/* The group of this rank along `axis` (owned by the mesh or the context: WORLD and NODE),
+ * created on first use like loom_mesh_group_of (the same group as its fine-axis mask, see
+ * loom_axis_fine_mask), collective over its members then. NULL on failure
+ * (loom_error_string says why). */
+loom_group *loom_mesh_group(loom_mesh *mesh, loom_axis axis);
+/* Groups the mesh has created so far (WORLD and NODE are the context's, not counted). */
+int loom_mesh_groups_created(const loom_mesh *mesh);
 /* The group of this rank over any set of fine axes (`fine_mask`: LOOM_FINE_BIT of each), e.g.
  * PP|EDP|EP for clipping across stages without SP: the ranks that differ from this one only on
  * those axes, in rank order. Created on first use and kept by the mesh; collective over the
- * group's members only (not the world), which must ask for their groups in the same order.
+ * group's members only (not the world), which must ask for their groups in the same order
+ * (a member that never asks leaves the others blocked: the watchdog aborts the job at
+ * LOOM_TIMEOUT naming the group). All axes (the world's mask) give the context's world.
  * The group's node-local and cross-node subgroups (loom_group_node_local / cross_node) give DP
  * within a node and DP across nodes for hierarchical partitions. */
 loom_status loom_mesh_group_of(loom_mesh *mesh, unsigned fine_mask, loom_group **out);

@@ -34,7 +34,7 @@ static void fill(float *x, size_t n, uint64_t seed, double scale) {
  * tensor of the same element rule, over 3 AdamW steps. Not bit for bit: nvcc contracts the
  * rule's multiply-adds into FMAs differently in the two kernels (measured: 6e-8 on values
  * below 1), so within 1e-6 as the other GPU checks; the model copy within 1 bf16 ulp. */
-static void check_multi_tensor(loom_ctx *ctx, void *stream);
+static void check_multi_tensor(loom_ctx *ctx, void *stream, loom_optim_kind kind);
 
 static double max_diff(const float *a, const float *b, size_t n) {
   double worst = 0;
@@ -225,7 +225,8 @@ int main(int argc, char **argv) {
   OK(loom_grad_norm(NULL, stream, device_grads, 2, &after));
   expect(fabs(after - 1.0) < 1e-5, "norm after clipping", after);
 
-  check_multi_tensor(ctx, stream);
+  check_multi_tensor(ctx, stream, LOOM_OPTIM_ADAMW);
+  check_multi_tensor(ctx, stream, LOOM_OPTIM_SGD);
   printf("test_kernels: %d checks, %d failures\n", checks, failures);
   loom_device_free(ctx, dp), loom_device_free(ctx, dg), loom_device_free(ctx, dm);
   loom_device_free(ctx, dv), loom_device_free(ctx, d64);
@@ -234,9 +235,11 @@ int main(int argc, char **argv) {
   return failures ? 1 : 0;
 }
 
-static void check_multi_tensor(loom_ctx *ctx, void *stream) {
+/* One optimizer step on tensors of two groups, float32 and bfloat16 gradients, with and without
+ * a bfloat16 copy (three launches), against one single-tensor launch per tensor. */
+static void check_multi_tensor(loom_ctx *ctx, void *stream, loom_optim_kind kind) {
   enum { TENSORS = 5, MULTI_STEPS = 3 };
-  /* the last is large enough for a launch of its own (optim.c, MULTI_TENSOR_MAX) */
+  /* sizes around the chunk (LOOM_OPTIM_CHUNK) and the per-thread unroll; the last has 17 chunks */
   const size_t sizes[TENSORS] = {3, 1000, LOOM_OPTIM_CHUNK + 7, 2 * LOOM_OPTIM_CHUNK + 5,
                                  (1u << 20) + 3};
   const int group_of[TENSORS] = {0, 1, 0, 1, 1}, bf16[TENSORS] = {0, 0, 0, 1, 0};
@@ -283,6 +286,9 @@ static void check_multi_tensor(loom_ctx *ctx, void *stream) {
     OK(loom_params_add(params, &q, NULL));
   }
   loom_optim_params op = LOOM_OPTIM_PARAMS_INIT;
+  op.kind = kind;
+  op.momentum = kind == LOOM_OPTIM_SGD ? 0.9 : 0.0;
+  op.nesterov = kind == LOOM_OPTIM_SGD;
   op.weight_decay = decay[0];
   op.stream = stream;
   loom_optim *optim = NULL;
@@ -306,10 +312,16 @@ static void check_multi_tensor(loom_ctx *ctx, void *stream) {
     OK(loom_optim_step(optim, lr)); /* one launch per group */
     for (int t = 0; t < TENSORS; t++) { /* the reference: one launch per tensor, own moments */
       int g = group_of[t];
-      OK(loom_adamw_update_device_mixed(stream, sizes[t], ref_value[t], grad[t],
-                                        bf16[t] ? LOOM_BFLOAT16 : LOOM_FLOAT32, m[t], v[t],
-                                        ref_copy[t], step, (float)(lr * lr_scale[g]), 0.9f,
-                                        0.999f, 1e-8f, (float)decay[g]));
+      loom_dtype grad_dtype = bf16[t] ? LOOM_BFLOAT16 : LOOM_FLOAT32;
+      if (kind == LOOM_OPTIM_SGD)
+        OK(loom_sgd_update_device_mixed(stream, sizes[t], ref_value[t], grad[t], grad_dtype, m[t],
+                                        ref_copy[t], (float)(lr * lr_scale[g]), 0.9f,
+                                        (float)decay[g], 1, step == 1));
+      else
+        OK(loom_adamw_update_device_mixed(stream, sizes[t], ref_value[t], grad[t], grad_dtype,
+                                          m[t], v[t], ref_copy[t], step,
+                                          (float)(lr * lr_scale[g]), 0.9f, 0.999f, 1e-8f,
+                                          (float)decay[g]));
     }
   }
   for (int t = 0; t < TENSORS; t++) {

@@ -47,6 +47,22 @@ static void check_shape(check_state *st, loom_mesh_shape shape) {
   loom_mesh_coords mine = loom_mesh_my_coords(mesh), pure = loom_mesh_coords_of(&shape, st->rank);
   expect_near(st, "coords", 0, memcmp(&mine, &pure, sizeof mine) == 0, 1, 0);
   expect_near(st, "rank_of(coords)", 0, loom_mesh_rank_of(&shape, &mine), st->rank, 0);
+  /* Groups are created on first use, collective over their members only: the ranks of the
+   * first pipeline stage reduce over their DP group while the other stages never ask for it. */
+  expect_near(st, "no group before first use", 0, loom_mesh_groups_created(mesh), 0, 0);
+  if (mine.pp == 0) {
+    loom_group *dp = loom_mesh_group(mesh, LOOM_AXIS_DP), *same = NULL;
+    CHECK_OK(st, loom_mesh_group_of(mesh, loom_axis_fine_mask(LOOM_AXIS_DP), &same));
+    expect_near(st, "DP by axis and by mask: one group", 0, dp == same && dp != NULL, 1, 0);
+    expect_near(st, "one group after first use", 0, loom_mesh_groups_created(mesh), 1, 0);
+    int one = 1, sum = 0;
+    CHECK_OK(st, loom_allreduce(dp, loom_buf_host(&one, 1, LOOM_INT32), loom_buf_host(&sum, 1, LOOM_INT32),
+                                LOOM_OP_SUM));
+    expect_near(st, "allreduce on a group only its members created", 0, sum, shape.dp, 0);
+  }
+  CHECK_OK(st, loom_barrier(loom_mesh_group(mesh, LOOM_AXIS_WORLD)));
+  expect_near(st, "WORLD is the context's", 0,
+              loom_mesh_group(mesh, LOOM_AXIS_WORLD) == loom_ctx_world(st->ctx), 1, 0);
   int *members = malloc(sizeof(int) * (size_t)st->size);
   for (int axis = 0; axis < LOOM_AXIS_COUNT; axis++) {
     loom_group *g = loom_mesh_group(mesh, (loom_axis)axis);
