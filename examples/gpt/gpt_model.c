@@ -1,0 +1,150 @@
+/* The GPT model behind the training program's interface (see gpt_model.h). */
+#include "gpt_model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct gpt_model {
+  gpt_layout layout;
+  gpt_cpu *cpu;     /* micro-batches (chunk, T) */
+  gpt_cpu *sampler; /* (1, context), created by the first gpt_model_sample */
+  int chunk, T;
+  float *params;    /* (total) float32 */
+  float *grad32;    /* (total) one micro-batch's gradient */
+  double *grad64;   /* (total) the step's, what DDP reduces */
+  int first_param;  /* table index of tensor 0 */
+};
+
+loom_status gpt_model_create(loom_ctx *ctx, const gpt_layout *layout, int chunk, int T,
+                             uint64_t seed, gpt_model **out) {
+  if (loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
+    return loom_error_set(LOOM_ERR_UNSUPPORTED, "the GPT example computes on the CPU only in "
+                          "this version; run with --device cpu");
+  gpt_model *m = calloc(1, sizeof *m);
+  if (!m) return loom_error_set(LOOM_ERR_NOMEM, "allocating the GPT model");
+  m->layout = *layout, m->chunk = chunk, m->T = T;
+  m->params = malloc(sizeof(float) * layout->total);
+  m->grad32 = malloc(sizeof(float) * layout->total);
+  m->grad64 = calloc(layout->total, sizeof(double));
+  loom_status status = m->params && m->grad32 && m->grad64
+                           ? gpt_cpu_create(layout, chunk, T, NULL, &m->cpu)
+                           : loom_error_set(LOOM_ERR_NOMEM, "GPT parameters (%zu)", layout->total);
+  if (status < 0) {
+    gpt_model_destroy(m);
+    return status;
+  }
+  gpt_init_params(layout, seed, m->params);
+  *out = m;
+  return LOOM_OK;
+}
+
+void gpt_model_destroy(gpt_model *m) {
+  if (!m) return;
+  gpt_cpu_destroy(m->cpu), gpt_cpu_destroy(m->sampler);
+  free(m->params), free(m->grad32), free(m->grad64), free(m);
+}
+
+const gpt_layout *gpt_model_layout(const gpt_model *m) { return &m->layout; }
+float *gpt_model_params(gpt_model *m) { return m->params; }
+
+loom_status gpt_model_add_params(gpt_model *m, loom_params *params, int decay_group,
+                                 int no_decay_group) {
+  m->first_param = loom_params_count(params);
+  for (int i = 0; i < m->layout.count; i++) {
+    const gpt_tensor *t = &m->layout.tensor[i];
+    loom_param p = {.name = t->name,
+                    .value = loom_buf_host(m->params + t->offset, t->count, LOOM_FLOAT32),
+                    .grad = loom_buf_host(m->grad64 + t->offset, t->count, LOOM_FLOAT64),
+                    .spec = {.dtype = LOOM_FLOAT32, .ndims = t->ndims,
+                             .shape = {t->shape[0], t->shape[1]}},
+                    .reduce_axis = LOOM_AXIS_GRAD,
+                    .group = t->decay ? decay_group : no_decay_group};
+    LOOM_CHECK(loom_params_add(params, &p, NULL));
+  }
+  return LOOM_OK;
+}
+
+void gpt_model_zero_grad(gpt_model *m) { memset(m->grad64, 0, sizeof(double) * m->layout.total); }
+
+loom_status gpt_model_train_chunk(gpt_model *m, const int *tokens, const int *targets,
+                                  double scale, loom_ddp *ddp, double *loss_sum) {
+  memset(m->grad32, 0, sizeof(float) * m->layout.total);
+  *loss_sum += gpt_cpu_train_step(m->cpu, m->params, tokens, targets, scale, m->grad32);
+  for (size_t i = 0; i < m->layout.total; i++) m->grad64[i] += m->grad32[i];
+  /* Ready in the order backward finishes them: head and last block first. */
+  for (int i = m->layout.count - 1; ddp && i >= 0; i--)
+    LOOM_CHECK(loom_ddp_param_ready(ddp, m->first_param + i));
+  return LOOM_OK;
+}
+
+loom_status gpt_model_eval_chunk(gpt_model *m, const int *tokens, const int *targets,
+                                 double *loss_sum) {
+  int L = m->layout.shape.layers;
+  size_t nd = (size_t)m->chunk * m->T * (size_t)m->layout.shape.width;
+  float *x = malloc(sizeof(float) * nd * 2);
+  if (!x) return loom_error_set(LOOM_ERR_NOMEM, "evaluation activations");
+  gpt_embed_forward(m->cpu, m->params, tokens, x);
+  for (int l = 0; l < L; l++) gpt_block_forward(m->cpu, l, m->params, x + nd * (l % 2), x + nd * ((l + 1) % 2));
+  *loss_sum += gpt_head_forward(m->cpu, m->params, x + nd * (L % 2), targets, 0.0);
+  free(x);
+  return LOOM_OK;
+}
+
+static int descending(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x < y) - (x > y);
+}
+
+loom_status gpt_model_sample(gpt_model *m, const int *prompt, int prompt_len, int count,
+                             double temperature, int top_k, uint64_t seed, int *out) {
+  const gpt_shape *s = &m->layout.shape;
+  if (prompt_len < 1 || count < 0 || !(temperature > 0) || top_k < 0)
+    return loom_error_set(LOOM_ERR_ARG, "sampling: prompt of %d tokens (>= 1), %d to generate, "
+                          "temperature %g (> 0), top-k %d (>= 0)", prompt_len, count,
+                          temperature, top_k);
+  int C = s->context, V = s->vocab, L = s->layers;
+  if (!m->sampler) LOOM_CHECK(gpt_cpu_create(&m->layout, 1, C, NULL, &m->sampler));
+  size_t nd = (size_t)C * s->width;
+  int *window = calloc((size_t)C, sizeof(int)), *history = malloc(sizeof(int) * (size_t)(prompt_len + count));
+  float *x = malloc(sizeof(float) * nd * 2);
+  double *prob = malloc(sizeof(double) * (size_t)V);
+  if (!window || !history || !x || !prob) {
+    free(window), free(history), free(x), free(prob);
+    return loom_error_set(LOOM_ERR_NOMEM, "sampling buffers");
+  }
+  memcpy(history, prompt, sizeof(int) * (size_t)prompt_len);
+  loom_rng rng;
+  loom_rng_init(&rng, seed, LOOM_RNG_USER, 0);
+  for (int n = 0; n < count; n++) {
+    /* the last C tokens; positions after them are padding that causality keeps out */
+    int len = prompt_len + n, start = len > C ? len - C : 0, used = len - start;
+    memset(window, 0, sizeof(int) * (size_t)C);
+    memcpy(window, history + start, sizeof(int) * (size_t)used);
+    gpt_embed_forward(m->sampler, m->params, window, x);
+    for (int l = 0; l < L; l++)
+      gpt_block_forward(m->sampler, l, m->params, x + nd * (l % 2), x + nd * ((l + 1) % 2));
+    gpt_head_forward(m->sampler, m->params, x + nd * (L % 2), NULL, 0.0);
+    const float *logits = gpt_head_logits(m->sampler) + (size_t)(used - 1) * V;
+    /* top-k: the k-th largest logit is the floor (ties kept) */
+    double floor_logit = -INFINITY, max = -INFINITY, sum = 0;
+    for (int v = 0; v < V; v++) max = fmax(max, prob[v] = logits[v]);
+    if (top_k > 0 && top_k < V) {
+      qsort(prob, (size_t)V, sizeof *prob, descending);
+      floor_logit = prob[top_k - 1];
+    }
+    for (int v = 0; v < V; v++)
+      sum += prob[v] = logits[v] >= floor_logit ? exp((logits[v] - max) / temperature) : 0.0;
+    double r = loom_rng_uniform(&rng) * sum;
+    int pick = V - 1;
+    for (int v = 0; v < V; v++) {
+      if (prob[v] > 0 && (r -= prob[v]) <= 0) {
+        pick = v;
+        break;
+      }
+    }
+    history[len] = out[n] = pick;
+  }
+  free(window), free(history), free(x), free(prob);
+  return LOOM_OK;
+}

@@ -1,0 +1,252 @@
+/* GPT-2 language model with data parallelism: byte-level on Debian's fortunes by default,
+ * or GPT-2 BPE tokens from llm.c shards.
+ *
+ *   mpirun -np 4 ./train_gpt [--layers 4 --width 128 --heads 4 --context 128 --batch 16 ...]
+ *   ./train_gpt --train-shard train.bin --val-shard val.bin --vocab 50257 ...
+ *   ./train_gpt --ckpt-dir ck --resume 1 --sample-only 1 --sample 400
+ *
+ * The global batch (--batch sequences) is the same whatever the rank count: rank r of the
+ * data-parallel group takes sequences [r B/dp, (r+1) B/dp) of each step's batch, in
+ * micro-batches of --chunk sequences; AdamW with weight decay on the matrices only, warm-up
+ * then cosine, global-norm clipping; checkpoints, resume and snapshots through the loop. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpt_data.h"
+#include "gpt_model.h"
+
+typedef struct {
+  const char *data_dir, *train_shard, *val_shard, *metrics_path, *prompt;
+  loom_keeper_params keep;
+  gpt_shape shape;
+  int batch, chunk, steps, warmup_steps, eval_every, eval_batches, progress_every, stop_at_step;
+  int sample, top_k, sample_only;
+  double lr, weight_decay, clip, temperature;
+} options;
+
+#define TRY(call)                                                                          \
+  do {                                                                                     \
+    if ((call) != LOOM_OK) {                                                               \
+      fprintf(stderr, "train_gpt (rank %d): %s\n", rank, loom_error_string());             \
+      code = 1;                                                                            \
+      goto done;                                                                           \
+    }                                                                                      \
+  } while (0)
+
+static int parse_options(options *o, loom_config *config, int argc, char **argv) {
+  *o = (options){.data_dir = GPT_FORTUNES_DIR, .prompt = "\n", .keep = LOOM_KEEPER_PARAMS_INIT,
+                 .shape = {.layers = 4, .width = 128, .heads = 4, .vocab = 256, .context = 128},
+                 .batch = 16, .chunk = 4, .steps = 400, .warmup_steps = 40, .eval_every = 100,
+                 .eval_batches = 8, .progress_every = 20, .top_k = 40, .lr = 3e-3,
+                 .weight_decay = 0.1, .clip = 1.0, .temperature = 0.8};
+  const loom_option table[] = {
+      {"data-dir", LOOM_OPTION_STRING, &o->data_dir, "fortunes directory (byte-level text)"},
+      {"train-shard", LOOM_OPTION_STRING, &o->train_shard, "llm.c token shard to train on (instead of the fortunes)"},
+      {"val-shard", LOOM_OPTION_STRING, &o->val_shard, "llm.c token shard to validate on"},
+      {"layers", LOOM_OPTION_INT, &o->shape.layers, "transformer blocks", NULL, 1, 128},
+      {"width", LOOM_OPTION_INT, &o->shape.width, "model width d", NULL, 1, 1 << 16},
+      {"heads", LOOM_OPTION_INT, &o->shape.heads, "attention heads (divide the width)", NULL, 1, 1024},
+      {"vocab", LOOM_OPTION_INT, &o->shape.vocab, "vocabulary (256 for bytes, 50257 for GPT-2 BPE)", NULL, 2, 65536},
+      {"context", LOOM_OPTION_INT, &o->shape.context, "tokens per sequence", NULL, 1, 1 << 16},
+      {"batch", LOOM_OPTION_INT, &o->batch, "global batch in sequences (divisible by dp)", NULL, 1, 1 << 20},
+      {"chunk", LOOM_OPTION_INT, &o->chunk, "sequences per micro-batch (divides the per-rank batch)", NULL, 1, 1 << 20},
+      {"steps", LOOM_OPTION_INT, &o->steps, "optimizer steps", NULL, 1, 1 << 30},
+      {"lr", LOOM_OPTION_DOUBLE, &o->lr, "peak learning rate", NULL, 0, 10},
+      {"warmup-steps", LOOM_OPTION_INT, &o->warmup_steps, "linear warm-up steps", NULL, 0, 1 << 30},
+      {"weight-decay", LOOM_OPTION_DOUBLE, &o->weight_decay, "AdamW weight decay of the matrices", NULL, 0, 1},
+      {"clip", LOOM_OPTION_DOUBLE, &o->clip, "global gradient-norm clip; 0 = off", NULL, 0, 1e9},
+      {"eval-every", LOOM_OPTION_INT, &o->eval_every, "validation loss every this many steps (and at the end); 0 = end only", NULL, 0, 1 << 30},
+      {"eval-batches", LOOM_OPTION_INT, &o->eval_batches, "validation batches of --batch sequences", NULL, 1, 1 << 20},
+      {"progress-every", LOOM_OPTION_INT, &o->progress_every, "progress line every this many steps", NULL, 0, 1 << 30},
+      {"stop-at-step", LOOM_OPTION_INT, &o->stop_at_step, "stop (after saving) at this step", NULL, 0, 1 << 30},
+      {"metrics", LOOM_OPTION_STRING, &o->metrics_path, "JSON-lines metrics file (rank 0)"},
+      {"sample", LOOM_OPTION_INT, &o->sample, "print this many generated tokens at the end", NULL, 0, 1 << 20},
+      {"sample-only", LOOM_OPTION_BOOL, &o->sample_only, "no training: sample from the resumed checkpoint"},
+      {"prompt", LOOM_OPTION_STRING, &o->prompt, "text the sample continues (byte vocabulary)"},
+      {"temperature", LOOM_OPTION_DOUBLE, &o->temperature, "sampling temperature", NULL, 1e-3, 100},
+      {"top-k", LOOM_OPTION_INT, &o->top_k, "sample among the k most likely; 0 = all", NULL, 0, 1 << 20},
+      {"ckpt-dir", LOOM_OPTION_STRING, &o->keep.ckpt_dir, "checkpoint root (HDF5)"},
+      {"ckpt-every", LOOM_OPTION_INT, &o->keep.ckpt_every, "save every this many steps; 0 = at the end only", NULL, 0, 1 << 30},
+      {"resume", LOOM_OPTION_BOOL, &o->keep.resume, "resume from the checkpoint root's latest, if any"},
+      {"ckpt-async", LOOM_OPTION_BOOL, &o->keep.ckpt_async, "save in the background"},
+      {"snapshot-every", LOOM_OPTION_INT, &o->keep.snapshot_every, "in-memory snapshot every this many steps", NULL, 0, 1 << 30},
+  };
+  int count = (int)(sizeof table / sizeof table[0]), rank = loom_launcher_rank();
+  if (loom_config_parse(config, table, count, argc, argv) != LOOM_OK) {
+    if (rank == 0) fprintf(stderr, "train_gpt: %s\n", loom_error_string());
+    return 2;
+  }
+  if (config->help) {
+    if (rank == 0) loom_config_usage(stdout, "train_gpt", config, table, count);
+    return 0;
+  }
+  return -1;
+}
+
+/* Mean validation loss over eval_batches fixed batches (the data seed's stream 2^31 + i),
+ * sequences split over the data-parallel group. */
+static loom_status evaluate(gpt_model *model, const gpt_tokens *val, const options *o,
+                            uint64_t seed, loom_group *group, int *tokens, int *targets,
+                            double *loss) {
+  int dp = loom_group_size(group), r = loom_group_rank(group), local = o->batch / dp;
+  int T = o->shape.context;
+  double sum = 0;
+  for (int b = 0; b < o->eval_batches; b++)
+    for (int c = 0; c < local; c += o->chunk) {
+      LOOM_CHECK(gpt_data_batch(val, seed, (int64_t)(1u << 31) + b, r * local + c, o->chunk, T,
+                                tokens, targets));
+      LOOM_CHECK(gpt_model_eval_chunk(model, tokens, targets, &sum));
+    }
+  loom_buf one = loom_buf_host(&sum, 1, LOOM_FLOAT64);
+  LOOM_CHECK(loom_allreduce(group, one, one, LOOM_OP_SUM));
+  *loss = sum / ((double)o->eval_batches * o->batch * T);
+  return LOOM_OK;
+}
+
+static loom_status print_sample(gpt_model *model, const options *o, uint64_t seed) {
+  int len = (int)strlen(o->prompt);
+  int *prompt = malloc(sizeof(int) * (size_t)(len ? len : 1)), *out = malloc(sizeof(int) * (size_t)(o->sample + 1));
+  if (!prompt || !out) {
+    free(prompt), free(out);
+    return loom_error_set(LOOM_ERR_NOMEM, "sample buffers");
+  }
+  for (int i = 0; i < len; i++) prompt[i] = (unsigned char)o->prompt[i];
+  if (!len) prompt[len++] = '\n';
+  loom_status s = gpt_model_sample(model, prompt, len, o->sample, o->temperature, o->top_k, seed, out);
+  if (s == LOOM_OK) {
+    printf("sample (%d tokens, temperature %g, top-k %d):\n%s", o->sample, o->temperature, o->top_k, o->prompt);
+    for (int i = 0; i < o->sample; i++)
+      if (o->shape.vocab <= 256) putchar(out[i]);
+      else printf("%d ", out[i]);
+    printf("\n");
+  }
+  free(prompt), free(out);
+  return s;
+}
+
+int main(int argc, char **argv) {
+  options o;
+  loom_config config = LOOM_CONFIG_INIT;
+  int rank = loom_launcher_rank(), code = 0, exit_code = 0;
+  if ((code = parse_options(&o, &config, argc, argv)) >= 0) return code;
+  code = 0;
+  loom_ctx *ctx = NULL;
+  loom_mesh *mesh = NULL;
+  loom_params *params = NULL;
+  loom_ddp *ddp = NULL;
+  loom_optim *optim = NULL;
+  loom_state *registry = NULL;
+  loom_loop *loop = NULL;
+  gpt_model *model = NULL;
+  gpt_tokens train = {0}, val = {0};
+  int *tokens = NULL, *targets = NULL;
+  if (loom_init(&config, &argc, &argv, &ctx) != LOOM_OK) {
+    fprintf(stderr, "train_gpt: %s\n", loom_error_string());
+    return 1;
+  }
+  rank = loom_ctx_rank(ctx);
+  loom_mesh_shape shape;
+  TRY(loom_mesh_shape_from_config(&config, loom_ctx_size(ctx), &shape));
+  if (shape.pp != 1 || shape.sp != 1)
+    TRY(loom_error_set(LOOM_ERR_ARG, "train_gpt is data-parallel only for now: --pp and --sp "
+                       "must be 1 (got %d and %d)", shape.pp, shape.sp));
+  if (o.batch % shape.dp || (o.batch / shape.dp) % o.chunk)
+    TRY(loom_error_set(LOOM_ERR_ARG, "--batch %d must split into dp=%d equal parts of whole "
+                       "--chunk %d micro-batches", o.batch, shape.dp, o.chunk));
+  gpt_layout layout;
+  TRY(gpt_layout_init(&o.shape, &layout));
+  if (o.train_shard) {
+    if (!o.val_shard) TRY(loom_error_set(LOOM_ERR_ARG, "--train-shard needs --val-shard"));
+    TRY(gpt_data_shard(o.train_shard, o.shape.vocab, &train));
+    TRY(gpt_data_shard(o.val_shard, o.shape.vocab, &val));
+  } else {
+    if (o.shape.vocab != 256)
+      TRY(loom_error_set(LOOM_ERR_ARG, "the fortunes are bytes: --vocab must be 256 (got %d)", o.shape.vocab));
+    TRY(gpt_data_fortunes(o.data_dir, &train, &val));
+  }
+  TRY(loom_mesh_create(ctx, &shape, &mesh));
+  loom_group *grad_group = loom_mesh_group(mesh, LOOM_AXIS_GRAD);
+  TRY(gpt_model_create(ctx, &layout, o.chunk, o.shape.context, config.seed, &model));
+  TRY(loom_params_create(mesh, &params));
+  loom_param_group no_decay = {.name = "no_decay", .weight_decay = 0.0, .lr_scale = 1.0};
+  int no_decay_group = 0;
+  TRY(loom_params_add_group(params, &no_decay, &no_decay_group));
+  TRY(gpt_model_add_params(model, params, 0, no_decay_group));
+  loom_ddp_params ddp_params = {.bucket_bytes = 8u << 20, .overlap = 1, .op = LOOM_OP_SUM};
+  TRY(loom_ddp_create(grad_group, &ddp_params, &ddp));
+  TRY(loom_ddp_add_params(ddp, params, LOOM_AXIS_GRAD));
+  loom_optim_params op = LOOM_OPTIM_PARAMS_INIT;
+  op.beta2 = 0.95;
+  op.weight_decay = o.weight_decay;
+  TRY(loom_optim_create(&op, &optim));
+  TRY(loom_optim_add_params(optim, params));
+  TRY(loom_state_create(mesh, &registry));
+  TRY(loom_state_register_params(registry, params));
+  TRY(loom_optim_register_state(optim, registry));
+  int T = o.shape.context, local = o.batch / shape.dp;
+  loom_loop_params lp = {.total_steps = o.steps, .stop_at_step = o.stop_at_step,
+                         .progress_every = o.progress_every,
+                         .items_per_step = (double)o.batch * T, .items_name = "tokens",
+                         .metrics_path = o.metrics_path};
+  loom_loop_keeper keeper;
+  TRY(loom_keeper_create(registry, &o.keep, &keeper));
+  TRY(loom_loop_create(ctx, registry, &lp, &keeper, &loop));
+  loom_schedule schedule = {.kind = LOOM_SCHEDULE_COSINE, .peak = o.lr, .floor = o.lr / 10,
+                            .warmup_steps = o.warmup_steps, .total_steps = o.steps};
+  if (schedule.total_steps <= schedule.warmup_steps) schedule.warmup_steps = schedule.total_steps / 10;
+  TRY(loom_schedule_check(&schedule));
+  tokens = malloc(sizeof(int) * (size_t)o.chunk * T);
+  targets = malloc(sizeof(int) * (size_t)o.chunk * T);
+  if (!tokens || !targets) TRY(loom_error_set(LOOM_ERR_NOMEM, "batch buffers"));
+  if (rank == 0)
+    printf("train_gpt: %d ranks (dp=%d), GPT L%d d%d H%d V%d context %d (%zu parameters), "
+           "batch %d x %d tokens, %zu train / %zu validation tokens\n", loom_ctx_size(ctx),
+           shape.dp, o.shape.layers, o.shape.width, o.shape.heads, o.shape.vocab, T,
+           layout.total, o.batch, T, train.count, val.count);
+  double val_loss = 0, step_loss = 0;
+  int64_t step;
+  while (!o.sample_only && loom_loop_next(loop, &step)) {
+    step_loss = 0;
+    gpt_model_zero_grad(model);
+    TRY(loom_ddp_begin(ddp, 1));
+    for (int c = 0; c < local; c += o.chunk) {
+      TRY(gpt_data_batch(&train, config.seed, step, loom_mesh_my_coords(mesh).dp * local + c,
+                         o.chunk, T, tokens, targets));
+      TRY(gpt_model_train_chunk(model, tokens, targets, 1.0 / ((double)o.batch * T),
+                                c + o.chunk >= local ? ddp : NULL, &step_loss));
+    }
+    TRY(loom_ddp_finish(ddp));
+    loom_buf one = loom_buf_host(&step_loss, 1, LOOM_FLOAT64);
+    TRY(loom_allreduce(grad_group, one, one, LOOM_OP_SUM));
+    step_loss /= (double)o.batch * T;
+    if (o.clip > 0) TRY(loom_clip_params(params, NULL, o.clip, NULL));
+    TRY(loom_loop_before_update(loop));
+    TRY(loom_optim_step(optim, loom_schedule_lr(&schedule, step)));
+    TRY(loom_loop_end_step(loop, step_loss));
+    int last = step + 1 == o.steps || loom_loop_stopped(loop);
+    if (!last && (o.eval_every == 0 || (step + 1) % o.eval_every != 0)) continue;
+    TRY(evaluate(model, &val, &o, config.seed, grad_group, tokens, targets, &val_loss));
+    if (rank == 0) printf("step %lld  train loss %.6f  validation loss %.6f\n", (long long)step + 1, step_loss, val_loss);
+    char fields[128];
+    snprintf(fields, sizeof fields, "\"train_loss\": %.9g, \"val_loss\": %.9g", step_loss, val_loss);
+    TRY(loom_loop_metrics(loop, fields));
+  }
+  TRY(loom_loop_finish(loop, &exit_code));
+  if (o.sample_only) TRY(evaluate(model, &val, &o, config.seed, grad_group, tokens, targets, &val_loss));
+  if (rank == 0) printf("final train_loss=%.10g val_loss=%.10g\n", step_loss, val_loss);
+  if (o.sample > 0 && rank == 0) TRY(print_sample(model, &o, config.seed));
+done:
+  free(tokens), free(targets);
+  gpt_tokens_free(&train), gpt_tokens_free(&val);
+  loom_loop_destroy(loop);
+  loom_state_destroy(registry);
+  loom_optim_destroy(optim);
+  loom_ddp_destroy(ddp);
+  loom_params_destroy(params);
+  gpt_model_destroy(model);
+  loom_mesh_destroy(mesh);
+  if (code != 0 && loom_ctx_size(ctx) > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  loom_finalize(ctx);
+  return code ? code : exit_code;
+}
