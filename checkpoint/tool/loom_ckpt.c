@@ -2,17 +2,13 @@
  * no launcher). Tensors are read one at a time, so memory holds at most one tensor (two for
  * diff), never the whole checkpoint. Exit codes: 0 good / identical / written, 1 damaged /
  * different / not written, 2 usage error (and, for diff, an unreadable checkpoint). */
-#include <errno.h>
-#include <fcntl.h>
-#include <libgen.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "checkpoint/inspect.h"
+#include "checkpoint/tool/export.h"
 #include "runtime/dtype.h"
 #include "runtime/status.h"
 
@@ -31,6 +27,9 @@ static void usage(FILE *stream) {
           "  export ROOT --safetensors FILE whole tensors into one safetensors file (shards\n"
           "                                 verified first; written to FILE.tmp, then renamed);\n"
           "                                 exit 0 written, 1 not written\n"
+          "  export ROOT --gpt2 DIR         a GPT-2 checkpoint of examples/gpt/train_gpt as a\n"
+          "                                 Hugging Face directory (model.safetensors with\n"
+          "                                 GPT-2's names and Conv1D layout, config.json)\n"
           "ROOT is a checkpoint root (its `latest` names the step) or one step-* directory.\n"
           "Exit 2 for a command line that is not understood.\n");
 }
@@ -233,218 +232,56 @@ static int command_diff(const char *root_a, const char *root_b) {
   return code;
 }
 
-/* A growing string for the safetensors header; `failed` once an allocation failed. */
-typedef struct {
-  char *text;
-  size_t length, capacity;
-  int failed;
-} text_buffer;
-
-static void text_append(text_buffer *buffer, const char *format, ...)
-    __attribute__((format(printf, 2, 3)));
-static void text_append(text_buffer *buffer, const char *format, ...) {
-  if (buffer->failed) return;
-  va_list args;
-  va_start(args, format);
-  int needed = vsnprintf(NULL, 0, format, args);
-  va_end(args);
-  if (needed < 0) {
-    buffer->failed = 1;
-    return;
-  }
-  if (buffer->length + (size_t)needed + 1 > buffer->capacity) {
-    size_t capacity = 2 * (buffer->length + (size_t)needed + 1);
-    char *grown = realloc(buffer->text, capacity);
-    if (!grown) {
-      buffer->failed = 1;
-      return;
-    }
-    buffer->text = grown;
-    buffer->capacity = capacity;
-  }
-  va_start(args, format);
-  vsnprintf(buffer->text + buffer->length, buffer->capacity - buffer->length, format, args);
-  va_end(args);
-  buffer->length += (size_t)needed;
-}
-
-/* A JSON string literal of `value` (quotes, backslashes and control bytes escaped). */
-static void text_append_json_string(text_buffer *buffer, const char *value) {
-  text_append(buffer, "\"");
-  for (const unsigned char *c = (const unsigned char *)value; *c; c++) {
-    if (*c == '"' || *c == '\\') text_append(buffer, "\\%c", *c);
-    else if (*c < 0x20) text_append(buffer, "\\u%04x", *c);
-    else text_append(buffer, "%c", *c);
-  }
-  text_append(buffer, "\"");
-}
-
-static const char *safetensors_dtype(loom_dtype dtype) {
-  switch (dtype) {
-    case LOOM_FLOAT32: return "F32";
-    case LOOM_FLOAT64: return "F64";
-    case LOOM_BFLOAT16: return "BF16";
-    case LOOM_FLOAT16: return "F16";
-    case LOOM_INT32: return "I32";
-    case LOOM_INT64: return "I64";
-    default: return "U8";
-  }
-}
-
-/* safetensors data is little-endian; read_tensor gives native order. */
-static void to_little_endian(void *data, size_t count, size_t element_bytes) {
-  const uint16_t probe = 1;
-  if (*(const unsigned char *)&probe == 1 || element_bytes == 1) return;
-  unsigned char *bytes = data;
-  for (size_t i = 0; i < count; i++, bytes += element_bytes)
-    for (size_t lo = 0, hi = element_bytes - 1; lo < hi; lo++, hi--) {
-      unsigned char swap = bytes[lo];
-      bytes[lo] = bytes[hi];
-      bytes[hi] = swap;
-    }
-}
-
-/* The safetensors header (JSON, padded with spaces to a multiple of 8 bytes). Tensors follow
- * in info's (name) order, packed without gaps. 0 on success. */
-static int build_header(const loom_ckpt_info *info, text_buffer *header) {
-  int64_t offset = 0;
-  text_append(header, "{");
-  for (int i = 0; i < info->tensor_count; i++) {
-    const loom_ckpt_tensor_info *t = &info->tensors[i];
-    if (strcmp(t->name, "__metadata__") == 0) {
-      fprintf(stderr, "loom-ckpt export: tensor '__metadata__' collides with the safetensors "
-              "metadata key; rename it\n");
-      return -1;
-    }
-    text_append_json_string(header, t->name);
-    text_append(header, ":{\"dtype\":\"%s\",\"shape\":[", safetensors_dtype(t->dtype));
-    for (int d = 0; d < t->ndims; d++) text_append(header, "%s%lld", d ? "," : "", (long long)t->shape[d]);
-    text_append(header, "],\"data_offsets\":[%lld,%lld]},", (long long)offset,
-                (long long)(offset + t->bytes));
-    offset += t->bytes;
-  }
-  text_append(header, "\"__metadata__\":{\"step\":\"%lld\",\"loom_version\":", (long long)info->step);
-  text_append_json_string(header, info->version);
-  text_append(header, ",\"mesh_pp_dp_sp_ep\":\"%d,%d,%d,%d\"}}", info->mesh[0], info->mesh[1],
-              info->mesh[2], info->mesh[3]);
-  while (!header->failed && header->length % 8 != 0) text_append(header, " ");
-  if (header->failed) {
-    fprintf(stderr, "loom-ckpt export: out of memory for the header\n");
-    return -1;
-  }
-  return 0;
-}
-
-/* Writes header and tensors to an open stream; 0 on success (message printed otherwise). */
-static int write_safetensors(const loom_ckpt_info *info, const text_buffer *header, FILE *out,
-                             const char *path) {
-  unsigned char length[8]; /* header bytes, uint64 little-endian */
-  for (int b = 0; b < 8; b++) length[b] = (unsigned char)((uint64_t)header->length >> (8 * b));
-  if (fwrite(length, 1, 8, out) != 8 || fwrite(header->text, 1, header->length, out) != header->length) {
-    fprintf(stderr, "loom-ckpt export: writing %s: %s\n", path, strerror(errno));
-    return -1;
-  }
-  for (int i = 0; i < info->tensor_count; i++) {
-    const loom_ckpt_tensor_info *t = &info->tensors[i];
-    size_t bytes = (size_t)t->bytes;
-    void *values = malloc(bytes ? bytes : 1);
-    int ok = values != NULL;
-    if (!ok)
-      fprintf(stderr, "loom-ckpt export: out of memory for tensor '%s' (%zu bytes)\n", t->name, bytes);
-    else if (loom_ckpt_read_tensor(info->dir, t, values) != LOOM_OK) {
-      fprintf(stderr, "loom-ckpt export: %s\n", loom_error_string());
-      ok = 0;
-    } else {
-      to_little_endian(values, (size_t)t->count, loom_dtype_size(t->dtype));
-      if (fwrite(values, 1, bytes, out) != bytes) {
-        fprintf(stderr, "loom-ckpt export: writing tensor '%s' to %s: %s\n", t->name, path,
-                strerror(errno));
-        ok = 0;
-      }
-    }
-    free(values);
-    if (!ok) return -1;
-  }
-  return 0;
-}
-
-/* fsync of the directory holding `path`, so the rename survives a crash. */
-static int sync_parent(const char *path) {
-  char copy[LOOM_CKPT_PATH_BYTES + 8];
-  snprintf(copy, sizeof copy, "%s", path);
-  int fd = open(dirname(copy), O_RDONLY);
-  int rc = fd >= 0 ? fsync(fd) : -1;
-  if (fd >= 0) close(fd);
-  return rc;
-}
-
-static int command_export(const char *root, const char *file) {
+/* `export ROOT --safetensors FILE`: every tensor under its own name; `export ROOT --gpt2 DIR`:
+ * a Hugging Face GPT-2 directory. Every shard is verified first (a damaged one would be
+ * exported silently as wrong values). */
+static int command_export(const char *root, const char *file, const char *gpt2_dir) {
   loom_ckpt_info info;
   if (loom_ckpt_info_open(root, &info) != LOOM_OK) {
     fprintf(stderr, "loom-ckpt export: %s\n", loom_error_string());
     return EXIT_BAD;
   }
-  int checked = 0, code = EXIT_BAD;
-  text_buffer header = {0};
-  char tmp[LOOM_CKPT_PATH_BYTES + 8];
-  FILE *out = NULL;
-  if (strlen(file) + 5 > sizeof tmp) {
-    fprintf(stderr, "loom-ckpt export: output path %s is too long\n", file);
-    goto done;
-  }
-  snprintf(tmp, sizeof tmp, "%s.tmp", file);
-  /* A damaged shard would be exported silently as wrong values: check every one first. */
+  const char *target = file ? file : gpt2_dir;
+  int checked = 0, rc = -1;
+  export_entry *entries = NULL;
   if (check_checkpoint(&info, stderr, &checked) != 0) {
     fprintf(stderr, "loom-ckpt export: checkpoint %s is damaged (problems above); nothing "
-            "written to %s\n", info.dir, file);
-    goto done;
+            "written to %s\n", info.dir, target);
+  } else if (gpt2_dir) {
+    rc = export_gpt2(&info, gpt2_dir);
+  } else if (!(entries = calloc((size_t)info.tensor_count + 1, sizeof *entries))) {
+    fprintf(stderr, "loom-ckpt export: out of memory for %d tensors\n", info.tensor_count);
+  } else {
+    int64_t total = 0;
+    for (int i = 0; i < info.tensor_count; i++) {
+      entries[i].tensor = &info.tensors[i];
+      snprintf(entries[i].name, sizeof entries[i].name, "%s", info.tensors[i].name);
+      total += info.tensors[i].bytes;
+    }
+    rc = export_safetensors(&info, entries, info.tensor_count, file);
+    if (rc == 0)
+      printf("exported %d tensors (%lld bytes, %d shards verified) of %s, step %lld, to %s\n",
+             info.tensor_count, (long long)total, checked, info.dir, (long long)info.step, file);
   }
-  if (build_header(&info, &header) != 0) goto done;
-  out = fopen(tmp, "wb");
-  if (!out) {
-    fprintf(stderr, "loom-ckpt export: creating %s: %s\n", tmp, strerror(errno));
-    goto done;
-  }
-  int written = write_safetensors(&info, &header, out, tmp) == 0;
-  if (written && (fflush(out) != 0 || fsync(fileno(out)) != 0)) {
-    fprintf(stderr, "loom-ckpt export: flushing %s: %s\n", tmp, strerror(errno));
-    written = 0;
-  }
-  if (fclose(out) != 0 && written) {
-    fprintf(stderr, "loom-ckpt export: closing %s: %s\n", tmp, strerror(errno));
-    written = 0;
-  }
-  if (written && rename(tmp, file) != 0) {
-    fprintf(stderr, "loom-ckpt export: renaming %s to %s: %s\n", tmp, file, strerror(errno));
-    written = 0;
-  }
-  if (!written) {
-    unlink(tmp); /* never leave a half file behind */
-    goto done;
-  }
-  if (sync_parent(file) != 0) {
-    fprintf(stderr, "loom-ckpt export: syncing the directory of %s: %s\n", file, strerror(errno));
-    goto done;
-  }
-  int64_t total = 0;
-  for (int i = 0; i < info.tensor_count; i++) total += info.tensors[i].bytes;
-  printf("exported %d tensors (%lld bytes, %d shards verified) of %s, step %lld, to %s\n",
-         info.tensor_count, (long long)total, checked, info.dir, (long long)info.step, file);
-  code = EXIT_GOOD;
-done:
-  free(header.text);
+  free(entries);
   loom_ckpt_info_free(&info);
-  return code;
+  return rc == 0 ? EXIT_GOOD : EXIT_BAD;
 }
 
-/* Arguments of `export`: ROOT and --safetensors FILE (or --safetensors=FILE), in any order. */
-static int parse_export(int argc, char **argv, const char **root, const char **file) {
-  *root = *file = NULL;
+/* Arguments of `export`: ROOT and one of --safetensors FILE / --gpt2 DIR (or =VALUE), in any
+ * order. */
+static int parse_export(int argc, char **argv, const char **root, const char **file,
+                        const char **gpt2_dir) {
+  *root = *file = *gpt2_dir = NULL;
   for (int i = 0; i < argc; i++) {
-    if (strcmp(argv[i], "--safetensors") == 0 && i + 1 < argc && !*file) {
-      *file = argv[++i];
-    } else if (strncmp(argv[i], "--safetensors=", 14) == 0 && argv[i][14] && !*file) {
-      *file = argv[i] + 14;
+    const char **slot = strncmp(argv[i], "--safetensors", 13) == 0 ? file
+                        : strncmp(argv[i], "--gpt2", 6) == 0     ? gpt2_dir
+                                                                 : NULL;
+    size_t flag = slot == file ? 13 : 6;
+    if (slot && argv[i][flag] == '\0' && i + 1 < argc && !*slot) {
+      *slot = argv[++i];
+    } else if (slot && argv[i][flag] == '=' && argv[i][flag + 1] && !*slot) {
+      *slot = argv[i] + flag + 1;
     } else if (argv[i][0] != '-' && !*root) {
       *root = argv[i];
     } else {
@@ -452,8 +289,8 @@ static int parse_export(int argc, char **argv, const char **root, const char **f
       return -1;
     }
   }
-  if (!*root || !*file || !**file) {
-    fprintf(stderr, "loom-ckpt export: needs ROOT and --safetensors FILE\n");
+  if (!*root || (!*file == !*gpt2_dir) || (*file && !**file) || (*gpt2_dir && !**gpt2_dir)) {
+    fprintf(stderr, "loom-ckpt export: needs ROOT and one of --safetensors FILE, --gpt2 DIR\n");
     return -1;
   }
   return 0;
@@ -485,12 +322,12 @@ int main(int argc, char **argv) {
   if (strcmp(command, "diff") == 0 && operands == 2 && operands_only(2, argv + 2))
     return command_diff(argv[2], argv[3]);
   if (strcmp(command, "export") == 0) {
-    const char *root, *file;
-    if (parse_export(operands, argv + 2, &root, &file) != 0) {
+    const char *root, *file, *gpt2_dir;
+    if (parse_export(operands, argv + 2, &root, &file, &gpt2_dir) != 0) {
       usage(stderr);
       return EXIT_USAGE;
     }
-    return command_export(root, file);
+    return command_export(root, file, gpt2_dir);
   }
   if (strcmp(command, "ls") == 0 || strcmp(command, "verify") == 0 || strcmp(command, "diff") == 0)
     fprintf(stderr, "loom-ckpt %s: wrong arguments\n", command);

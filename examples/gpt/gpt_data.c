@@ -178,18 +178,38 @@ void gpt_tokens_free(gpt_tokens *t) {
   *t = (gpt_tokens){0};
 }
 
-loom_status gpt_data_batch(const gpt_tokens *data, uint64_t seed, int64_t step, int first,
-                           int count, int T, int *tokens, int *targets) {
+/* Copies the window of T + 1 tokens at `start` into row s of tokens and targets. */
+static void take_window(const gpt_tokens *data, uint64_t start, int s, int T, int *tokens,
+                        int *targets) {
+  const uint16_t *w = data->tokens + start;
+  for (int t = 0; t < T; t++) tokens[(size_t)s * T + t] = w[t], targets[(size_t)s * T + t] = w[t + 1];
+}
+
+static loom_status check_length(const gpt_tokens *data, int T) {
   if (data->count < (size_t)T + 1)
     return loom_error_set(LOOM_ERR_ARG, "the data holds %zu tokens, fewer than context + 1 = %d",
                           data->count, T + 1);
+  return LOOM_OK;
+}
+
+loom_status gpt_data_batch(const gpt_tokens *data, uint64_t seed, int64_t step, int first,
+                           int count, int T, int *tokens, int *targets) {
+  LOOM_CHECK(check_length(data, T));
   uint64_t windows = data->count - (uint64_t)T; /* starts 0 .. count - T - 1 */
   for (int s = 0; s < count; s++) {
     uint64_t index = 2 * (uint64_t)(first + s);
     uint64_t r = (uint64_t)loom_rng_word_at(seed, LOOM_RNG_DATA, (uint32_t)step, index) << 32 |
                  loom_rng_word_at(seed, LOOM_RNG_DATA, (uint32_t)step, index + 1);
-    const uint16_t *w = data->tokens + r % windows;
-    for (int t = 0; t < T; t++) tokens[(size_t)s * T + t] = w[t], targets[(size_t)s * T + t] = w[t + 1];
+    take_window(data, r % windows, s, T, tokens, targets);
   }
+  return LOOM_OK;
+}
+
+loom_status gpt_data_tiles(const gpt_tokens *data, int64_t first, int count, int T, int *tokens,
+                           int *targets) {
+  LOOM_CHECK(check_length(data, T));
+  uint64_t windows = data->count - (uint64_t)T;
+  for (int s = 0; s < count; s++)
+    take_window(data, ((uint64_t)(first + s) * (uint64_t)T) % windows, s, T, tokens, targets);
   return LOOM_OK;
 }

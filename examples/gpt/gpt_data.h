@@ -39,4 +39,10 @@ void gpt_tokens_free(gpt_tokens *t);
 loom_status gpt_data_batch(const gpt_tokens *data, uint64_t seed, int64_t step, int first,
                            int count, int T, int *tokens, int *targets);
 
+/* Validation sequences [first, first + count): sequence g is the window at g T mod (tokens -
+ * T), the data cut into consecutive tiles, so any tool can rebuild the same bytes (the export
+ * check in tests/examples/gpt_export.sh does). Same errors as gpt_data_batch. */
+loom_status gpt_data_tiles(const gpt_tokens *data, int64_t first, int count, int T, int *tokens,
+                           int *targets);
+
 #endif

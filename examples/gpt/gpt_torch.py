@@ -10,6 +10,7 @@ loom says "wte"); Linear weights are (out, in) as in loom. Works with Debian 12'
 import math
 import os
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -86,7 +87,8 @@ class GPT(nn.Module):
         state = {}
         for name in self.state_dict():
             loom_name = name[: -len(".weight")] if name in ("wte.weight", "wpe.weight") else name
-            state[name] = torch.as_tensor(tensors[loom_name]).reshape(self.state_dict()[name].shape)
+            value = np.array(tensors[loom_name], dtype=np.float32)  # a writable copy
+            state[name] = torch.from_numpy(value).reshape(self.state_dict()[name].shape)
         self.load_state_dict(state)
 
     def param_groups(self, weight_decay):

@@ -84,18 +84,19 @@ static int parse_options(options *o, loom_config *config, int argc, char **argv)
   return -1;
 }
 
-/* Mean validation loss over eval_batches fixed batches (the data seed's stream 2^31 + i),
- * sequences split over the data-parallel group. */
+/* Mean validation loss over eval_batches batches of the validation data's first tiles
+ * (gpt_data_tiles: batch b holds sequences [b B, (b + 1) B)), split over the data-parallel
+ * group. */
 static loom_status evaluate(gpt_model *model, const gpt_tokens *val, const options *o,
-                            uint64_t seed, loom_group *group, int *tokens, int *targets,
+                            loom_group *group, int *tokens, int *targets,
                             double *loss) {
   int dp = loom_group_size(group), r = loom_group_rank(group), local = o->batch / dp;
   int T = o->shape.context;
   double sum = 0;
   for (int b = 0; b < o->eval_batches; b++)
     for (int c = 0; c < local; c += o->chunk) {
-      LOOM_CHECK(gpt_data_batch(val, seed, (int64_t)(1u << 31) + b, r * local + c, o->chunk, T,
-                                tokens, targets));
+      LOOM_CHECK(gpt_data_tiles(val, (int64_t)b * o->batch + r * local + c, o->chunk, T, tokens,
+                                targets));
       LOOM_CHECK(gpt_model_eval_chunk(model, tokens, targets, &sum));
     }
   loom_buf one = loom_buf_host(&sum, 1, LOOM_FLOAT64);
@@ -184,6 +185,10 @@ int main(int argc, char **argv) {
   TRY(loom_state_create(mesh, &registry));
   TRY(loom_state_register_params(registry, params));
   TRY(loom_optim_register_state(optim, registry));
+  /* the shape travels with the checkpoint: loom-ckpt export --gpt2 needs the head count */
+  int32_t saved_shape[5] = {o.shape.layers, o.shape.width, o.shape.heads, o.shape.vocab, o.shape.context};
+  loom_state_spec shape_spec = {.dtype = LOOM_INT32, .ndims = 1, .shape = {5}};
+  TRY(loom_state_register(registry, "gpt.shape", &shape_spec, loom_buf_host(saved_shape, 5, LOOM_INT32)));
   int T = o.shape.context, local = o.batch / shape.dp;
   loom_loop_params lp = {.total_steps = o.steps, .stop_at_step = o.stop_at_step,
                          .progress_every = o.progress_every,
@@ -192,6 +197,9 @@ int main(int argc, char **argv) {
   loom_loop_keeper keeper;
   TRY(loom_keeper_create(registry, &o.keep, &keeper));
   TRY(loom_loop_create(ctx, registry, &lp, &keeper, &loop));
+  if (saved_shape[2] != o.shape.heads) /* other fields differ in tensor shapes: refused on load */
+    TRY(loom_error_set(LOOM_ERR_ARG, "the checkpoint's model has %d heads, --heads says %d",
+                       saved_shape[2], o.shape.heads));
   loom_schedule schedule = {.kind = LOOM_SCHEDULE_COSINE, .peak = o.lr, .floor = o.lr / 10,
                             .warmup_steps = o.warmup_steps, .total_steps = o.steps};
   if (schedule.total_steps <= schedule.warmup_steps) schedule.warmup_steps = schedule.total_steps / 10;
@@ -226,14 +234,14 @@ int main(int argc, char **argv) {
     TRY(loom_loop_end_step(loop, step_loss));
     int last = step + 1 == o.steps || loom_loop_stopped(loop);
     if (!last && (o.eval_every == 0 || (step + 1) % o.eval_every != 0)) continue;
-    TRY(evaluate(model, &val, &o, config.seed, grad_group, tokens, targets, &val_loss));
+    TRY(evaluate(model, &val, &o, grad_group, tokens, targets, &val_loss));
     if (rank == 0) printf("step %lld  train loss %.6f  validation loss %.6f\n", (long long)step + 1, step_loss, val_loss);
     char fields[128];
     snprintf(fields, sizeof fields, "\"train_loss\": %.9g, \"val_loss\": %.9g", step_loss, val_loss);
     TRY(loom_loop_metrics(loop, fields));
   }
   TRY(loom_loop_finish(loop, &exit_code));
-  if (o.sample_only) TRY(evaluate(model, &val, &o, config.seed, grad_group, tokens, targets, &val_loss));
+  if (o.sample_only) TRY(evaluate(model, &val, &o, grad_group, tokens, targets, &val_loss));
   if (rank == 0) printf("final train_loss=%.10g val_loss=%.10g\n", step_loss, val_loss);
   if (o.sample > 0 && rank == 0) TRY(print_sample(model, &o, config.seed));
 done:

@@ -26,6 +26,8 @@ check "np 1 and np 4 losses bit-identical" '[ -n "$(grep final "$tmp/np1.log")" 
 check "stop at 3 + resume = 6 straight" '[ -n "$(grep final "$tmp/c.log")" ] && [ "$(grep final "$tmp/b.log")" = "$(grep final "$tmp/c.log")" ]'
 "${mpi[@]}" -np 1 "$bin" "${small[@]}" --steps 6 --ckpt-dir "$tmp/ck" --resume 1 --sample-only 1 --sample 40 >"$tmp/s.log" 2>&1
 check "sample from the checkpoint" 'grep -q "^sample (40 tokens" "$tmp/s.log"'
+"${mpi[@]}" -np 1 "$bin" "${small[@]}" --heads 4 --steps 6 --ckpt-dir "$tmp/ck" --resume 1 >"$tmp/h.log" 2>&1
+check "resume with other heads refused: $(grep -m1 -o 'LOOM_ERR.*' "$tmp/h.log")" 'grep -q "has 2 heads, --heads says 4" "$tmp/h.log"'
 
 # llm.c shards (vocabulary 50257 ids, a small model)
 /usr/bin/python3 - "$tmp" <<'PY'

@@ -144,7 +144,8 @@ expect 2 'wrong arguments' "$tool" verify
 expect 2 'wrong arguments' "$tool" verify "$root" "$root"
 expect 2 'wrong arguments' "$tool" ls --frobnicate "$root"
 expect 2 'wrong arguments' "$tool" diff "$root"
-expect 2 'needs ROOT and --safetensors' "$tool" export "$root"
+expect 2 'needs ROOT and one of --safetensors FILE, --gpt2 DIR' "$tool" export "$root"
+expect 2 'needs ROOT and one of' "$tool" export "$root" --safetensors "$work/x" --gpt2 "$work/y"
 expect 2 "unexpected argument '--csv'" "$tool" export "$root" --csv "$work/x"
 
 echo "== diff"
@@ -216,4 +217,7 @@ cmp "$out" "$work/step.safetensors" || { echo "FAIL: the two exports differ"; ex
 expect 1 "fails its checksum" "$tool" export "$flip" --safetensors "$work/bad.safetensors"
 [ ! -e "$work/bad.safetensors" ] && [ ! -e "$work/bad.safetensors.tmp" ] || { echo "FAIL: file left"; exit 1; }
 expect 1 'creating .*no-such-dir' "$tool" export "$root" --safetensors "$work/no-such-dir/x.safetensors"
+# --gpt2 wants a GPT checkpoint (train_gpt's gpt.shape); this one is not, and nothing is written.
+expect 1 "has no tensor 'gpt.shape'" "$tool" export "$root" --gpt2 "$work/hf"
+[ ! -e "$work/hf/model.safetensors" ] || { echo "FAIL: --gpt2 wrote a file"; exit 1; }
 echo "ckpt-tool: ok"
