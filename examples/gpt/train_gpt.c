@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas_kernels.h"
 #include "gpt_data.h"
 #include "gpt_model.h"
 
@@ -127,6 +128,7 @@ static loom_status print_sample(gpt_model *model, const options *o, uint64_t see
 }
 
 int main(int argc, char **argv) {
+  example_blas_pick_kernels(argv);
   options o;
   loom_config config = LOOM_CONFIG_INIT;
   int rank = loom_launcher_rank(), code = 0, exit_code = 0;

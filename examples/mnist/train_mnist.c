@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "blas_kernels.h"
 #include "../mlp/mlp_model.h"
 #include "fashion_mnist.h"
 
@@ -162,6 +163,7 @@ static loom_status evaluate(mlp_model *model, const fashion_mnist_split *test, l
 }
 
 int main(int argc, char **argv) {
+  example_blas_pick_kernels(argv);
   train_options o;
   loom_config config = LOOM_CONFIG_INIT;
   int widths[MAX_LAYERS + 2], layers = 0, rank = loom_launcher_rank(), code = 0, exit_code = 0;
