@@ -93,8 +93,12 @@ static void progress(loom_loop *loop, double loss) {
   double rate = seconds > 0 ? steps * loop->params.items_per_step / seconds : 0;
   double per_step = seconds > 0 && steps > 0 ? seconds / steps : 0;
   double eta = per_step * (double)(loop->params.total_steps - loop->done);
-  printf("step %lld/%lld  loss %.6f  %.0f %s/s  ETA %.0f s\n", (long long)loop->done,
-         (long long)loop->params.total_steps, loss, rate, loop->params.items_name, eta);
+  char mfu[32] = "";
+  if (loop->params.flops_per_step > 0 && loop->params.peak_flops > 0 && per_step > 0)
+    snprintf(mfu, sizeof mfu, "  MFU %.1f%%", 100.0 * loop->params.flops_per_step / per_step /
+             (loop->params.peak_flops * loom_ctx_size(loop->ctx)));
+  printf("step %lld/%lld  loss %.6f  %.0f %s/s  ETA %.0f s%s\n", (long long)loop->done,
+         (long long)loop->params.total_steps, loss, rate, loop->params.items_name, eta, mfu);
   fflush(stdout);
   loop->last_progress_time = now;
   loop->last_progress_step = loop->done;

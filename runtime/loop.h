@@ -54,10 +54,12 @@ typedef struct {
   double items_per_step;    /* samples or tokens per step over all ranks, for the rate */
   const char *items_name;   /* "samples", "tokens" */
   const char *metrics_path; /* JSON lines written by rank 0 (loom_loop_metrics); NULL: none */
+  double flops_per_step;    /* model FLOPs of one step over all ranks; with peak_flops, the   */
+  double peak_flops;        /* progress line shows MFU = achieved / (peak per rank x ranks)   */
 } loom_loop_params;
 #define LOOM_LOOP_PARAMS_INIT                                                              \
   {.total_steps = 0, .stop_at_step = 0, .progress_every = 0, .items_per_step = 0,          \
-   .items_name = "samples", .metrics_path = NULL}
+   .items_name = "samples", .metrics_path = NULL, .flops_per_step = 0, .peak_flops = 0}
 
 typedef struct loom_loop loom_loop;
 

@@ -23,6 +23,10 @@
 
 #include <loom.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
   int layers, width, heads, vocab, context;
 } gpt_shape;
@@ -60,4 +64,7 @@ enum { GPT_WTE = -1, GPT_WPE = -2, GPT_LNF_W = -3, GPT_LNF_B = -4 };
  * weights scaled by 1/sqrt(2 L), zero biases, LayerNorm weight 1 and bias 0. */
 void gpt_init_params(const gpt_layout *layout, uint64_t seed, float *params);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -5,36 +5,58 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef LOOM_EXAMPLES_GPU
+#include "gpt_cuda.h"
+#endif
+
 struct gpt_model {
   gpt_layout layout;
-  gpt_cpu *cpu;     /* micro-batches (chunk, T) */
+  loom_ctx *ctx;
+  gpt_cpu *cpu;     /* micro-batches (chunk, T), on the CPU */
+  void *gpu;        /* gpt_cuda *, when the context computes on a GPU */
+  size_t memory_before; /* device bytes in use before the model */
   gpt_cpu *sampler; /* (1, context), created by the first gpt_model_sample */
   int chunk, T;
-  float *params;    /* (total) float32 */
-  float *grad32;    /* (total) one micro-batch's gradient */
-  double *grad64;   /* (total) the step's, what DDP reduces */
+  float *params;    /* (total) float32; on a GPU the initial values and the sampler's copy */
+  float *grad32;    /* (total) one micro-batch's gradient (CPU) */
+  double *grad64;   /* (total) the step's, what DDP reduces (CPU) */
   int first_param;  /* table index of tensor 0 */
 };
 
 loom_status gpt_model_create(loom_ctx *ctx, const gpt_layout *layout, int chunk, int T,
                              uint64_t seed, gpt_model **out) {
-  if (loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
-    return loom_error_set(LOOM_ERR_UNSUPPORTED, "the GPT example computes on the CPU only in "
-                          "this version; run with --device cpu");
+  int on_gpu = loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA;
+#ifndef LOOM_EXAMPLES_GPU
+  if (on_gpu)
+    return loom_error_set(LOOM_ERR_UNSUPPORTED, "this build of the GPT example has no CUDA path "
+                          "(built without CUDA or cuBLASLt); run with --device cpu");
+#endif
   gpt_model *m = calloc(1, sizeof *m);
   if (!m) return loom_error_set(LOOM_ERR_NOMEM, "allocating the GPT model");
-  m->layout = *layout, m->chunk = chunk, m->T = T;
+  m->layout = *layout, m->ctx = ctx, m->chunk = chunk, m->T = T;
   m->params = malloc(sizeof(float) * layout->total);
-  m->grad32 = malloc(sizeof(float) * layout->total);
-  m->grad64 = calloc(layout->total, sizeof(double));
-  loom_status status = m->params && m->grad32 && m->grad64
-                           ? gpt_cpu_create(layout, chunk, T, NULL, &m->cpu)
-                           : loom_error_set(LOOM_ERR_NOMEM, "GPT parameters (%zu)", layout->total);
+  if (!on_gpu) {
+    m->grad32 = malloc(sizeof(float) * layout->total);
+    m->grad64 = calloc(layout->total, sizeof(double));
+  }
+  loom_status status = !m->params || (!on_gpu && (!m->grad32 || !m->grad64))
+                           ? loom_error_set(LOOM_ERR_NOMEM, "GPT parameters (%zu)", layout->total)
+                           : LOOM_OK;
+  if (status == LOOM_OK) gpt_init_params(layout, seed, m->params);
+#ifdef LOOM_EXAMPLES_GPU
+  if (status == LOOM_OK && on_gpu) {
+    gpt_cuda *gpu = NULL;
+    m->memory_before = gpt_cuda_memory_in_use();
+    status = gpt_cuda_create(layout, chunk, T, 0, loom_ctx_stream(ctx), &gpu);
+    m->gpu = gpu;
+    if (status == LOOM_OK) status = gpt_cuda_set_params(gpu, m->params);
+  }
+#endif
+  if (status == LOOM_OK && !on_gpu) status = gpt_cpu_create(layout, chunk, T, NULL, &m->cpu);
   if (status < 0) {
     gpt_model_destroy(m);
     return status;
   }
-  gpt_init_params(layout, seed, m->params);
   *out = m;
   return LOOM_OK;
 }
@@ -42,6 +64,9 @@ loom_status gpt_model_create(loom_ctx *ctx, const gpt_layout *layout, int chunk,
 void gpt_model_destroy(gpt_model *m) {
   if (!m) return;
   gpt_cpu_destroy(m->cpu), gpt_cpu_destroy(m->sampler);
+#ifdef LOOM_EXAMPLES_GPU
+  gpt_cuda_destroy(m->gpu);
+#endif
   free(m->params), free(m->grad32), free(m->grad64), free(m);
 }
 
@@ -55,31 +80,81 @@ loom_status gpt_model_add_params(gpt_model *m, loom_params *params, int decay_gr
     const gpt_tensor *t = &m->layout.tensor[i];
     loom_param p = {.name = t->name,
                     .value = loom_buf_host(m->params + t->offset, t->count, LOOM_FLOAT32),
-                    .grad = loom_buf_host(m->grad64 + t->offset, t->count, LOOM_FLOAT64),
+                    .grad = loom_buf_host(m->grad64 ? m->grad64 + t->offset : NULL, t->count, LOOM_FLOAT64),
                     .spec = {.dtype = LOOM_FLOAT32, .ndims = t->ndims,
                              .shape = {t->shape[0], t->shape[1]}},
                     .reduce_axis = LOOM_AXIS_GRAD,
                     .group = t->decay ? decay_group : no_decay_group};
+#ifdef LOOM_EXAMPLES_GPU
+    if (m->gpu) { /* float32 masters and gradients, the bfloat16 copy the kernels read */
+      p.value = loom_buf_device(m->ctx, gpt_cuda_master(m->gpu) + t->offset, t->count, LOOM_FLOAT32);
+      p.grad = loom_buf_device(m->ctx, gpt_cuda_grads(m->gpu) + t->offset, t->count, LOOM_FLOAT32);
+      p.model_copy = loom_buf_device(m->ctx, (uint16_t *)gpt_cuda_weights(m->gpu) + t->offset,
+                                     t->count, LOOM_BFLOAT16);
+    }
+#endif
     LOOM_CHECK(loom_params_add(params, &p, NULL));
   }
   return LOOM_OK;
 }
 
-void gpt_model_zero_grad(gpt_model *m) { memset(m->grad64, 0, sizeof(double) * m->layout.total); }
+loom_status gpt_model_zero_grad(gpt_model *m) {
+#ifdef LOOM_EXAMPLES_GPU
+  if (m->gpu) return gpt_cuda_zero_grads(m->gpu);
+#endif
+  memset(m->grad64, 0, sizeof(double) * m->layout.total);
+  return LOOM_OK;
+}
 
-loom_status gpt_model_train_chunk(gpt_model *m, const int *tokens, const int *targets,
-                                  double scale, loom_ddp *ddp, double *loss_sum) {
-  memset(m->grad32, 0, sizeof(float) * m->layout.total);
-  *loss_sum += gpt_cpu_train_step(m->cpu, m->params, tokens, targets, scale, m->grad32);
-  for (size_t i = 0; i < m->layout.total; i++) m->grad64[i] += m->grad32[i];
-  /* Ready in the order backward finishes them: head and last block first. */
+double gpt_model_device_gib(const gpt_model *m) {
+#ifdef LOOM_EXAMPLES_GPU
+  if (m->gpu) return (double)(gpt_cuda_memory_in_use() - m->memory_before) / 1073741824.0;
+#endif
+  (void)m;
+  return 0;
+}
+
+loom_status gpt_model_weights_changed(gpt_model *m) {
+#ifdef LOOM_EXAMPLES_GPU
+  if (m->gpu) return gpt_cuda_refresh_weights(m->gpu);
+#endif
+  (void)m;
+  return LOOM_OK;
+}
+
+/* Ready in the order backward finishes them: head and last block first. */
+static loom_status mark_ready(gpt_model *m, loom_ddp *ddp) {
   for (int i = m->layout.count - 1; ddp && i >= 0; i--)
     LOOM_CHECK(loom_ddp_param_ready(ddp, m->first_param + i));
   return LOOM_OK;
 }
 
+loom_status gpt_model_train_chunk(gpt_model *m, const int *tokens, const int *targets,
+                                  double scale, loom_ddp *ddp, double *loss_sum) {
+#ifdef LOOM_EXAMPLES_GPU
+  if (m->gpu) {
+    double sum = 0;
+    LOOM_CHECK(gpt_cuda_train_step(m->gpu, tokens, targets, scale, 0, &sum));
+    *loss_sum += sum;
+    return mark_ready(m, ddp);
+  }
+#endif
+  memset(m->grad32, 0, sizeof(float) * m->layout.total);
+  *loss_sum += gpt_cpu_train_step(m->cpu, m->params, tokens, targets, scale, m->grad32);
+  for (size_t i = 0; i < m->layout.total; i++) m->grad64[i] += m->grad32[i];
+  return mark_ready(m, ddp);
+}
+
 loom_status gpt_model_eval_chunk(gpt_model *m, const int *tokens, const int *targets,
                                  double *loss_sum) {
+#ifdef LOOM_EXAMPLES_GPU
+  if (m->gpu) {
+    double sum = 0;
+    LOOM_CHECK(gpt_cuda_eval(m->gpu, tokens, targets, &sum));
+    *loss_sum += sum;
+    return LOOM_OK;
+  }
+#endif
   int L = m->layout.shape.layers;
   size_t nd = (size_t)m->chunk * m->T * (size_t)m->layout.shape.width;
   float *x = malloc(sizeof(float) * nd * 2);
@@ -104,6 +179,9 @@ loom_status gpt_model_sample(gpt_model *m, const int *prompt, int prompt_len, in
                           "temperature %g (> 0), top-k %d (>= 0)", prompt_len, count,
                           temperature, top_k);
   int C = s->context, V = s->vocab, L = s->layers;
+#ifdef LOOM_EXAMPLES_GPU
+  if (m->gpu) LOOM_CHECK(gpt_cuda_get_params(m->gpu, m->params)); /* sampled on the CPU */
+#endif
   if (!m->sampler) LOOM_CHECK(gpt_cpu_create(&m->layout, 1, C, NULL, &m->sampler));
   size_t nd = (size_t)C * s->width;
   int *window = calloc((size_t)C, sizeof(int)), *history = malloc(sizeof(int) * (size_t)(prompt_len + count));

@@ -1,12 +1,15 @@
 /* The GPT model as the training program sees it: parameters, gradients and the compute path
- * behind one interface (CPU float32 today; the CUDA path joins behind the same calls).
+ * behind one interface: float32 on the CPU (gpt_cpu.h), or bfloat16 with float32 masters on
+ * the rank's GPU (gpt_cuda.h) when the context computes there.
  *
  * Parameters are float32 in one flat array (gpt_layout order), registered in the runtime's
  * parameter table tensor by tensor with their Hugging Face names, reduced over GRAD. The
  * gradient of each micro-batch is computed in float32 and added into float64 gradients, which
  * DDP sums: with micro-batches of the same shape on every layout, np 1 and np N runs follow
  * the same trajectory bit for bit (the float64 sums of float32 terms are exact in practice,
- * as in the MNIST example). */
+ * as in the MNIST example). On a GPU, gradients are float32 on the device, reduced there,
+ * and masters, gradients and the bfloat16 copy are the parameter table's device buffers;
+ * sampling runs on the CPU from a copy of the masters. */
 #ifndef LOOM_EXAMPLES_GPT_MODEL_H
 #define LOOM_EXAMPLES_GPT_MODEL_H
 
@@ -15,7 +18,7 @@
 typedef struct gpt_model gpt_model;
 
 /* Initialised from `seed` (the same on every rank), for micro-batches of `chunk` sequences of
- * T tokens; LOOM_ERR_UNSUPPORTED when the context computes on a GPU (no CUDA path yet). */
+ * T tokens; LOOM_ERR_UNSUPPORTED for a GPU context in a build without the CUDA path. */
 loom_status gpt_model_create(loom_ctx *ctx, const gpt_layout *layout, int chunk, int T,
                              uint64_t seed, gpt_model **out);
 void gpt_model_destroy(gpt_model *model);
@@ -26,7 +29,13 @@ float *gpt_model_params(gpt_model *model);
  * and embeddings into `no_decay_group`. */
 loom_status gpt_model_add_params(gpt_model *model, loom_params *params, int decay_group,
                                  int no_decay_group);
-void gpt_model_zero_grad(gpt_model *model);
+loom_status gpt_model_zero_grad(gpt_model *model);
+/* The parameters changed other than through the optimizer (a checkpoint was loaded): on a
+ * GPU, the bfloat16 copy is made again from the masters. */
+loom_status gpt_model_weights_changed(gpt_model *model);
+/* On a GPU: device memory the run added since before the model (model, optimizer state,
+ * gradient buckets, library workspaces), GiB; 0 on the CPU. */
+double gpt_model_device_gib(const gpt_model *model);
 /* One micro-batch (chunk, T): gradients of (loss sum * scale) accumulate; *loss_sum += the
  * summed cross-entropy. With `ddp`, every gradient is marked ready afterwards (pass it for the
  * step's last micro-batch). */

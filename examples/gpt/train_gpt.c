@@ -23,8 +23,17 @@ typedef struct {
   gpt_shape shape;
   int batch, chunk, steps, warmup_steps, eval_every, eval_batches, progress_every, stop_at_step;
   int sample, top_k, sample_only;
-  double lr, weight_decay, clip, temperature;
+  double lr, weight_decay, clip, temperature, peak_tflops;
 } options;
+
+/* Model FLOPs of training on one token (forward and backward, as in the PaLM paper's MFU):
+ * 6 per parameter in a matrix product (the tied output projection included, the position
+ * embedding not) plus 12 L d T for the attention scores and their use. */
+static double gpt_flops_per_token(const gpt_shape *s, int T) {
+  double d = s->width, L = s->layers;
+  double matrices = L * 12.0 * d * d + (double)s->vocab * d;
+  return 6.0 * matrices + 12.0 * L * d * T;
+}
 
 #define TRY(call)                                                                          \
   do {                                                                                     \
@@ -40,7 +49,7 @@ static int parse_options(options *o, loom_config *config, int argc, char **argv)
                  .shape = {.layers = 4, .width = 128, .heads = 4, .vocab = 256, .context = 128},
                  .batch = 16, .chunk = 4, .steps = 400, .warmup_steps = 40, .eval_every = 100,
                  .eval_batches = 8, .progress_every = 20, .top_k = 40, .lr = 3e-3,
-                 .weight_decay = 0.1, .clip = 1.0, .temperature = 0.8};
+                 .weight_decay = 0.1, .clip = 1.0, .temperature = 0.8, .peak_tflops = 989.4};
   const loom_option table[] = {
       {"data-dir", LOOM_OPTION_STRING, &o->data_dir, "fortunes directory (byte-level text)"},
       {"train-shard", LOOM_OPTION_STRING, &o->train_shard, "llm.c token shard to train on (instead of the fortunes)"},
@@ -67,6 +76,7 @@ static int parse_options(options *o, loom_config *config, int argc, char **argv)
       {"prompt", LOOM_OPTION_STRING, &o->prompt, "text the sample continues (byte vocabulary)"},
       {"temperature", LOOM_OPTION_DOUBLE, &o->temperature, "sampling temperature", NULL, 1e-3, 100},
       {"top-k", LOOM_OPTION_INT, &o->top_k, "sample among the k most likely; 0 = all", NULL, 0, 1 << 20},
+      {"peak-tflops", LOOM_OPTION_DOUBLE, &o->peak_tflops, "GPU peak (dense bf16 TFLOP/s) for the MFU of the progress line; H100/H200 SXM: 989.4", NULL, 1, 1e6},
       {"ckpt-dir", LOOM_OPTION_STRING, &o->keep.ckpt_dir, "checkpoint root (HDF5)"},
       {"ckpt-every", LOOM_OPTION_INT, &o->keep.ckpt_every, "save every this many steps; 0 = at the end only", NULL, 0, 1 << 30},
       {"resume", LOOM_OPTION_BOOL, &o->keep.resume, "resume from the checkpoint root's latest, if any"},
@@ -182,6 +192,7 @@ int main(int argc, char **argv) {
   loom_optim_params op = LOOM_OPTIM_PARAMS_INIT;
   op.beta2 = 0.95;
   op.weight_decay = o.weight_decay;
+  op.stream = loom_ctx_stream(ctx);
   TRY(loom_optim_create(&op, &optim));
   TRY(loom_optim_add_params(optim, params));
   TRY(loom_state_create(mesh, &registry));
@@ -195,10 +206,13 @@ int main(int argc, char **argv) {
   loom_loop_params lp = {.total_steps = o.steps, .stop_at_step = o.stop_at_step,
                          .progress_every = o.progress_every,
                          .items_per_step = (double)o.batch * T, .items_name = "tokens",
-                         .metrics_path = o.metrics_path};
+                         .metrics_path = o.metrics_path,
+                         .flops_per_step = (double)o.batch * T * gpt_flops_per_token(&o.shape, T),
+                         .peak_flops = loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA ? o.peak_tflops * 1e12 : 0};
   loom_loop_keeper keeper;
   TRY(loom_keeper_create(registry, &o.keep, &keeper));
   TRY(loom_loop_create(ctx, registry, &lp, &keeper, &loop));
+  TRY(gpt_model_weights_changed(model)); /* a resumed checkpoint replaced the masters */
   if (saved_shape[2] != o.shape.heads) /* other fields differ in tensor shapes: refused on load */
     TRY(loom_error_set(LOOM_ERR_ARG, "the checkpoint's model has %d heads, --heads says %d",
                        saved_shape[2], o.shape.heads));
@@ -218,7 +232,7 @@ int main(int argc, char **argv) {
   int64_t step;
   while (!o.sample_only && loom_loop_next(loop, &step)) {
     step_loss = 0;
-    gpt_model_zero_grad(model);
+    TRY(gpt_model_zero_grad(model));
     TRY(loom_ddp_begin(ddp, 1));
     for (int c = 0; c < local; c += o.chunk) {
       TRY(gpt_data_batch(&train, config.seed, step, loom_mesh_my_coords(mesh).dp * local + c,
@@ -230,7 +244,7 @@ int main(int argc, char **argv) {
     loom_buf one = loom_buf_host(&step_loss, 1, LOOM_FLOAT64);
     TRY(loom_allreduce(grad_group, one, one, LOOM_OP_SUM));
     step_loss /= (double)o.batch * T;
-    if (o.clip > 0) TRY(loom_clip_params(params, NULL, o.clip, NULL));
+    if (o.clip > 0) TRY(loom_clip_params(params, loom_ctx_stream(ctx), o.clip, NULL));
     TRY(loom_loop_before_update(loop));
     TRY(loom_optim_step(optim, loom_schedule_lr(&schedule, step)));
     TRY(loom_loop_end_step(loop, step_loss));
@@ -245,6 +259,9 @@ int main(int argc, char **argv) {
   TRY(loom_loop_finish(loop, &exit_code));
   if (o.sample_only) TRY(evaluate(model, &val, &o, grad_group, tokens, targets, &val_loss));
   if (rank == 0) printf("final train_loss=%.10g val_loss=%.10g\n", step_loss, val_loss);
+  if (rank == 0 && loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
+    printf("device memory: %.2f GiB in use beyond what the process held before the model\n",
+           gpt_model_device_gib(model));
   if (o.sample > 0 && rank == 0) TRY(print_sample(model, &o, config.seed));
 done:
   free(tokens), free(targets);

@@ -2,7 +2,7 @@
 # On the GPU machine, in one call: build loom with CUDA and NCCL, run the GPU tests at 1, 2
 # and 4 GPUs (as many as the machine has), then the device benchmarks (loom vs raw NCCL vs
 # torch.distributed). Logs go to $OUT (or /tmp/loom-gpu); a short summary is printed last.
-#   bash tests/gpu/run.sh [tests|bench|all|ddp|ckpt|coll|snapshot|profile]   (bench = ddp + ckpt + coll + snapshot)
+#   bash tests/gpu/run.sh [tests|bench|all|ddp|ckpt|coll|snapshot|profile|gpt]   (bench = ddp + ckpt + coll + snapshot + gpt bench)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
@@ -95,6 +95,28 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     done
   fi
   [ "$gpus" -ge 2 ] && check "timeout-gpu-np2" "${limit[@]}" "${mpi[@]}" -np 2 "${gpu_env[@]}" -x LOOM_TIMEOUT=3 build-gpu/tests/mpi/test_timeout
+fi
+
+if [ "$what" = gpt ] || [ "$what" = tests ] || [ "$what" = all ]; then
+  # GPT-2: the bfloat16 CUDA model against the double reference; training on the fortunes
+  # (carried in .device-fortunes) on the GPU reaches the CPU's validation loss within 3%; the
+  # export of a checkpoint loads in transformers with loom's validation loss.
+  check "gpt-cuda" "${limit[@]}" build-gpu/tests/gpu/test_gpt_cuda
+  if [ -d .device-fortunes ]; then
+    gpt_small=(--data-dir .device-fortunes --steps 200 --eval-every 100 --progress-every 50)
+    check "gpt-train-gpu" bash -c "${limit[*]} build-gpu/examples/train_gpt --device cuda ${gpt_small[*]} --sample 300 \
+      | tee $out/gpt-train-gpu.txt | tail -3"
+    check "gpt-train-cpu" bash -c "${limit[*]} build-gpu/examples/train_gpt --device cpu ${gpt_small[*]} \
+      | tee $out/gpt-train-cpu.txt | tail -1"
+    val_loss() { sed -n 's/^final .*val_loss=//p' "$1"; }
+    check "gpt-gpu-vs-cpu-val-loss" awk -v g="$(val_loss $out/gpt-train-gpu.txt)" -v c="$(val_loss $out/gpt-train-cpu.txt)" \
+      'BEGIN { r = g / c; print "validation loss GPU", g, "CPU", c, "ratio", r; exit !(r > 0.97 && r < 1.03) }'
+    check "gpt-export-transformers" env FORTUNES_DIR=.device-fortunes PYTHON=python3 \
+      bash tests/examples/gpt_export.sh build-gpu/examples/train_gpt build-gpu/checkpoint/tool/loom-ckpt
+  fi
+fi
+if [ "$what" = gpt ] || [ "$what" = bench ] || [ "$what" = all ]; then
+  bash bench/gpt_gpu_bench.sh build-gpu 40 python3 2>&1 | tee "$out/gpt-bench.txt"
 fi
 
 ddp_bench=build-gpu/bench/loom-gpu-ddp-bench
