@@ -21,13 +21,16 @@ for name, n in (("train", 1 << 22), ("val", 1 << 18)):
 PY
 shape=(--layers 12 --width 768 --heads 12 --vocab 50257 --context 1024 --batch 16)
 printf "%-34s %10s %12s %10s %8s\n" peer "ms/step" "tokens/s" "memory" "MFU"
-timeout 300 "$build/examples/train_gpt" --device cuda "${shape[@]}" --chunk 16 --steps "$steps" \
-  --progress-every 10 --eval-every 0 --eval-batches 1 --train-shard "$tmp/train.bin" \
-  --val-shard "$tmp/val.bin" >"$tmp/loom.log" 2>&1 || { tail -20 "$tmp/loom.log"; exit 1; }
-rate=$(awk '/^step [0-9]+\/[0-9]+ /{print $5}' "$tmp/loom.log" | tail -n +2 | sort -n | awk '{r[NR]=$1} END{print r[int((NR+1)/2)]}')
-mfu=$(awk '/^step [0-9]+\/[0-9]+ /{print $NF}' "$tmp/loom.log" | tail -1)
-mem=$(sed -n 's/^device memory: \([0-9.]*\) GiB.*/\1/p' "$tmp/loom.log")
-printf "%-34s %10.1f %12.0f %9s %8s\n" "loom (cuBLASLt + own kernels)" "$(awk -v x="$rate" 'BEGIN{print 16*1024*1000/x}')" "$rate" "${mem}G" "$mfu"
+for attention in flash batched; do
+  timeout 300 "$build/examples/train_gpt" --device cuda "${shape[@]}" --chunk 16 --steps "$steps" \
+    --attention $attention --progress-every 10 --eval-every 0 --eval-batches 1 \
+    --train-shard "$tmp/train.bin" --val-shard "$tmp/val.bin" >"$tmp/loom.log" 2>&1 || { tail -20 "$tmp/loom.log"; continue; }
+  rate=$(awk '/^step [0-9]+\/[0-9]+ /{print $5}' "$tmp/loom.log" | tail -n +2 | sort -n | awk '{r[NR]=$1} END{print r[int((NR+1)/2)]}')
+  mfu=$(awk '/^step [0-9]+\/[0-9]+ /{print $NF}' "$tmp/loom.log" | tail -1)
+  mem=$(sed -n 's/^device memory: \([0-9.]*\) GiB.*/\1/p' "$tmp/loom.log")
+  printf "%-34s %10.1f %12.0f %9s %8s\n" "loom, $attention attention" "$(awk -v x="$rate" 'BEGIN{print 16*1024*1000/x}')" "$rate" "${mem}G" "$mfu"
+  grep -E "^final" "$tmp/loom.log"
+done
 for mode in "" "--compile"; do
   timeout 400 "$python" "$here/peers/torch_gpt.py" --device cuda --bf16 $mode "${shape[@]}" \
     --steps "$steps" --synthetic --eval-batches 1 >"$tmp/torch.log" 2>&1 || { tail -5 "$tmp/torch.log"; continue; }
@@ -35,6 +38,6 @@ for mode in "" "--compile"; do
   ms=$(echo "$line" | sed -n 's/.*: \([0-9.]*\) ms\/step.*/\1/p')
   mem=$(echo "$line" | sed -n 's/.*peak memory \([0-9.]*\) GiB.*/\1/p')
   version=$(echo "$line" | sed -n 's/^torch \([^ ]*\) .*/\1/p')
-  printf "%-34s %10.1f %12.0f %9s %8s\n" "torch $version ${mode:+compile}${mode:-eager}" "$ms" "$(awk -v x="$ms" 'BEGIN{print 16*1024*1000/x}')" "${mem}G" ""
+  label=eager; [ -n "$mode" ] && label=compile
+  printf "%-34s %10.1f %12.0f %9s %8s\n" "torch $version $label" "$ms" "$(awk -v x="$ms" 'BEGIN{print 16*1024*1000/x}')" "${mem}G" ""
 done
-grep -E "^step $steps/|^final" "$tmp/loom.log"

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpt_attention.cuh"
 #include "gpt_gemm.cuh"
 #include "gpt_kernels.cuh"
 
@@ -16,8 +17,10 @@ struct block_saved {
   const bf16 *x;            // input (N, d), the caller's
   bf16 *ln1;                // (N, d)
   float *mean1, *rstd1;     // (N)
-  bf16 *q, *k, *v;          // (B, H, T, hd) each
-  bf16 *P;                  // (B, H, T, T) causal softmax probabilities
+  bf16 *qkv;                // (N, 3d) flash: the projection; batched: q, k, v below
+  bf16 *q, *k, *v;          // batched: (B, H, T, hd) each, inside qkv's memory
+  float *lse;               // flash: (B, H, T) log-sum-exp of the scaled scores
+  bf16 *P;                  // batched: (B, H, T, T) causal softmax probabilities
   bf16 *att;                // (N, d) attention output before c_proj
   bf16 *x2;                 // (N, d) x + proj(att)
   bf16 *ln2;                // (N, d)
@@ -45,7 +48,7 @@ loom_status cuda_check(cudaError_t e, const char *what) {
 
 struct gpt_cuda {
   gpt_layout layout;
-  int B, T, N, d, H, hd, V, Vp, L, split;
+  int B, T, N, d, H, hd, V, Vp, L, split, flash;
   cudaStream_t stream;
   gpt_blas *gemm;
   float *master, *grads; // (total) float32
@@ -57,8 +60,10 @@ struct gpt_cuda {
   bf16 *lnf, *logits;    // (N, d), (N, Vp)
   float *meanf, *rstdf, *row_loss; // (N)
   // scratch shared by all blocks
-  bf16 *qkv, *heads, *heads2, *dqkv_heads, *dS; // (N, 3d), (N, d), (N, d), (3 N d), (B H T T)
-  float *S;              // (B, H, T, T) scores, then their gradient
+  bf16 *qkv, *heads, *heads2, *dqkv_heads; // (N, 3d), (N, d), (N, d), (3 N d)
+  bf16 *dS;              // batched: (B, H, T, T)
+  float *S;              // batched: (B, H, T, T) scores, then their gradient
+  float *delta;          // flash: (B, H, T)
   bf16 *wide;            // (N, 4d): GELU output, its gradient
   float *column_partial; // gpt_k_column_scratch(4d)
   bf16 *residual;        // (L + 3) x (N, d)
@@ -78,7 +83,7 @@ template <typename E> static E *tensor(const gpt_cuda *m, E *base, int layer, in
 extern "C" {
 
 loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_backward,
-                            void *stream, gpt_cuda **out) {
+                            gpt_attention_kind attention, void *stream, gpt_cuda **out) {
   const gpt_shape *s = &layout->shape;
   if (B < 1 || T < 1 || T > s->context)
     return loom_error_set(LOOM_ERR_ARG, "gpt_cuda_create: B=%d must be >= 1 and T=%d in [1, %d] "
@@ -86,16 +91,22 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
   if (s->width % 8 || (s->width / s->heads) % 8)
     return loom_error_set(LOOM_ERR_ARG, "the GPT CUDA path needs width (%d) and head size (%d) "
                           "divisible by 8 (16-byte rows for cuBLASLt)", s->width, s->width / s->heads);
+  int flash = attention == GPT_ATTENTION_FLASH;
+  if (flash && !gpt_flash_supported(s->width / s->heads))
+    return loom_error_set(LOOM_ERR_ARG, "flash attention is built for head sizes 32, 64 and 128, "
+                          "not %d (width %d / heads %d); use the batched attention", s->width / s->heads,
+                          s->width, s->heads);
   gpt_cuda *m = (gpt_cuda *)calloc(1, sizeof *m);
   if (!m) return loom_error_set(LOOM_ERR_NOMEM, "allocating the GPT model");
-  m->layout = *layout;
+  m->layout = *layout, m->flash = flash;
   m->B = B, m->T = T, m->N = B * T, m->d = s->width, m->H = s->heads, m->hd = s->width / s->heads;
   m->V = s->vocab, m->Vp = (s->vocab + 63) / 64 * 64, m->L = s->layers, m->split = split_backward;
   m->stream = (cudaStream_t)stream;
   m->saved = (block_saved *)calloc((size_t)m->L, sizeof *m->saved);
   int sets = split_backward ? m->L : 1;
   m->kept = (block_grads *)calloc((size_t)sets, sizeof *m->kept);
-  size_t N = (size_t)m->N, d = (size_t)m->d, P = layout->total, BHTT = (size_t)B * m->H * T * T;
+  size_t N = (size_t)m->N, d = (size_t)m->d, P = layout->total;
+  size_t BHT = (size_t)B * m->H * T, BHTT = flash ? 0 : BHT * T; // score-sized buffers: batched only
   m->host_counts = (int *)malloc(sizeof(int) * (size_t)m->V);
   m->host_order = (int *)malloc(sizeof(int) * N);
   m->host_starts = (int *)malloc(sizeof(int) * (N + 1));
@@ -108,14 +119,15 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
   }
   // bytes, in one arena (every piece rounded to 256 bytes)
   auto round = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
-  m->block_bytes = round(2 * N * d) * 7 + round(2 * N * 4 * d) + round(2 * BHTT) + round(4 * N) * 4;
+  m->block_bytes = round(2 * N * d) * 4 + round(2 * N * 3 * d) + round(2 * N * 4 * d) +
+                   round(2 * BHTT) + round(4 * N) * 4 + round(4 * BHT);
   size_t grad_set = round(2 * N * d) * 4 + round(2 * N * 4 * d) + round(2 * N * 3 * d);
   m->head_bytes = round(2 * N * d) + round(2 * N * (size_t)m->Vp) + round(4 * N) * 3;
   size_t params = round(4 * P) * 2 + round(2 * P);
   size_t scratch = round(2 * N * 3 * d) + round(2 * N * d) * 2 + round(2 * 3 * N * d) +
                    round(2 * BHTT) + round(4 * BHTT) + round(2 * N * 4 * d) +
                    round(4 * gpt_k_column_scratch(4 * m->d)) + round(2 * N * d) * ((size_t)m->L + 3) +
-                   round(4 * N) * 3 + round(4 * (N + 1)) + round(4 * N);
+                   round(4 * N) * 3 + round(4 * (N + 1)) + round(4 * N) + round(4 * BHT);
   m->arena_bytes = params + m->block_bytes * (size_t)m->L + grad_set * (size_t)sets + m->head_bytes + scratch;
   loom_status status = cuda_check(cudaMalloc(&m->arena, m->arena_bytes), "device memory");
   if (status != LOOM_OK) {
@@ -129,9 +141,11 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
   m->master = (float *)take(4 * P), m->grads = (float *)take(4 * P), m->w = (bf16 *)take(2 * P);
   for (int l = 0; l < m->L; l++) {
     block_saved *k = &m->saved[l];
-    k->ln1 = (bf16 *)take(2 * N * d), k->q = (bf16 *)take(2 * N * d), k->k = (bf16 *)take(2 * N * d);
-    k->v = (bf16 *)take(2 * N * d), k->att = (bf16 *)take(2 * N * d), k->x2 = (bf16 *)take(2 * N * d);
-    k->ln2 = (bf16 *)take(2 * N * d), k->fc = (bf16 *)take(2 * N * 4 * d), k->P = (bf16 *)take(2 * BHTT);
+    k->ln1 = (bf16 *)take(2 * N * d), k->qkv = (bf16 *)take(2 * N * 3 * d);
+    k->q = k->qkv, k->k = k->q + N * d, k->v = k->k + N * d;
+    k->att = (bf16 *)take(2 * N * d), k->x2 = (bf16 *)take(2 * N * d), k->ln2 = (bf16 *)take(2 * N * d);
+    k->fc = (bf16 *)take(2 * N * 4 * d), k->P = flash ? NULL : (bf16 *)take(2 * BHTT);
+    k->lse = (float *)take(4 * BHT);
     k->mean1 = (float *)take(4 * N), k->rstd1 = (float *)take(4 * N);
     k->mean2 = (float *)take(4 * N), k->rstd2 = (float *)take(4 * N);
   }
@@ -144,7 +158,8 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
   m->lnf = (bf16 *)take(2 * N * d), m->logits = (bf16 *)take(2 * N * (size_t)m->Vp);
   m->meanf = (float *)take(4 * N), m->rstdf = (float *)take(4 * N), m->row_loss = (float *)take(4 * N);
   m->qkv = (bf16 *)take(2 * N * 3 * d), m->heads = (bf16 *)take(2 * N * d), m->heads2 = (bf16 *)take(2 * N * d);
-  m->dqkv_heads = (bf16 *)take(2 * 3 * N * d), m->dS = (bf16 *)take(2 * BHTT), m->S = (float *)take(4 * BHTT);
+  m->dqkv_heads = (bf16 *)take(2 * 3 * N * d), m->delta = (float *)take(4 * BHT);
+  m->dS = flash ? NULL : (bf16 *)take(2 * BHTT), m->S = flash ? NULL : (float *)take(4 * BHTT);
   m->wide = (bf16 *)take(2 * N * 4 * d);
   m->column_partial = (float *)take(4 * gpt_k_column_scratch(4 * m->d));
   m->residual = (bf16 *)take(2 * N * d * ((size_t)m->L + 3));
@@ -259,16 +274,23 @@ loom_status gpt_cuda_block_forward(gpt_cuda *m, int l, const void *x_in, void *x
   k->x = x;
   LOOM_CHECK(gpt_k_layernorm_forward(x, tensor(m, m->w, l, GPT_LN1_W), tensor(m, m->w, l, GPT_LN1_B),
                                      N, d, k->ln1, k->mean1, k->rstd1, st));
-  LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, 3 * d, d, k->ln1, d, tensor(m, m->w, l, GPT_QKV_W), d, 0.0f,
-                      NULL, m->qkv, 3 * d, 0, tensor(m, m->w, l, GPT_QKV_B)));
-  LOOM_CHECK(gpt_k_qkv_heads(m->qkv, k->q, k->k, k->v, m->B, T, m->H, hd, 1, st));
-  // S = q k^T per (sequence, head); P = causal softmax(S / sqrt(hd)); heads = P v
-  LOOM_CHECK(gpt_gemm_batched(m->gemm, 0, 1, T, T, hd, 1.0f, k->q, hd, (long long)T * hd, k->k, hd,
-                              (long long)T * hd, 0.0f, m->S, T, (long long)T * T, BH, 1));
-  LOOM_CHECK(gpt_k_causal_softmax(m->S, BH * T, T, 1.0f / sqrtf((float)hd), k->P, st));
-  LOOM_CHECK(gpt_gemm_batched(m->gemm, 0, 0, T, hd, T, 1.0f, k->P, T, (long long)T * T, k->v, hd,
-                              (long long)T * hd, 0.0f, m->heads, hd, (long long)T * hd, BH, 0));
-  LOOM_CHECK(gpt_k_rows_heads(k->att, m->heads, m->B, T, m->H, hd, 0, st));
+  float scale = 1.0f / sqrtf((float)hd);
+  if (m->flash) {
+    LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, 3 * d, d, k->ln1, d, tensor(m, m->w, l, GPT_QKV_W), d, 0.0f,
+                        NULL, k->qkv, 3 * d, 0, tensor(m, m->w, l, GPT_QKV_B)));
+    LOOM_CHECK(gpt_flash_forward(k->qkv, m->B, T, m->H, hd, scale, k->att, k->lse, st));
+  } else {
+    LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, 3 * d, d, k->ln1, d, tensor(m, m->w, l, GPT_QKV_W), d, 0.0f,
+                        NULL, m->qkv, 3 * d, 0, tensor(m, m->w, l, GPT_QKV_B)));
+    LOOM_CHECK(gpt_k_qkv_heads(m->qkv, k->q, k->k, k->v, m->B, T, m->H, hd, 1, st));
+    // S = q k^T per (sequence, head); P = causal softmax(S / sqrt(hd)); heads = P v
+    LOOM_CHECK(gpt_gemm_batched(m->gemm, 0, 1, T, T, hd, 1.0f, k->q, hd, (long long)T * hd, k->k, hd,
+                                (long long)T * hd, 0.0f, m->S, T, (long long)T * T, BH, 1));
+    LOOM_CHECK(gpt_k_causal_softmax(m->S, BH * T, T, scale, k->P, st));
+    LOOM_CHECK(gpt_gemm_batched(m->gemm, 0, 0, T, hd, T, 1.0f, k->P, T, (long long)T * T, k->v, hd,
+                                (long long)T * hd, 0.0f, m->heads, hd, (long long)T * hd, BH, 0));
+    LOOM_CHECK(gpt_k_rows_heads(k->att, m->heads, m->B, T, m->H, hd, 0, st));
+  }
   // x2 = x + att W_proj^T + b; ln2; fc = ln2 W_fc^T + b; out = x2 + gelu(fc) W_fcproj^T + b
   LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, d, d, k->att, d, tensor(m, m->w, l, GPT_PROJ_W), d, 1.0f, x,
                       k->x2, d, 0, tensor(m, m->w, l, GPT_PROJ_B)));
@@ -303,19 +325,25 @@ loom_status gpt_cuda_block_backward_input(gpt_cuda *m, int l, const void *dx_out
   // attention: d_att = d_x2 W_proj, to heads dO; dP = dO v^T, dv = P^T dO; dS; dq = dS k, dk = dS^T q
   LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, d, g->d_x2, d, tensor(m, m->w, l, GPT_PROJ_W), d, 0.0f,
                       NULL, m->heads2, d, 0, NULL));
-  LOOM_CHECK(gpt_k_rows_heads(m->heads2, m->heads, m->B, T, m->H, hd, 1, st));
-  long long sh = (long long)T * hd, ss = (long long)T * T;
-  bf16 *dq = m->dqkv_heads, *dk = dq + (size_t)N * d, *dv = dk + (size_t)N * d;
-  LOOM_CHECK(gpt_gemm_batched(m->gemm, 0, 1, T, T, hd, 1.0f, m->heads, hd, sh, k->v, hd, sh, 0.0f,
-                              m->S, T, ss, BH, 1));
-  LOOM_CHECK(gpt_gemm_batched(m->gemm, 1, 0, T, hd, T, 1.0f, k->P, T, ss, m->heads, hd, sh, 0.0f,
-                              dv, hd, sh, BH, 0));
-  LOOM_CHECK(gpt_k_causal_softmax_backward(m->S, k->P, BH * T, T, 1.0f / sqrtf((float)hd), m->dS, st));
-  LOOM_CHECK(gpt_gemm_batched(m->gemm, 0, 0, T, hd, T, 1.0f, m->dS, T, ss, k->k, hd, sh, 0.0f, dq,
-                              hd, sh, BH, 0));
-  LOOM_CHECK(gpt_gemm_batched(m->gemm, 1, 0, T, hd, T, 1.0f, m->dS, T, ss, k->q, hd, sh, 0.0f, dk,
-                              hd, sh, BH, 0));
-  LOOM_CHECK(gpt_k_qkv_heads(g->d_qkv, dq, dk, dv, m->B, T, m->H, hd, 0, st));
+  float scale = 1.0f / sqrtf((float)hd);
+  if (m->flash) {
+    LOOM_CHECK(gpt_flash_backward(k->qkv, k->att, m->heads2, k->lse, m->B, T, m->H, hd, scale,
+                                  m->delta, g->d_qkv, st));
+  } else {
+    LOOM_CHECK(gpt_k_rows_heads(m->heads2, m->heads, m->B, T, m->H, hd, 1, st));
+    long long sh = (long long)T * hd, ss = (long long)T * T;
+    bf16 *dq = m->dqkv_heads, *dk = dq + (size_t)N * d, *dv = dk + (size_t)N * d;
+    LOOM_CHECK(gpt_gemm_batched(m->gemm, 0, 1, T, T, hd, 1.0f, m->heads, hd, sh, k->v, hd, sh, 0.0f,
+                                m->S, T, ss, BH, 1));
+    LOOM_CHECK(gpt_gemm_batched(m->gemm, 1, 0, T, hd, T, 1.0f, k->P, T, ss, m->heads, hd, sh, 0.0f,
+                                dv, hd, sh, BH, 0));
+    LOOM_CHECK(gpt_k_causal_softmax_backward(m->S, k->P, BH * T, T, scale, m->dS, st));
+    LOOM_CHECK(gpt_gemm_batched(m->gemm, 0, 0, T, hd, T, 1.0f, m->dS, T, ss, k->k, hd, sh, 0.0f, dq,
+                                hd, sh, BH, 0));
+    LOOM_CHECK(gpt_gemm_batched(m->gemm, 1, 0, T, hd, T, 1.0f, m->dS, T, ss, k->q, hd, sh, 0.0f, dk,
+                                hd, sh, BH, 0));
+    LOOM_CHECK(gpt_k_qkv_heads(g->d_qkv, dq, dk, dv, m->B, T, m->H, hd, 0, st));
+  }
   // d_ln1 = d_qkv W_qkv; dx = d_x2 + LN1'(d_ln1)
   LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, 3 * d, g->d_qkv, 3 * d, tensor(m, m->w, l, GPT_QKV_W), d,
                       0.0f, NULL, g->d_ln1, d, 0, NULL));

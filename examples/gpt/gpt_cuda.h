@@ -3,8 +3,8 @@
  * products with bias and residual fused, kernels for embedding, LayerNorm, GELU, causal
  * softmax and cross-entropy (gpt_kernels.cu). The same units as the CPU model (gpt_cpu.h):
  * embedding, blocks, head, each with forward, backward-input and backward-weight. Attention
- * computes the (B, H, T, T) scores with cuBLAS's batched products and keeps the bfloat16
- * probabilities for the backward pass.
+ * is flash-style by default (gpt_attention.cu: fused kernels, head sizes 32, 64, 128), or
+ * cuBLAS batched products that keep the (B, H, T, T) bfloat16 probabilities.
  *
  * Everything runs on `stream` (the rank's compute stream, loom_ctx_stream); tokens and
  * targets come from host memory. Parameters and gradients are device arrays in gpt_layout
@@ -24,9 +24,10 @@ typedef struct gpt_cuda gpt_cuda;
 /* Device memory for the parameters and for micro-batches of B sequences of T <= context
  * tokens. `split_backward` 1 keeps each block's gradients from backward-input until its
  * backward-weight (a zero-bubble pipeline's order); 0 shares one set (backward-weight of a
- * block must then follow its backward-input before the next block's). */
+ * block must then follow its backward-input before the next block's). LOOM_ERR_ARG for flash
+ * attention with a head size it is not built for. */
 loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_backward,
-                            void *stream, gpt_cuda **out);
+                            gpt_attention_kind attention, void *stream, gpt_cuda **out);
 void gpt_cuda_destroy(gpt_cuda *model);
 /* Bytes of activations one micro-batch keeps, per block and for the head. */
 size_t gpt_cuda_block_activation_bytes(const gpt_cuda *model);

@@ -37,6 +37,10 @@ enum {
   GPT_LN2_W, GPT_LN2_B, GPT_FC_W, GPT_FC_B, GPT_FCPROJ_W, GPT_FCPROJ_B, GPT_BLOCK_TENSORS
 };
 
+/* How the GPU computes attention: flash-style fused kernels (scores never leave shared
+ * memory), or cuBLAS batched products around a softmax kernel (scores in device memory). */
+typedef enum { GPT_ATTENTION_FLASH = 0, GPT_ATTENTION_BATCHED = 1 } gpt_attention_kind;
+
 enum { GPT_MAX_TENSORS = 2 + 12 * 128 + 2, GPT_NAME_MAX = 48 };
 
 typedef struct {

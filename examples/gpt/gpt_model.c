@@ -24,13 +24,14 @@ struct gpt_model {
 };
 
 loom_status gpt_model_create(loom_ctx *ctx, const gpt_layout *layout, int chunk, int T,
-                             uint64_t seed, gpt_model **out) {
+                             uint64_t seed, gpt_attention_kind attention, gpt_model **out) {
   int on_gpu = loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA;
 #ifndef LOOM_EXAMPLES_GPU
   if (on_gpu)
     return loom_error_set(LOOM_ERR_UNSUPPORTED, "this build of the GPT example has no CUDA path "
                           "(built without CUDA or cuBLASLt); run with --device cpu");
 #endif
+  (void)attention; /* the CPU computes attention one way */
   gpt_model *m = calloc(1, sizeof *m);
   if (!m) return loom_error_set(LOOM_ERR_NOMEM, "allocating the GPT model");
   m->layout = *layout, m->ctx = ctx, m->chunk = chunk, m->T = T;
@@ -47,7 +48,7 @@ loom_status gpt_model_create(loom_ctx *ctx, const gpt_layout *layout, int chunk,
   if (status == LOOM_OK && on_gpu) {
     gpt_cuda *gpu = NULL;
     m->memory_before = gpt_cuda_memory_in_use();
-    status = gpt_cuda_create(layout, chunk, T, 0, loom_ctx_stream(ctx), &gpu);
+    status = gpt_cuda_create(layout, chunk, T, 0, attention, loom_ctx_stream(ctx), &gpu);
     m->gpu = gpu;
     if (status == LOOM_OK) status = gpt_cuda_set_params(gpu, m->params);
   }

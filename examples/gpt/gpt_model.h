@@ -18,9 +18,10 @@
 typedef struct gpt_model gpt_model;
 
 /* Initialised from `seed` (the same on every rank), for micro-batches of `chunk` sequences of
- * T tokens; LOOM_ERR_UNSUPPORTED for a GPU context in a build without the CUDA path. */
+ * T tokens; `attention` chooses the GPU's kernels (the CPU has one way). LOOM_ERR_UNSUPPORTED
+ * for a GPU context in a build without the CUDA path. */
 loom_status gpt_model_create(loom_ctx *ctx, const gpt_layout *layout, int chunk, int T,
-                             uint64_t seed, gpt_model **out);
+                             uint64_t seed, gpt_attention_kind attention, gpt_model **out);
 void gpt_model_destroy(gpt_model *model);
 const gpt_layout *gpt_model_layout(const gpt_model *model);
 float *gpt_model_params(gpt_model *model);

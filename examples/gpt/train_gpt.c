@@ -18,7 +18,7 @@
 #include "gpt_model.h"
 
 typedef struct {
-  const char *data_dir, *train_shard, *val_shard, *metrics_path, *prompt;
+  const char *data_dir, *train_shard, *val_shard, *metrics_path, *prompt, *attention;
   loom_keeper_params keep;
   gpt_shape shape;
   int batch, chunk, steps, warmup_steps, eval_every, eval_batches, progress_every, stop_at_step;
@@ -45,7 +45,7 @@ static double gpt_flops_per_token(const gpt_shape *s, int T) {
   } while (0)
 
 static int parse_options(options *o, loom_config *config, int argc, char **argv) {
-  *o = (options){.data_dir = GPT_FORTUNES_DIR, .prompt = "\n", .keep = LOOM_KEEPER_PARAMS_INIT,
+  *o = (options){.data_dir = GPT_FORTUNES_DIR, .prompt = "\n", .attention = "flash", .keep = LOOM_KEEPER_PARAMS_INIT,
                  .shape = {.layers = 4, .width = 128, .heads = 4, .vocab = 256, .context = 128},
                  .batch = 16, .chunk = 4, .steps = 400, .warmup_steps = 40, .eval_every = 100,
                  .eval_batches = 8, .progress_every = 20, .top_k = 40, .lr = 3e-3,
@@ -76,6 +76,7 @@ static int parse_options(options *o, loom_config *config, int argc, char **argv)
       {"prompt", LOOM_OPTION_STRING, &o->prompt, "text the sample continues (byte vocabulary)"},
       {"temperature", LOOM_OPTION_DOUBLE, &o->temperature, "sampling temperature", NULL, 1e-3, 100},
       {"top-k", LOOM_OPTION_INT, &o->top_k, "sample among the k most likely; 0 = all", NULL, 0, 1 << 20},
+      {"attention", LOOM_OPTION_STRING, &o->attention, "GPU attention: flash (fused kernels) or batched (cuBLAS products, scores in memory)"},
       {"peak-tflops", LOOM_OPTION_DOUBLE, &o->peak_tflops, "GPU peak (dense bf16 TFLOP/s) for the MFU of the progress line; H100/H200 SXM: 989.4", NULL, 1, 1e6},
       {"ckpt-dir", LOOM_OPTION_STRING, &o->keep.ckpt_dir, "checkpoint root (HDF5)"},
       {"ckpt-every", LOOM_OPTION_INT, &o->keep.ckpt_every, "save every this many steps; 0 = at the end only", NULL, 0, 1 << 30},
@@ -180,7 +181,11 @@ int main(int argc, char **argv) {
   }
   TRY(loom_mesh_create(ctx, &shape, &mesh));
   loom_group *grad_group = loom_mesh_group(mesh, LOOM_AXIS_GRAD);
-  TRY(gpt_model_create(ctx, &layout, o.chunk, o.shape.context, config.seed, &model));
+  gpt_attention_kind attention = GPT_ATTENTION_FLASH;
+  if (strcmp(o.attention, "batched") == 0) attention = GPT_ATTENTION_BATCHED;
+  else if (strcmp(o.attention, "flash") != 0)
+    TRY(loom_error_set(LOOM_ERR_ARG, "--attention %s: flash or batched", o.attention));
+  TRY(gpt_model_create(ctx, &layout, o.chunk, o.shape.context, config.seed, attention, &model));
   TRY(loom_params_create(mesh, &params));
   loom_param_group no_decay = {.name = "no_decay", .weight_decay = 0.0, .lr_scale = 1.0};
   int no_decay_group = 0;

@@ -11,7 +11,7 @@ trap 'rm -rf "$tmp"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 fail=0
 check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=1; fi; }
-mpirun --oversubscribe -np 2 -x OPENBLAS_NUM_THREADS "$bin" --data-dir "${FORTUNES_DIR:-/usr/share/games/fortunes}" --layers 2 --width 32 --heads 4 --context 32 \
+mpirun --oversubscribe -np 2 -x OPENBLAS_NUM_THREADS "$bin" --device cpu --data-dir "${FORTUNES_DIR:-/usr/share/games/fortunes}" --layers 2 --width 32 --heads 4 --context 32 \
   --batch 8 --chunk 2 --eval-batches 3 --steps 8 --eval-every 0 --progress-every 0 \
   --ckpt-dir "$tmp/ck" >"$tmp/train.log" 2>&1 || { cat "$tmp/train.log"; exit 1; }
 loss=$(sed -n 's/^final .*val_loss=\([0-9.e+-]*\).*/\1/p' "$tmp/train.log")

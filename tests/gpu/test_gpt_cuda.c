@@ -31,11 +31,12 @@ static void expect(int ok, const char *what) {
   }
 }
 
-static void check_shape(gpt_shape shape, int B, int T, uint64_t seed) {
+static void check_shape(gpt_shape shape, int B, int T, gpt_attention_kind attention, uint64_t seed) {
   gpt_layout layout;
   gpt_cuda *model = NULL;
+  const char *kind = attention == GPT_ATTENTION_FLASH ? "flash" : "batched";
   if (gpt_layout_init(&shape, &layout) != LOOM_OK ||
-      gpt_cuda_create(&layout, B, T, 1, NULL, &model) != LOOM_OK) {
+      gpt_cuda_create(&layout, B, T, 1, attention, NULL, &model) != LOOM_OK) {
     printf("FAIL setup: %s\n", loom_error_string());
     failures++;
     return;
@@ -75,8 +76,8 @@ static void check_shape(gpt_shape shape, int B, int T, uint64_t seed) {
   }
   char what[160];
   double loss = sum / (double)N, rel = fabs(loss - loss64) / fabs(loss64);
-  snprintf(what, sizeof what, "L%d d%d H%d V%d B%d T%d: loss %.6f vs reference %.6f (%.1e relative, "
-           "limit 1e-2)", shape.layers, shape.width, shape.heads, shape.vocab, B, T, loss, loss64, rel);
+  snprintf(what, sizeof what, "%s L%d d%d H%d V%d B%d T%d: loss %.6f vs reference %.6f (%.1e relative, "
+           "limit 1e-2)", kind, shape.layers, shape.width, shape.heads, shape.vocab, B, T, loss, loss64, rel);
   expect(rel <= 1e-2, what);
   double worst = 1;
   const char *worst_name = "";
@@ -88,8 +89,8 @@ static void check_shape(gpt_shape shape, int B, int T, uint64_t seed) {
       dot += a * b, a2 += a * a, b2 += b * b;
     }
     double cosine = a2 > 0 && b2 > 0 ? dot / sqrt(a2 * b2) : (a2 == b2 ? 1 : 0);
-    snprintf(what, sizeof what, "L%d d%d gradient %s: cosine %.6f (limit 0.999), |g| %.3e vs %.3e",
-             shape.layers, shape.width, g->name, cosine, sqrt(a2), sqrt(b2));
+    snprintf(what, sizeof what, "%s L%d d%d gradient %s: cosine %.6f (limit 0.999), |g| %.3e vs %.3e",
+             kind, shape.layers, shape.width, g->name, cosine, sqrt(a2), sqrt(b2));
     expect(cosine >= 0.999, what);
     if (cosine < worst) worst = cosine, worst_name = g->name;
   }
@@ -98,8 +99,8 @@ static void check_shape(gpt_shape shape, int B, int T, uint64_t seed) {
   expect(memcmp(grads, grads_split, sizeof(float) * P) == 0 && sum == sum_split,
          "backward-input for all units, then backward-weight: bit-identical");
   expect(sum_eval == sum, "evaluation loss equals the training step's");
-  printf("L%d d%d H%d V%d B%d T%d: loss %.6f (reference %.6f, %.1e relative), worst gradient "
-         "cosine %s %.6f; %.1f MiB on the device\n", shape.layers, shape.width, shape.heads,
+  printf("%-7s L%d d%d H%d V%d B%d T%d: loss %.6f (reference %.6f, %.1e relative), worst gradient "
+         "cosine %s %.6f; %.1f MiB on the device\n", kind, shape.layers, shape.width, shape.heads,
          shape.vocab, B, T, loss, loss64, rel, worst_name, worst,
          gpt_cuda_device_bytes(model) / 1048576.0);
 done:
@@ -118,11 +119,32 @@ int main(void) {
   uint64_t seed = fixed ? strtoull(fixed, NULL, 10) : (uint64_t)time(NULL);
   printf("test_gpt_cuda: seed %llu (LOOM_SEED=%llu replays it)\n", (unsigned long long)seed,
          (unsigned long long)seed);
-  check_shape((gpt_shape){.layers = 2, .width = 64, .heads = 4, .vocab = 61, .context = 32}, 2, 32, seed);
-  check_shape((gpt_shape){.layers = 1, .width = 128, .heads = 2, .vocab = 256, .context = 64}, 3, 64, seed + 1);
-  check_shape((gpt_shape){.layers = 3, .width = 32, .heads = 4, .vocab = 50, .context = 16}, 4, 13, seed + 2);
-  /* GPT-2's width, heads and vocabulary (padded logits rows), two blocks */
-  check_shape((gpt_shape){.layers = 2, .width = 768, .heads = 12, .vocab = 50257, .context = 64}, 2, 64, seed + 3);
+  /* head sizes 16 (batched only), 64 and 32, and 64 at GPT-2 scale; T of 1 to 4 flash tiles, not
+   * all multiples of the tile (64) */
+  const struct { gpt_shape shape; int B, T; } cases[] = {
+      {{.layers = 2, .width = 64, .heads = 4, .vocab = 61, .context = 32}, 2, 32},
+      {{.layers = 1, .width = 128, .heads = 2, .vocab = 256, .context = 200}, 3, 200},
+      {{.layers = 3, .width = 64, .heads = 2, .vocab = 50, .context = 16}, 4, 13},
+      /* GPT-2's width, heads and vocabulary (padded logits rows), two blocks */
+      {{.layers = 2, .width = 768, .heads = 12, .vocab = 50257, .context = 70}, 2, 70},
+  };
+  for (int i = 0; i < 4; i++)
+    for (int a = 0; a < 2; a++) {
+      gpt_attention_kind kind = a ? GPT_ATTENTION_BATCHED : GPT_ATTENTION_FLASH;
+      if (kind == GPT_ATTENTION_FLASH && i == 0) continue; /* head size 16: flash is not built for it */
+      check_shape(cases[i].shape, cases[i].B, cases[i].T, kind, seed + (uint64_t)i);
+    }
+  /* flash refuses a head size it is not built for, with a message */
+  {
+    gpt_layout layout;
+    gpt_cuda *model = NULL;
+    gpt_shape odd = {.layers = 1, .width = 48, .heads = 1, .vocab = 10, .context = 8};
+    gpt_layout_init(&odd, &layout);
+    loom_status s = gpt_cuda_create(&layout, 1, 8, 0, GPT_ATTENTION_FLASH, NULL, &model);
+    expect(s == LOOM_ERR_ARG && strstr(loom_error_string(), "head sizes"),
+           "flash attention refuses head size 48 with a message");
+    if (s == LOOM_OK) gpt_cuda_destroy(model);
+  }
   printf("test_gpt_cuda: %d checks, %d failures\n", checks, failures);
   return failures ? 1 : 0;
 }
