@@ -18,6 +18,12 @@ namespace {
 constexpr int kTile = 64;          // queries per block, keys per tile
 constexpr int kWarps = 4;          // 16 rows each
 constexpr int kThreads = 32 * kWarps;
+// Leading dimensions of the shared tiles, padded so that the 16 rows a warp works on fall on
+// different banks (unpadded, every row starts on bank 0 and row-wise steps serialise 16-fold).
+constexpr int kLdS = kTile + 4;    // float32 score tiles (16, 64)
+constexpr int kLdP = kTile + 8;    // bfloat16 probability tiles (16, 64)
+__host__ __device__ constexpr int ld_tile(int hd) { return hd + 8; }  // bfloat16 (64, hd) tiles
+__host__ __device__ constexpr int ld_out(int hd) { return hd + 4; }   // float32 (16, hd) tiles
 
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> frag_a;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> frag_b;
@@ -31,7 +37,7 @@ loom_status launched(const char *what) {
 }
 
 // Rows [row0, row0 + 64) of one head (columns col .. col + HD of rows `stride` apart) into
-// sm (64, HD), 16 bytes at a time; rows past T are zeros.
+// sm (64, HD; ld ld_tile), 16 bytes at a time; rows past T are zeros.
 template <int HD>
 __device__ void load_tile(const bf16 *base, int stride, int col, int row0, int T, bf16 *sm) {
   constexpr int pieces = HD / 8;
@@ -39,11 +45,11 @@ __device__ void load_tile(const bf16 *base, int stride, int col, int row0, int T
     int r = i / pieces, v = i % pieces, t = row0 + r;
     uint4 value = make_uint4(0, 0, 0, 0);
     if (t < T) value = *reinterpret_cast<const uint4 *>(base + (size_t)t * stride + col + v * 8);
-    *reinterpret_cast<uint4 *>(sm + r * HD + v * 8) = value;
+    *reinterpret_cast<uint4 *>(sm + r * ld_tile(HD) + v * 8) = value;
   }
 }
 
-// out (16, 64; ld 64) = a (16, HD; ld HD) b^T, b (64, HD; ld HD): one warp
+// out (16, 64; ld kLdS) = a (16, HD) b^T, b (64, HD), both ld ld_tile: one warp
 template <int HD>
 __device__ void product_abt(const bf16 *a, const bf16 *b, float *out) {
 #pragma unroll
@@ -54,15 +60,15 @@ __device__ void product_abt(const bf16 *a, const bf16 *b, float *out) {
     for (int k = 0; k < HD / 16; k++) {
       frag_a fa;
       frag_bt fb;
-      wmma::load_matrix_sync(fa, a + k * 16, HD);
-      wmma::load_matrix_sync(fb, b + n * 16 * HD + k * 16, HD);
+      wmma::load_matrix_sync(fa, a + k * 16, ld_tile(HD));
+      wmma::load_matrix_sync(fb, b + n * 16 * ld_tile(HD) + k * 16, ld_tile(HD));
       wmma::mma_sync(acc, fa, fb, acc);
     }
-    wmma::store_matrix_sync(out + n * 16, acc, kTile, wmma::mem_row_major);
+    wmma::store_matrix_sync(out + n * 16, acc, kLdS, wmma::mem_row_major);
   }
 }
 
-// acc (16, HD) += a (16, 64; ld 64) b (64, HD; ld HD): one warp
+// acc (16, HD) += a (16, 64; ld kLdP) b (64, HD; ld ld_tile): one warp
 template <int HD>
 __device__ void product_ab(const bf16 *a, const bf16 *b, frag_c (&acc)[HD / 16]) {
 #pragma unroll
@@ -71,8 +77,8 @@ __device__ void product_ab(const bf16 *a, const bf16 *b, frag_c (&acc)[HD / 16])
     for (int k = 0; k < kTile / 16; k++) {
       frag_a fa;
       frag_b fb;
-      wmma::load_matrix_sync(fa, a + k * 16, kTile);
-      wmma::load_matrix_sync(fb, b + k * 16 * HD + n * 16, HD);
+      wmma::load_matrix_sync(fa, a + k * 16, kLdP);
+      wmma::load_matrix_sync(fb, b + k * 16 * ld_tile(HD) + n * 16, ld_tile(HD));
       wmma::mma_sync(acc[n], fa, fb, acc[n]);
     }
 }
@@ -85,40 +91,44 @@ __device__ void store_rows(frag_c (&acc)[HD / 16], float *stage, int row0, int T
   int lane = threadIdx.x % 32;
   __syncwarp();
 #pragma unroll
-  for (int n = 0; n < HD / 16; n++) wmma::store_matrix_sync(stage + n * 16, acc[n], HD, wmma::mem_row_major);
+  for (int n = 0; n < HD / 16; n++) wmma::store_matrix_sync(stage + n * 16, acc[n], ld_out(HD), wmma::mem_row_major);
   __syncwarp();
   for (int i = lane; i < 16 * HD; i += 32) {
     int r = i / HD, c = i % HD;
-    if (row0 + r < T) dst[(size_t)(row0 + r) * stride + col + c] = __float2bfloat16(stage[i]);
+    if (row0 + r < T) dst[(size_t)(row0 + r) * stride + col + c] = __float2bfloat16(stage[r * ld_out(HD) + c]);
   }
   __syncwarp();
 }
 
-__host__ __device__ constexpr int stage_floats(int hd) { return 16 * (hd > kTile ? hd : kTile); }
+// a warp's float32 tile: scores (16, kLdS) or an output (16, ld_out)
+__host__ __device__ constexpr int stage_floats(int hd) { return 16 * (ld_out(hd) > kLdS ? ld_out(hd) : kLdS); }
 
 template <int HD> constexpr size_t forward_smem() {
-  return 3 * kTile * HD * 2 + kWarps * 16 * kTile * 4 + kWarps * 16 * HD * 4 + kWarps * 16 * kTile * 2;
+  return 3 * kTile * ld_tile(HD) * 2 + kWarps * 16 * kLdS * 4 + kWarps * 16 * ld_out(HD) * 4 +
+         kWarps * 16 * kLdP * 2;
 }
 template <int HD> constexpr size_t backward_smem() {
-  return 4 * kTile * HD * 2 + 2 * kWarps * stage_floats(HD) * 4 + 2 * kWarps * 16 * kTile * 2 + 2 * kTile * 4;
+  return 4 * kTile * ld_tile(HD) * 2 + 2 * kWarps * stage_floats(HD) * 4 + 2 * kWarps * 16 * kLdP * 2 +
+         2 * kTile * 4;
 }
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
     flash_forward(const bf16 *qkv, int T, int H, float scale, bf16 *out, float *lse) {
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16 *Qs = (bf16 *)smem, *Ks = Qs + kTile * HD, *Vs = Ks + kTile * HD;
-  float *Ss = (float *)(Vs + kTile * HD), *Os = Ss + kWarps * 16 * kTile;
-  bf16 *Ps = (bf16 *)(Os + kWarps * 16 * HD);
+  constexpr int LT = ld_tile(HD), LO = ld_out(HD);
+  bf16 *Qs = (bf16 *)smem, *Ks = Qs + kTile * LT, *Vs = Ks + kTile * LT;
+  float *Ss = (float *)(Vs + kTile * LT), *Os = Ss + kWarps * 16 * kLdS;
+  bf16 *Ps = (bf16 *)(Os + kWarps * 16 * LO);
   int qt = gridDim.x - 1 - blockIdx.x; // the longest rows first
   int bh = blockIdx.y, b = bh / H, h = bh % H, d = H * HD;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane / 2, half = lane % 2;
   const bf16 *seq = qkv + (size_t)b * T * 3 * d;
   int q0 = qt * kTile, q = q0 + warp * 16 + r;
-  float *S = Ss + warp * 16 * kTile, *O = Os + warp * 16 * HD;
-  bf16 *P = Ps + warp * 16 * kTile;
+  float *S = Ss + warp * 16 * kLdS, *O = Os + warp * 16 * LO;
+  bf16 *P = Ps + warp * 16 * kLdP;
   load_tile<HD>(seq, 3 * d, h * HD, q0, T, Qs);
-  for (int i = lane; i < 16 * HD; i += 32) O[i] = 0.0f;
+  for (int i = lane; i < 16 * LO; i += 32) O[i] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   for (int kt = 0; kt <= qt; kt++) {
     int k0 = kt * kTile;
@@ -126,14 +136,14 @@ __global__ void __launch_bounds__(kThreads)
     load_tile<HD>(seq, 3 * d, d + h * HD, k0, T, Ks);
     load_tile<HD>(seq, 3 * d, 2 * d + h * HD, k0, T, Vs);
     __syncthreads();
-    product_abt<HD>(Qs + warp * 16 * HD, Ks, S);
+    product_abt<HD>(Qs + warp * 16 * LT, Ks, S);
     __syncwarp();
-    // online softmax of row r, columns half*32 ..: rescale what O holds, P = exp(s - m)
+    // online softmax of row r, columns 2 j + half: rescale what O holds, P = exp(s - m)
     float s[32], tile_max = -INFINITY;
 #pragma unroll
     for (int j = 0; j < 32; j++) {
-      int key = k0 + half * 32 + j;
-      s[j] = key <= q && key < T ? S[r * kTile + half * 32 + j] * scale : -INFINITY;
+      int key = k0 + 2 * j + half;
+      s[j] = key <= q && key < T ? S[r * kLdS + 2 * j + half] * scale : -INFINITY;
       tile_max = fmaxf(tile_max, s[j]);
     }
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
@@ -143,24 +153,24 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < 32; j++) {
       float p = m_new == -INFINITY ? 0.0f : __expf(s[j] - m_new);
       sum += p;
-      P[r * kTile + half * 32 + j] = __float2bfloat16(p);
+      P[r * kLdP + 2 * j + half] = __float2bfloat16(p);
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     l = l * alpha + sum, m = m_new;
-    for (int c = half * (HD / 2); c < (half + 1) * (HD / 2); c++) O[r * HD + c] *= alpha;
+    for (int c = half; c < HD; c += 2) O[r * LO + c] *= alpha;
     __syncwarp();
     frag_c acc[HD / 16];
 #pragma unroll
-    for (int n = 0; n < HD / 16; n++) wmma::load_matrix_sync(acc[n], O + n * 16, HD, wmma::mem_row_major);
+    for (int n = 0; n < HD / 16; n++) wmma::load_matrix_sync(acc[n], O + n * 16, LO, wmma::mem_row_major);
     product_ab<HD>(P, Vs, acc);
 #pragma unroll
-    for (int n = 0; n < HD / 16; n++) wmma::store_matrix_sync(O + n * 16, acc[n], HD, wmma::mem_row_major);
+    for (int n = 0; n < HD / 16; n++) wmma::store_matrix_sync(O + n * 16, acc[n], LO, wmma::mem_row_major);
     __syncwarp();
   }
   if (q < T) {
     float inv = 1.0f / l;
     bf16 *o = out + ((size_t)b * T + q) * d + h * HD;
-    for (int c = half * (HD / 2); c < (half + 1) * (HD / 2); c++) o[c] = __float2bfloat16(O[r * HD + c] * inv);
+    for (int c = half; c < HD; c += 2) o[c] = __float2bfloat16(O[r * LO + c] * inv);
     if (half == 0) lse[(size_t)bh * T + q] = m + logf(l);
   }
 }
@@ -178,7 +188,8 @@ __global__ void attention_delta(const bf16 *out, const bf16 *dout, int B, int T,
   if (lane == 0) delta[i] = s;
 }
 
-// p and dS = scale p (dp - delta) of a warp's 16 x 64 tile (two lanes per row), masked
+// p and dS = scale p (dp - delta) of a warp's 16 x 64 tile (two lanes per row, columns
+// 2 j + half), masked
 // causally; `transposed`: rows are keys and columns queries (the dK/dV kernel).
 __device__ void softmax_gradient_tile(const float *S, const float *dP, const float *L,
                                       const float *D, int row0, int col0, int transposed, int T,
@@ -186,12 +197,12 @@ __device__ void softmax_gradient_tile(const float *S, const float *dP, const flo
   int lane = threadIdx.x % 32, r = lane / 2, half = lane % 2;
 #pragma unroll 8
   for (int j = 0; j < 32; j++) {
-    int c = half * 32 + j, row = row0 + r, col = col0 + c;
+    int c = 2 * j + half, row = row0 + r, col = col0 + c;
     int query = transposed ? col : row, key = transposed ? row : col;
     int stat = transposed ? c : r; // index into L and D
-    float p = key <= query && query < T ? __expf(S[r * kTile + c] * scale - L[stat]) : 0.0f;
-    if (P) P[r * kTile + c] = __float2bfloat16(p);
-    dS[r * kTile + c] = __float2bfloat16(scale * p * (dP[r * kTile + c] - D[stat]));
+    float p = key <= query && query < T ? __expf(S[r * kLdS + c] * scale - L[stat]) : 0.0f;
+    if (P) P[r * kLdP + c] = __float2bfloat16(p);
+    dS[r * kLdP + c] = __float2bfloat16(scale * p * (dP[r * kLdS + c] - D[stat]));
   }
 }
 
@@ -202,16 +213,17 @@ __global__ void __launch_bounds__(kThreads)
     flash_backward_kv(const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta,
                       int T, int H, float scale, bf16 *dqkv) {
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16 *Ks = (bf16 *)smem, *Vs = Ks + kTile * HD, *Qs = Vs + kTile * HD, *dOs = Qs + kTile * HD;
-  float *Sts = (float *)(dOs + kTile * HD), *dPts = Sts + kWarps * stage_floats(HD);
-  bf16 *Pts = (bf16 *)(dPts + kWarps * stage_floats(HD)), *dSts = Pts + kWarps * 16 * kTile;
-  float *Ls = (float *)(dSts + kWarps * 16 * kTile), *Ds = Ls + kTile;
+  constexpr int LT = ld_tile(HD);
+  bf16 *Ks = (bf16 *)smem, *Vs = Ks + kTile * LT, *Qs = Vs + kTile * LT, *dOs = Qs + kTile * LT;
+  float *Sts = (float *)(dOs + kTile * LT), *dPts = Sts + kWarps * stage_floats(HD);
+  bf16 *Pts = (bf16 *)(dPts + kWarps * stage_floats(HD)), *dSts = Pts + kWarps * 16 * kLdP;
+  float *Ls = (float *)(dSts + kWarps * 16 * kLdP), *Ds = Ls + kTile;
   int kt = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, d = H * HD;
   int warp = threadIdx.x / 32;
   const bf16 *seq = qkv + (size_t)b * T * 3 * d, *dseq = dout + (size_t)b * T * d;
   int k0 = kt * kTile, tiles = (T + kTile - 1) / kTile;
   float *St = Sts + warp * stage_floats(HD), *dPt = dPts + warp * stage_floats(HD);
-  bf16 *Pt = Pts + warp * 16 * kTile, *dSt = dSts + warp * 16 * kTile;
+  bf16 *Pt = Pts + warp * 16 * kLdP, *dSt = dSts + warp * 16 * kLdP;
   load_tile<HD>(seq, 3 * d, d + h * HD, k0, T, Ks);
   load_tile<HD>(seq, 3 * d, 2 * d + h * HD, k0, T, Vs);
   frag_c dk[HD / 16], dv[HD / 16];
@@ -228,8 +240,8 @@ __global__ void __launch_bounds__(kThreads)
       Ds[i] = t < T ? delta[(size_t)bh * T + t] : 0.0f;
     }
     __syncthreads();
-    product_abt<HD>(Ks + warp * 16 * HD, Qs, St);   // S^T (16 keys, 64 queries)
-    product_abt<HD>(Vs + warp * 16 * HD, dOs, dPt); // dP^T = V dO^T
+    product_abt<HD>(Ks + warp * 16 * LT, Qs, St);   // S^T (16 keys, 64 queries)
+    product_abt<HD>(Vs + warp * 16 * LT, dOs, dPt); // dP^T = V dO^T
     __syncwarp();
     softmax_gradient_tile(St, dPt, Ls, Ds, k0 + warp * 16, q0, 1, T, scale, Pt, dSt);
     __syncwarp();
@@ -246,17 +258,18 @@ __global__ void __launch_bounds__(kThreads)
     flash_backward_q(const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta,
                      int T, int H, float scale, bf16 *dqkv) {
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16 *Qs = (bf16 *)smem, *dOs = Qs + kTile * HD, *Ks = dOs + kTile * HD, *Vs = Ks + kTile * HD;
-  float *Ss = (float *)(Vs + kTile * HD), *dPs = Ss + kWarps * stage_floats(HD);
-  bf16 *dSs = (bf16 *)(dPs + kWarps * stage_floats(HD)) + kWarps * 16 * kTile; // after an unused P area
-  float *Ls = (float *)(dSs + kWarps * 16 * kTile), *Ds = Ls + kTile;
+  constexpr int LT = ld_tile(HD);
+  bf16 *Qs = (bf16 *)smem, *dOs = Qs + kTile * LT, *Ks = dOs + kTile * LT, *Vs = Ks + kTile * LT;
+  float *Ss = (float *)(Vs + kTile * LT), *dPs = Ss + kWarps * stage_floats(HD);
+  bf16 *dSs = (bf16 *)(dPs + kWarps * stage_floats(HD)) + kWarps * 16 * kLdP; // after an unused P area
+  float *Ls = (float *)(dSs + kWarps * 16 * kLdP), *Ds = Ls + kTile;
   int qt = gridDim.x - 1 - blockIdx.x;
   int bh = blockIdx.y, b = bh / H, h = bh % H, d = H * HD;
   int warp = threadIdx.x / 32;
   const bf16 *seq = qkv + (size_t)b * T * 3 * d, *dseq = dout + (size_t)b * T * d;
   int q0 = qt * kTile;
   float *S = Ss + warp * stage_floats(HD), *dP = dPs + warp * stage_floats(HD);
-  bf16 *dS = dSs + warp * 16 * kTile;
+  bf16 *dS = dSs + warp * 16 * kLdP;
   load_tile<HD>(seq, 3 * d, h * HD, q0, T, Qs);
   load_tile<HD>(dseq, d, h * HD, q0, T, dOs);
   for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
@@ -273,8 +286,8 @@ __global__ void __launch_bounds__(kThreads)
     load_tile<HD>(seq, 3 * d, d + h * HD, k0, T, Ks);
     load_tile<HD>(seq, 3 * d, 2 * d + h * HD, k0, T, Vs);
     __syncthreads();
-    product_abt<HD>(Qs + warp * 16 * HD, Ks, S);
-    product_abt<HD>(dOs + warp * 16 * HD, Vs, dP);
+    product_abt<HD>(Qs + warp * 16 * LT, Ks, S);
+    product_abt<HD>(dOs + warp * 16 * LT, Vs, dP);
     __syncwarp();
     softmax_gradient_tile(S, dP, Ls + warp * 16, Ds + warp * 16, q0 + warp * 16, k0, 0, T, scale,
                           NULL, dS);
