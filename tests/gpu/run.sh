@@ -119,6 +119,41 @@ if [ "$what" = gpt ] || [ "$what" = bench ] || [ "$what" = all ]; then
   bash bench/gpt_gpu_bench.sh build-gpu 40 python3 2>&1 | tee "$out/gpt-bench.txt"
 fi
 
+if [ "$what" = gpt-profile ]; then
+  # Where a GPT-2 124M step goes: Nsight Compute's duration of every kernel of steps 2 and 3
+  # (step 1 plans the GEMMs), grouped by kernel, for flash and batched attention.
+  python3 - /tmp/gpt-prof <<'PY'
+import sys, os, numpy as np
+os.makedirs(sys.argv[1], exist_ok=True)
+for name, n in (("train", 1 << 22), ("val", 1 << 18)):
+    h = np.zeros(256, dtype=np.int32); h[:3] = (20240520, 1, n)
+    with open(f"{sys.argv[1]}/{name}.bin", "wb") as f:
+        f.write(h.tobytes()); f.write(np.random.default_rng(1).integers(0, 50257, n, dtype=np.uint16).tobytes())
+PY
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+  for attention in flash batched; do
+    timeout 280 $ncu --metrics gpu__time_duration.sum --csv --launch-skip 600 --launch-count 1200 \
+      build-gpu/examples/train_gpt --device cuda --layers 12 --width 768 --heads 12 --vocab 50257 \
+      --context 1024 --batch 16 --chunk 16 --steps 4 --eval-every 0 --eval-batches 1 --progress-every 0 \
+      --attention $attention --train-shard /tmp/gpt-prof/train.bin --val-shard /tmp/gpt-prof/val.bin \
+      >"$out/ncu-$attention.csv" 2>"$out/ncu-$attention.err"
+    python3 - "$out/ncu-$attention.csv" "$attention" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]; ki = head.index("Kernel Name"); vi = head.index("Metric Value"); ii = head.index("ID")
+total = collections.defaultdict(float); calls = collections.Counter()
+for r in rows[1:]:
+    v = float(r[vi].replace(",", "")) / 1e6  # ns -> ms
+    name = r[ki].split("(")[0][:70]
+    total[name] += v; calls[name] += 1
+s = sum(total.values())
+print(f"{sys.argv[2]}: {len(rows) - 1} kernels, {s:.1f} ms of kernel time")
+for name, v in sorted(total.items(), key=lambda x: -x[1])[:14]:
+    print(f"  {v:8.2f} ms {100 * v / s:5.1f}%  {calls[name]:4d} x  {name}")
+PY
+  done
+fi
+
 ddp_bench=build-gpu/bench/loom-gpu-ddp-bench
 if [ "$what" = bench ] || [ "$what" = all ] || [ "$what" = ddp ]; then
   # DDP on the wide MLP: loom (overlap / after) and PyTorch DDP, 1, 2 and 4 GPUs, same call.
