@@ -58,10 +58,6 @@ struct gpt_cuda {
   // head
   const bf16 *head_x;
   bf16 *lnf, *logits;    // (N, d), (N, Vp)
-  // The vocabulary padded to Vp (a multiple of 64) in every head product: with V = 50257
-  // rows cuBLASLt falls back to sm75 kernels, 6x slower (measured with Nsight Compute).
-  bf16 *wte_padded;      // (Vp, d) wte's bfloat16 copy, rows V .. Vp zero
-  float *dwte_padded;    // (Vp, d) the head's wte gradient before it is added
   float *meanf, *rstdf, *row_loss; // (N)
   // scratch shared by all blocks
   bf16 *qkv, *heads, *heads2, *dqkv_heads; // (N, 3d), (N, d), (N, d), (3 N d)
@@ -126,8 +122,7 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
   m->block_bytes = round(2 * N * d) * 4 + round(2 * N * 3 * d) + round(2 * N * 4 * d) +
                    round(2 * BHTT) + round(4 * N) * 4 + round(4 * BHT);
   size_t grad_set = round(2 * N * d) * 4 + round(2 * N * 4 * d) + round(2 * N * 3 * d);
-  m->head_bytes = round(2 * N * d) + round(2 * N * (size_t)m->Vp) + round(4 * N) * 3 +
-                  round(2 * (size_t)m->Vp * d) + round(4 * (size_t)m->Vp * d);
+  m->head_bytes = round(2 * N * d) + round(2 * N * (size_t)m->Vp) + round(4 * N) * 3;
   size_t params = round(4 * P) * 2 + round(2 * P);
   size_t scratch = round(2 * N * 3 * d) + round(2 * N * d) * 2 + round(2 * 3 * N * d) +
                    round(2 * BHTT) + round(4 * BHTT) + round(2 * N * 4 * d) +
@@ -161,7 +156,6 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
     k->d_fc = (bf16 *)take(2 * N * 4 * d), k->d_qkv = (bf16 *)take(2 * N * 3 * d);
   }
   m->lnf = (bf16 *)take(2 * N * d), m->logits = (bf16 *)take(2 * N * (size_t)m->Vp);
-  m->wte_padded = (bf16 *)take(2 * (size_t)m->Vp * d), m->dwte_padded = (float *)take(4 * (size_t)m->Vp * d);
   m->meanf = (float *)take(4 * N), m->rstdf = (float *)take(4 * N), m->row_loss = (float *)take(4 * N);
   m->qkv = (bf16 *)take(2 * N * 3 * d), m->heads = (bf16 *)take(2 * N * d), m->heads2 = (bf16 *)take(2 * N * d);
   m->dqkv_heads = (bf16 *)take(2 * 3 * N * d), m->delta = (float *)take(4 * BHT);
@@ -173,8 +167,6 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
   m->starts = (int *)take(4 * (N + 1)), m->token_of = (int *)take(4 * N);
   status = gpt_gemm_create(m->stream, &m->gemm);
   if (status == LOOM_OK) status = gpt_cuda_zero_grads(m);
-  if (status == LOOM_OK)
-    status = cuda_check(cudaMemsetAsync(m->wte_padded, 0, 2 * (size_t)m->Vp * d, m->stream), "zeroing");
   if (status != LOOM_OK) {
     gpt_cuda_destroy(m);
     return status;
@@ -397,12 +389,8 @@ loom_status gpt_cuda_head_forward(gpt_cuda *m, const void *x, const int *targets
   m->head_x = (const bf16 *)x;
   LOOM_CHECK(gpt_k_layernorm_forward(m->head_x, tensor(m, m->w, 0, GPT_LNF_W), tensor(m, m->w, 0, GPT_LNF_B),
                                      N, d, m->lnf, m->meanf, m->rstdf, st));
-  // wte's copy may have changed (optimizer step, load): refresh its padded twin
-  LOOM_CHECK(cuda_check(cudaMemcpyAsync(m->wte_padded, tensor(m, m->w, 0, GPT_WTE),
-                                        sizeof(bf16) * (size_t)m->V * d, cudaMemcpyDeviceToDevice, st),
-                        "padding wte"));
-  LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, m->Vp, d, m->lnf, d, m->wte_padded, d, 0.0f, NULL,
-                      m->logits, m->Vp, 0, NULL));
+  LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, m->V, d, m->lnf, d, tensor(m, m->w, 0, GPT_WTE), d, 0.0f,
+                      NULL, m->logits, m->Vp, 0, NULL));
   LOOM_CHECK(cuda_check(cudaMemcpyAsync(m->targets, targets, sizeof(int) * N, cudaMemcpyHostToDevice, st), "targets"));
   LOOM_CHECK(gpt_k_cross_entropy(m->logits, N, m->V, m->Vp, m->targets, (float)scale, grad, m->row_loss, st));
   LOOM_CHECK(cuda_check(cudaMemcpyAsync(m->host_loss, m->row_loss, sizeof(float) * N,
@@ -417,7 +405,7 @@ loom_status gpt_cuda_head_forward(gpt_cuda *m, const void *x, const int *targets
 loom_status gpt_cuda_head_backward_input(gpt_cuda *m, void *dx) {
   int N = m->N, d = m->d;
   bf16 *d_lnf = m->heads2;
-  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, m->Vp, m->logits, m->Vp, m->wte_padded, d,
+  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, m->V, m->logits, m->Vp, tensor(m, m->w, 0, GPT_WTE), d,
                       0.0f, NULL, d_lnf, d, 0, NULL));
   // no residual into the head: dx = LN_f'(d_lnf); the zeroed `wide` buffer stands for it
   LOOM_CHECK(cuda_check(cudaMemsetAsync(m->wide, 0, sizeof(bf16) * N * d, m->stream), "zeroing"));
@@ -430,10 +418,9 @@ loom_status gpt_cuda_head_backward_input(gpt_cuda *m, void *dx) {
 }
 
 loom_status gpt_cuda_head_backward_weight(gpt_cuda *m) {
-  // dwte += dlogits^T lnf, through the padded product (padding rows of dlogits^T are zero)
-  LOOM_CHECK(gpt_gemm(m->gemm, 1, 0, m->Vp, m->d, m->N, m->logits, m->Vp, m->lnf, m->d, 0.0f, NULL,
-                      m->dwte_padded, m->d, 1, NULL));
-  return gpt_k_add(m->dwte_padded, (size_t)m->V * m->d, tensor(m, m->grads, 0, GPT_WTE), m->stream);
+  // dwte += dlogits^T lnf
+  return gpt_gemm(m->gemm, 1, 0, m->V, m->d, m->N, m->logits, m->Vp, m->lnf, m->d, 1.0f,
+                  tensor(m, m->grads, 0, GPT_WTE), tensor(m, m->grads, 0, GPT_WTE), m->d, 1, NULL);
 }
 
 loom_status gpt_cuda_train_step(gpt_cuda *m, const int *tokens, const int *targets, double scale,

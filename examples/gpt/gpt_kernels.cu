@@ -222,12 +222,6 @@ __global__ void cross_entropy(bf16 *logits, int V, int ld, const int *targets, f
     float p = expf(__bfloat162float(z[c]) - lse);
     z[c] = __float2bfloat16((p - (c == target ? 1.0f : 0.0f)) * scale);
   }
-  for (int c = V + threadIdx.x; c < ld; c += blockDim.x) z[c] = __float2bfloat16(0.0f); // padding
-}
-
-__global__ void add_float(const float *src, size_t n, float *dst) {
-  size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-  if (i < n) dst[i] += src[i];
 }
 
 __global__ void to_bf16(const float *src, size_t n, bf16 *dst) {
@@ -319,11 +313,6 @@ loom_status gpt_k_cross_entropy(bf16 *logits, int N, int V, int ld, const int *t
                                 float scale, int grad, float *loss, cudaStream_t stream) {
   cross_entropy<<<N, 512, 0, stream>>>(logits, V, ld, targets, scale, grad, loss);
   return launched("cross_entropy");
-}
-
-loom_status gpt_k_add(const float *src, size_t n, float *dst, cudaStream_t stream) {
-  add_float<<<blocks_for(n), kThreads, 0, stream>>>(src, n, dst);
-  return launched("add_float");
 }
 
 loom_status gpt_k_to_bf16(const float *src, size_t n, bf16 *dst, cudaStream_t stream) {

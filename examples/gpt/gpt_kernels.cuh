@@ -60,13 +60,9 @@ loom_status gpt_k_causal_softmax_backward(const float *dP, const bf16 *P, int R,
                                           float scale, bf16 *dS, cudaStream_t stream);
 
 // Softmax cross-entropy of logits (N, V, row stride ld) against targets (N): loss (N) per
-// row; with `grad`, logits become (softmax - onehot) scale in place and the padding columns
-// V .. ld zeros.
+// row; with `grad`, logits become (softmax - onehot) scale in place.
 loom_status gpt_k_cross_entropy(bf16 *logits, int N, int V, int ld, const int *targets,
                                 float scale, int grad, float *loss, cudaStream_t stream);
-
-// dst (n) += src (n), float32
-loom_status gpt_k_add(const float *src, size_t n, float *dst, cudaStream_t stream);
 
 // dst (n) bfloat16 = src (n) float32, rounded to nearest even
 loom_status gpt_k_to_bf16(const float *src, size_t n, bf16 *dst, cudaStream_t stream);
