@@ -310,7 +310,7 @@ int export_gpt2(const loom_ckpt_info *info, const char *dir) {
     export_entry *e = &entries[count++];
     if (!(e->tensor = find(info, source))) rc = -1;
     snprintf(e->name, sizeof e->name, "transformer.%s%s", source, i < 2 ? ".weight" : "");
-    e->transpose = is_conv1d_weight(source);
+    e->transpose = e->tensor && e->tensor->ndims == 2 && is_conv1d_weight(source);
   }
   if (rc == 0 && mkdir(dir, 0777) != 0 && errno != EEXIST) {
     fprintf(stderr, "loom-ckpt export: creating directory %s: %s\n", dir, strerror(errno));

@@ -297,15 +297,22 @@ __global__ void __launch_bounds__(kThreads)
   store_rows<HD>(dq, S, q0 + warp * 16, T, dqkv + (size_t)b * T * 3 * d, 3 * d, h * HD);
 }
 
+// Allows `kernel` its dynamic shared memory (above the 48 KiB default); asked before every
+// launch (a cheap attribute set) so that each device of the process gets it.
+static loom_status allow_shared(const void *kernel, size_t bytes, const char *name) {
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+  if (e == cudaSuccess) return LOOM_OK;
+  cudaGetLastError();
+  return loom_error_set(LOOM_ERR_CUDA, "GPT on the GPU: %s needs %zu KiB of shared memory per "
+                        "block, which this GPU does not give (%s); use --attention batched",
+                        name, bytes >> 10, cudaGetErrorString(e));
+}
+
 template <int HD>
 loom_status forward_hd(const bf16 *qkv, int B, int T, int H, float scale, bf16 *out, float *lse,
                        cudaStream_t stream) {
-  static int configured;
   size_t bytes = forward_smem<HD>();
-  if (!configured) {
-    cudaFuncSetAttribute(flash_forward<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-    configured = 1;
-  }
+  LOOM_CHECK(allow_shared((const void *)flash_forward<HD>, bytes, "flash_forward"));
   dim3 grid((T + kTile - 1) / kTile, B * H);
   flash_forward<HD><<<grid, kThreads, bytes, stream>>>(qkv, T, H, scale, out, lse);
   return launched("flash_forward");
@@ -314,13 +321,9 @@ loom_status forward_hd(const bf16 *qkv, int B, int T, int H, float scale, bf16 *
 template <int HD>
 loom_status backward_hd(const bf16 *qkv, const bf16 *dout, const float *lse, const float *delta,
                         int B, int T, int H, float scale, bf16 *dqkv, cudaStream_t stream) {
-  static int configured;
   size_t bytes = backward_smem<HD>();
-  if (!configured) {
-    cudaFuncSetAttribute(flash_backward_kv<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-    cudaFuncSetAttribute(flash_backward_q<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-    configured = 1;
-  }
+  LOOM_CHECK(allow_shared((const void *)flash_backward_kv<HD>, bytes, "flash_backward_kv"));
+  LOOM_CHECK(allow_shared((const void *)flash_backward_q<HD>, bytes, "flash_backward_q"));
   dim3 grid((T + kTile - 1) / kTile, B * H);
   flash_backward_kv<HD><<<grid, kThreads, bytes, stream>>>(qkv, dout, lse, delta, T, H, scale, dqkv);
   LOOM_CHECK(launched("flash_backward_kv"));

@@ -131,6 +131,7 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
   m->arena_bytes = params + m->block_bytes * (size_t)m->L + grad_set * (size_t)sets + m->head_bytes + scratch;
   loom_status status = cuda_check(cudaMalloc(&m->arena, m->arena_bytes), "device memory");
   if (status != LOOM_OK) {
+    cudaGetLastError(); /* clear it: a later launch must not report this failure as its own */
     loom_error_set(LOOM_ERR_CUDA, "GPT on the GPU: %.2f GiB of device memory for B=%d T=%d: %s",
                    m->arena_bytes / 1073741824.0, B, T, loom_error_string());
     gpt_cuda_destroy(m);

@@ -25,6 +25,8 @@ loom_status lt_check(cublasStatus_t s, const char *what) {
 
 }  // namespace
 
+static void plan_free(plan *p); // destroys a plan's descriptors, leaves it zeroed
+
 struct gpt_blas {
   cudaStream_t stream;
   cublasLtHandle_t lt;
@@ -41,7 +43,7 @@ loom_status gpt_gemm_create(cudaStream_t stream, gpt_blas **out) {
   loom_status s = lt_check(cublasLtCreate(&g->lt), "create");
   if (s == LOOM_OK) s = lt_check(cublasCreate(&g->blas), "cublasCreate");
   if (s == LOOM_OK) s = lt_check(cublasSetStream(g->blas, stream), "cublasSetStream");
-  if (s == LOOM_OK && cudaMalloc(&g->workspace, kWorkspaceBytes) != cudaSuccess)
+  if (s == LOOM_OK && cudaMalloc(&g->workspace, kWorkspaceBytes) != cudaSuccess && (cudaGetLastError(), 1))
     s = loom_error_set(LOOM_ERR_CUDA, "GPT on the GPU: %zu MiB cuBLASLt workspace",
                        kWorkspaceBytes >> 20);
   if (s != LOOM_OK) {
@@ -54,30 +56,24 @@ loom_status gpt_gemm_create(cudaStream_t stream, gpt_blas **out) {
 
 void gpt_gemm_destroy(gpt_blas *g) {
   if (!g) return;
-  for (int i = 0; i < g->plan_count; i++) {
-    cublasLtMatmulDescDestroy(g->plans[i].op);
-    cublasLtMatrixLayoutDestroy(g->plans[i].a);
-    cublasLtMatrixLayoutDestroy(g->plans[i].b);
-    cublasLtMatrixLayoutDestroy(g->plans[i].c);
-  }
+  for (int i = 0; i < g->plan_count; i++) plan_free(&g->plans[i]);
   if (g->workspace) cudaFree(g->workspace);
   if (g->blas) cublasDestroy(g->blas);
   if (g->lt) cublasLtDestroy(g->lt);
   free(g);
 }
 
-// The plan of a shape, created (descriptors, heuristic) the first time it is asked for.
-static loom_status find_plan(gpt_blas *g, const int key[11], plan **out) {
-  for (int i = 0; i < g->plan_count; i++)
-    if (memcmp(g->plans[i].key, key, sizeof g->plans[i].key) == 0) {
-      *out = &g->plans[i];
-      return LOOM_OK;
-    }
-  if (g->plan_count == kPlans)
-    return loom_error_set(LOOM_ERR_INTERNAL, "GPT on the GPU: more than %d GEMM shapes", kPlans);
-  plan *p = &g->plans[g->plan_count];
+static void plan_free(plan *p) {
+  if (p->op) cublasLtMatmulDescDestroy(p->op);
+  if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+  if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+  if (p->c) cublasLtMatrixLayoutDestroy(p->c);
   memset(p, 0, sizeof *p);
-  memcpy(p->key, key, sizeof p->key);
+}
+
+// Descriptors and the heuristic's algorithm of the shape in p->key.
+static loom_status plan_build(gpt_blas *g, plan *p) {
+  const int *key = p->key;
   int ta = key[0], tb = key[1], M = key[2], N = key[3], K = key[4], lda = key[5], ldb = key[6];
   int ldc = key[7], c_fp32 = key[8], has_bias = key[9];
   // column-major: D^T (N, M) = op(B)^T op(A)^T; first operand is B's buffer, second A's
@@ -98,21 +94,38 @@ static loom_status find_plan(gpt_blas *g, const int key[11], plan **out) {
   cublasLtMatmulPreference_t pref;
   LOOM_CHECK(lt_check(cublasLtMatmulPreferenceCreate(&pref), "preference"));
   size_t ws = kWorkspaceBytes;
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+  cublasStatus_t hs = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
   cublasLtMatmulHeuristicResult_t result;
   int found = 0;
-  cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(g->lt, p->op, p->a, p->b, p->c, p->c, pref, 1,
-                                                     &result, &found);
+  if (hs == CUBLAS_STATUS_SUCCESS)
+    hs = cublasLtMatmulAlgoGetHeuristic(g->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (hs != CUBLAS_STATUS_SUCCESS || found == 0) {
-    cublasLtMatmulDescDestroy(p->op);
-    cublasLtMatrixLayoutDestroy(p->a), cublasLtMatrixLayoutDestroy(p->b), cublasLtMatrixLayoutDestroy(p->c);
+  if (hs != CUBLAS_STATUS_SUCCESS || found == 0)
     return loom_error_set(LOOM_ERR_CUDA, "GPT on the GPU: cuBLASLt has no algorithm for %s%s "
                           "M=%d N=%d K=%d (lda %d ldb %d ldc %d, %s output%s): status %d",
                           ta ? "T" : "N", tb ? "T" : "N", M, N, K, lda, ldb, ldc,
                           c_fp32 ? "float32" : "bfloat16", has_bias ? ", bias" : "", (int)hs);
-  }
   p->algo = result.algo;
+  return LOOM_OK;
+}
+
+// The plan of a shape, created the first time it is asked for.
+static loom_status find_plan(gpt_blas *g, const int key[11], plan **out) {
+  for (int i = 0; i < g->plan_count; i++)
+    if (memcmp(g->plans[i].key, key, sizeof g->plans[i].key) == 0) {
+      *out = &g->plans[i];
+      return LOOM_OK;
+    }
+  if (g->plan_count == kPlans)
+    return loom_error_set(LOOM_ERR_INTERNAL, "GPT on the GPU: more than %d GEMM shapes", kPlans);
+  plan *p = &g->plans[g->plan_count];
+  memset(p, 0, sizeof *p);
+  memcpy(p->key, key, sizeof p->key);
+  loom_status status = plan_build(g, p);
+  if (status != LOOM_OK) {
+    plan_free(p); // not counted: nothing of it outlives the failure
+    return status;
+  }
   g->plan_count++;
   *out = p;
   return LOOM_OK;

@@ -72,7 +72,6 @@ void gpt_model_destroy(gpt_model *m) {
 }
 
 const gpt_layout *gpt_model_layout(const gpt_model *m) { return &m->layout; }
-float *gpt_model_params(gpt_model *m) { return m->params; }
 
 loom_status gpt_model_add_params(gpt_model *m, loom_params *params, int decay_group,
                                  int no_decay_group) {
@@ -109,7 +108,10 @@ loom_status gpt_model_zero_grad(gpt_model *m) {
 
 double gpt_model_device_gib(const gpt_model *m) {
 #ifdef LOOM_EXAMPLES_GPU
-  if (m->gpu) return (double)(gpt_cuda_memory_in_use() - m->memory_before) / 1073741824.0;
+  if (m->gpu) {
+    size_t now = gpt_cuda_memory_in_use();
+    return now > m->memory_before ? (double)(now - m->memory_before) / 1073741824.0 : 0.0;
+  }
 #endif
   (void)m;
   return 0;

@@ -24,7 +24,6 @@ loom_status gpt_model_create(loom_ctx *ctx, const gpt_layout *layout, int chunk,
                              uint64_t seed, gpt_attention_kind attention, gpt_model **out);
 void gpt_model_destroy(gpt_model *model);
 const gpt_layout *gpt_model_layout(const gpt_model *model);
-float *gpt_model_params(gpt_model *model);
 
 /* Every tensor into `params`: matrices into optimizer group `decay_group`, biases, LayerNorms
  * and embeddings into `no_decay_group`. */
