@@ -95,12 +95,11 @@ def main():
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    total, windows = 0.0, len(val) - T
+    total = 0.0
     model.eval()
     with torch.no_grad():
         for b in range(a.eval_batches):
-            g = torch.arange(b * B, (b + 1) * B)
-            x, y = batch(val, (g * T) % windows)
+            x, y = batch(val, torch.tensor(gpt_torch.tile_starts(len(val), T, b * B, B)))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.bf16):
                 logits = model(x)[0]
             total += torch.nn.functional.cross_entropy(logits.float().reshape(B * T, -1), y.reshape(-1),

@@ -16,6 +16,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def loom_name(torch_name):
+    """loom's name of a state_dict() entry: the embeddings lose ".weight"."""
+    return torch_name[: -len(".weight")] if torch_name in ("wte.weight", "wpe.weight") else torch_name
+
+
+def tile_starts(tokens, T, first, count):
+    """Starts of validation sequences first .. first + count - 1 in data of `tokens` tokens, as
+    train_gpt reads them (gpt_data_tiles: sequence g is the window at g T mod (tokens - T))."""
+    return [g * T % (tokens - T) for g in range(first, first + count)]
+
+
 class Block(nn.Module):
     def __init__(self, width, heads):
         super().__init__()
@@ -86,8 +97,7 @@ class GPT(nn.Module):
         """tensors: {loom name: array} (params/<name> of a dump, or a checkpoint's tensors)."""
         state = {}
         for name in self.state_dict():
-            loom_name = name[: -len(".weight")] if name in ("wte.weight", "wpe.weight") else name
-            value = np.array(tensors[loom_name], dtype=np.float32)  # a writable copy
+            value = np.array(tensors[loom_name(name)], dtype=np.float32)  # a writable copy
             state[name] = torch.from_numpy(value).reshape(self.state_dict()[name].shape)
         self.load_state_dict(state)
 

@@ -39,10 +39,9 @@ def read_safetensors(path):
 
 
 def mean_loss(logits_of, val, T, sequences):
-    total, windows = 0.0, len(val) - T
+    total = 0.0
     with torch.no_grad():
-        for g in range(sequences):
-            start = g * T % windows
+        for start in gpt_torch.tile_starts(len(val), T, 0, sequences):
             window = torch.tensor(list(val[start:start + T + 1]), dtype=torch.long)
             logits = logits_of(window[:-1].unsqueeze(0))
             total += F.cross_entropy(logits.reshape(T, -1).float(), window[1:], reduction="sum").item()
@@ -57,7 +56,7 @@ def main():
     loom_names = {}
     for name, value in tensors.items():
         short = name[len("transformer."):]
-        short = short[: -len(".weight")] if short in ("wte.weight", "wpe.weight") else short
+        short = gpt_torch.loom_name(short)
         loom_names[short] = value.T if short.endswith(CONV1D) else value
     T = config["n_positions"]
     model = gpt_torch.GPT(config["n_layer"], config["n_embd"], config["n_head"], config["vocab_size"], T)

@@ -63,7 +63,7 @@ def check(dump, seed, layers, width, heads, vocab, B, T):
     worst, worst_name = 0.0, ""
     torch_grads = {n: p.grad for n, p in model.named_parameters()}
     for torch_name, g in torch_grads.items():
-        loom_name = torch_name[: -len(".weight")] if torch_name in ("wte.weight", "wpe.weight") else torch_name
+        loom_name = gpt_torch.loom_name(torch_name)
         e = relative(grads[loom_name].reshape(g.shape), g.numpy())
         expect(e <= TOLERANCE, f"{name} gradient {loom_name}", e)
         if e >= worst:
