@@ -75,9 +75,21 @@ struct gpt_cuda {
   size_t arena_bytes, block_bytes, head_bytes;
 };
 
-// Device pointer of tensor (layer, which) in a flat array of `base`.
+// Device pointer of tensor (layer, which) in a flat array of `base` (masters, gradients).
 template <typename E> static E *tensor(const gpt_cuda *m, E *base, int layer, int which) {
   return base + m->layout.tensor[gpt_tensor_index(&m->layout, layer, which)].offset;
+}
+
+// The bfloat16 copy holds the token embedding (offset 0 of the layout) padded from V to Vp
+// rows with zeros, so the three products over the vocabulary run on aligned shapes; every
+// later tensor sits (Vp - V) d elements further than its layout offset.
+static size_t weight_offset(const gpt_cuda *m, size_t offset) {
+  return offset == 0 ? 0 : offset + (size_t)(m->Vp - m->V) * m->d;
+}
+
+// bfloat16 copy of tensor (layer, which).
+static bf16 *weight(const gpt_cuda *m, int layer, int which) {
+  return m->w + weight_offset(m, m->layout.tensor[gpt_tensor_index(&m->layout, layer, which)].offset);
 }
 
 extern "C" {
@@ -100,7 +112,7 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
   if (!m) return loom_error_set(LOOM_ERR_NOMEM, "allocating the GPT model");
   m->layout = *layout, m->flash = flash;
   m->B = B, m->T = T, m->N = B * T, m->d = s->width, m->H = s->heads, m->hd = s->width / s->heads;
-  m->V = s->vocab, m->Vp = (s->vocab + 63) / 64 * 64, m->L = s->layers, m->split = split_backward;
+  m->V = s->vocab, m->Vp = (s->vocab + 127) / 128 * 128, m->L = s->layers, m->split = split_backward;
   m->stream = (cudaStream_t)stream;
   m->saved = (block_saved *)calloc((size_t)m->L, sizeof *m->saved);
   int sets = split_backward ? m->L : 1;
@@ -123,7 +135,8 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
                    round(2 * BHTT) + round(4 * N) * 4 + round(4 * BHT);
   size_t grad_set = round(2 * N * d) * 4 + round(2 * N * 4 * d) + round(2 * N * 3 * d);
   m->head_bytes = round(2 * N * d) + round(2 * N * (size_t)m->Vp) + round(4 * N) * 3;
-  size_t params = round(4 * P) * 2 + round(2 * P);
+  size_t pad = (size_t)(m->Vp - m->V) * d; // zero rows of the bfloat16 token embedding
+  size_t params = round(4 * P) * 2 + round(2 * (P + pad));
   size_t scratch = round(2 * N * 3 * d) + round(2 * N * d) * 2 + round(2 * 3 * N * d) +
                    round(2 * BHTT) + round(4 * BHTT) + round(2 * N * 4 * d) +
                    round(4 * gpt_k_column_scratch(4 * m->d)) + round(2 * N * d) * ((size_t)m->L + 3) +
@@ -139,7 +152,7 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
   }
   char *at = (char *)m->arena;
   auto take = [&](size_t bytes) { void *p = at; at += round(bytes); return p; };
-  m->master = (float *)take(4 * P), m->grads = (float *)take(4 * P), m->w = (bf16 *)take(2 * P);
+  m->master = (float *)take(4 * P), m->grads = (float *)take(4 * P), m->w = (bf16 *)take(2 * (P + pad));
   for (int l = 0; l < m->L; l++) {
     block_saved *k = &m->saved[l];
     k->ln1 = (bf16 *)take(2 * N * d), k->qkv = (bf16 *)take(2 * N * 3 * d);
@@ -168,6 +181,9 @@ loom_status gpt_cuda_create(const gpt_layout *layout, int B, int T, int split_ba
   m->starts = (int *)take(4 * (N + 1)), m->token_of = (int *)take(4 * N);
   status = gpt_gemm_create(m->stream, &m->gemm);
   if (status == LOOM_OK) status = gpt_cuda_zero_grads(m);
+  if (status == LOOM_OK)
+    status = cuda_check(cudaMemsetAsync(m->w + (size_t)m->V * d, 0, 2 * pad, m->stream),
+                        "zeroing the token embedding's padding");
   if (status != LOOM_OK) {
     gpt_cuda_destroy(m);
     return status;
@@ -195,12 +211,14 @@ size_t gpt_cuda_block_activation_bytes(const gpt_cuda *m) { return m->block_byte
 size_t gpt_cuda_head_activation_bytes(const gpt_cuda *m) { return m->head_bytes; }
 size_t gpt_cuda_device_bytes(const gpt_cuda *m) { return m->arena_bytes + (32u << 20); }
 float *gpt_cuda_master(gpt_cuda *m) { return m->master; }
-void *gpt_cuda_weights(gpt_cuda *m) { return m->w; }
+void *gpt_cuda_weight(gpt_cuda *m, size_t offset) { return m->w + weight_offset(m, offset); }
 float *gpt_cuda_grads(gpt_cuda *m) { return m->grads; }
 void *gpt_cuda_residual(gpt_cuda *m, int i) { return m->residual + (size_t)i * m->N * m->d; }
 
 loom_status gpt_cuda_refresh_weights(gpt_cuda *m) {
-  return gpt_k_to_bf16(m->master, m->layout.total, m->w, m->stream);
+  size_t wte = (size_t)m->V * m->d; // the token embedding, then everything after its padding
+  LOOM_CHECK(gpt_k_to_bf16(m->master, wte, m->w, m->stream));
+  return gpt_k_to_bf16(m->master + wte, m->layout.total - wte, m->w + weight_offset(m, wte), m->stream);
 }
 
 loom_status gpt_cuda_set_params(gpt_cuda *m, const float *host) {
@@ -257,7 +275,7 @@ static loom_status upload_tokens(gpt_cuda *m, const int *tokens) {
 
 loom_status gpt_cuda_embed_forward(gpt_cuda *m, const int *tokens, void *x) {
   LOOM_CHECK(upload_tokens(m, tokens));
-  return gpt_k_embed_forward(m->tokens, tensor(m, m->w, 0, GPT_WTE), tensor(m, m->w, 0, GPT_WPE),
+  return gpt_k_embed_forward(m->tokens, weight(m, 0, GPT_WTE), weight(m, 0, GPT_WPE),
                              m->N, m->T, m->d, (bf16 *)x, m->stream);
 }
 
@@ -273,16 +291,16 @@ loom_status gpt_cuda_block_forward(gpt_cuda *m, int l, const void *x_in, void *x
   int N = m->N, d = m->d, T = m->T, hd = m->hd, BH = m->B * m->H;
   cudaStream_t st = m->stream;
   k->x = x;
-  LOOM_CHECK(gpt_k_layernorm_forward(x, tensor(m, m->w, l, GPT_LN1_W), tensor(m, m->w, l, GPT_LN1_B),
+  LOOM_CHECK(gpt_k_layernorm_forward(x, weight(m, l, GPT_LN1_W), weight(m, l, GPT_LN1_B),
                                      N, d, k->ln1, k->mean1, k->rstd1, st));
   float scale = 1.0f / sqrtf((float)hd);
   if (m->flash) {
-    LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, 3 * d, d, k->ln1, d, tensor(m, m->w, l, GPT_QKV_W), d, 0.0f,
-                        NULL, k->qkv, 3 * d, 0, tensor(m, m->w, l, GPT_QKV_B)));
+    LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, 3 * d, d, k->ln1, d, weight(m, l, GPT_QKV_W), d, 0.0f,
+                        NULL, k->qkv, 3 * d, 0, weight(m, l, GPT_QKV_B)));
     LOOM_CHECK(gpt_flash_forward(k->qkv, m->B, T, m->H, hd, scale, k->att, k->lse, st));
   } else {
-    LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, 3 * d, d, k->ln1, d, tensor(m, m->w, l, GPT_QKV_W), d, 0.0f,
-                        NULL, m->qkv, 3 * d, 0, tensor(m, m->w, l, GPT_QKV_B)));
+    LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, 3 * d, d, k->ln1, d, weight(m, l, GPT_QKV_W), d, 0.0f,
+                        NULL, m->qkv, 3 * d, 0, weight(m, l, GPT_QKV_B)));
     LOOM_CHECK(gpt_k_qkv_heads(m->qkv, k->q, k->k, k->v, m->B, T, m->H, hd, 1, st));
     // S = q k^T per (sequence, head); P = causal softmax(S / sqrt(hd)); heads = P v
     LOOM_CHECK(gpt_gemm_batched(m->gemm, 0, 1, T, T, hd, 1.0f, k->q, hd, (long long)T * hd, k->k, hd,
@@ -293,15 +311,15 @@ loom_status gpt_cuda_block_forward(gpt_cuda *m, int l, const void *x_in, void *x
     LOOM_CHECK(gpt_k_rows_heads(k->att, m->heads, m->B, T, m->H, hd, 0, st));
   }
   // x2 = x + att W_proj^T + b; ln2; fc = ln2 W_fc^T + b; out = x2 + gelu(fc) W_fcproj^T + b
-  LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, d, d, k->att, d, tensor(m, m->w, l, GPT_PROJ_W), d, 1.0f, x,
-                      k->x2, d, 0, tensor(m, m->w, l, GPT_PROJ_B)));
-  LOOM_CHECK(gpt_k_layernorm_forward(k->x2, tensor(m, m->w, l, GPT_LN2_W), tensor(m, m->w, l, GPT_LN2_B),
+  LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, d, d, k->att, d, weight(m, l, GPT_PROJ_W), d, 1.0f, x,
+                      k->x2, d, 0, weight(m, l, GPT_PROJ_B)));
+  LOOM_CHECK(gpt_k_layernorm_forward(k->x2, weight(m, l, GPT_LN2_W), weight(m, l, GPT_LN2_B),
                                      N, d, k->ln2, k->mean2, k->rstd2, st));
-  LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, 4 * d, d, k->ln2, d, tensor(m, m->w, l, GPT_FC_W), d, 0.0f,
-                      NULL, k->fc, 4 * d, 0, tensor(m, m->w, l, GPT_FC_B)));
+  LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, 4 * d, d, k->ln2, d, weight(m, l, GPT_FC_W), d, 0.0f,
+                      NULL, k->fc, 4 * d, 0, weight(m, l, GPT_FC_B)));
   LOOM_CHECK(gpt_k_gelu_forward(k->fc, (size_t)N * 4 * d, m->wide, st));
-  return gpt_gemm(m->gemm, 0, 1, N, d, 4 * d, m->wide, 4 * d, tensor(m, m->w, l, GPT_FCPROJ_W), 4 * d,
-                  1.0f, k->x2, x_out, d, 0, tensor(m, m->w, l, GPT_FCPROJ_B));
+  return gpt_gemm(m->gemm, 0, 1, N, d, 4 * d, m->wide, 4 * d, weight(m, l, GPT_FCPROJ_W), 4 * d,
+                  1.0f, k->x2, x_out, d, 0, weight(m, l, GPT_FCPROJ_B));
 }
 
 loom_status gpt_cuda_block_backward_input(gpt_cuda *m, int l, const void *dx_out, void *dx_in) {
@@ -316,15 +334,15 @@ loom_status gpt_cuda_block_backward_input(gpt_cuda *m, int l, const void *dx_out
     g->d_out = g->d_out_copy;
   }
   // MLP: d_fc = (dout W_fcproj) gelu'(fc); d_ln2 = d_fc W_fc; d_x2 = dout + LN2'(d_ln2)
-  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, 4 * d, d, g->d_out, d, tensor(m, m->w, l, GPT_FCPROJ_W),
+  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, 4 * d, d, g->d_out, d, weight(m, l, GPT_FCPROJ_W),
                       4 * d, 0.0f, NULL, g->d_fc, 4 * d, 0, NULL));
   LOOM_CHECK(gpt_k_gelu_backward(g->d_fc, k->fc, (size_t)N * 4 * d, g->d_fc, st));
-  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, 4 * d, g->d_fc, 4 * d, tensor(m, m->w, l, GPT_FC_W), d,
+  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, 4 * d, g->d_fc, 4 * d, weight(m, l, GPT_FC_W), d,
                       0.0f, NULL, g->d_ln2, d, 0, NULL));
-  LOOM_CHECK(gpt_k_layernorm_backward(g->d_ln2, k->x2, tensor(m, m->w, l, GPT_LN2_W), k->mean2,
+  LOOM_CHECK(gpt_k_layernorm_backward(g->d_ln2, k->x2, weight(m, l, GPT_LN2_W), k->mean2,
                                       k->rstd2, N, d, g->d_out, g->d_x2, st));
   // attention: d_att = d_x2 W_proj, to heads dO; dP = dO v^T, dv = P^T dO; dS; dq = dS k, dk = dS^T q
-  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, d, g->d_x2, d, tensor(m, m->w, l, GPT_PROJ_W), d, 0.0f,
+  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, d, g->d_x2, d, weight(m, l, GPT_PROJ_W), d, 0.0f,
                       NULL, m->heads2, d, 0, NULL));
   float scale = 1.0f / sqrtf((float)hd);
   if (m->flash) {
@@ -346,9 +364,9 @@ loom_status gpt_cuda_block_backward_input(gpt_cuda *m, int l, const void *dx_out
     LOOM_CHECK(gpt_k_qkv_heads(g->d_qkv, dq, dk, dv, m->B, T, m->H, hd, 0, st));
   }
   // d_ln1 = d_qkv W_qkv; dx = d_x2 + LN1'(d_ln1)
-  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, 3 * d, g->d_qkv, 3 * d, tensor(m, m->w, l, GPT_QKV_W), d,
+  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, 3 * d, g->d_qkv, 3 * d, weight(m, l, GPT_QKV_W), d,
                       0.0f, NULL, g->d_ln1, d, 0, NULL));
-  return gpt_k_layernorm_backward(g->d_ln1, k->x, tensor(m, m->w, l, GPT_LN1_W), k->mean1, k->rstd1,
+  return gpt_k_layernorm_backward(g->d_ln1, k->x, weight(m, l, GPT_LN1_W), k->mean1, k->rstd1,
                                   N, d, g->d_x2, (bf16 *)dx_in, st);
 }
 
@@ -388,9 +406,11 @@ loom_status gpt_cuda_head_forward(gpt_cuda *m, const void *x, const int *targets
       return loom_error_set(LOOM_ERR_ARG, "GPT on the GPU: target %d at position %d is outside "
                             "the vocabulary [0, %d)", targets[n], n, m->V);
   m->head_x = (const bf16 *)x;
-  LOOM_CHECK(gpt_k_layernorm_forward(m->head_x, tensor(m, m->w, 0, GPT_LNF_W), tensor(m, m->w, 0, GPT_LNF_B),
+  LOOM_CHECK(gpt_k_layernorm_forward(m->head_x, weight(m, 0, GPT_LNF_W), weight(m, 0, GPT_LNF_B),
                                      N, d, m->lnf, m->meanf, m->rstdf, st));
-  LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, m->V, d, m->lnf, d, tensor(m, m->w, 0, GPT_WTE), d, 0.0f,
+  // logits over the padded vocabulary: columns V..Vp are zero (zero rows of wte), and stay
+  // zero as gradients, so the products below may run over Vp too
+  LOOM_CHECK(gpt_gemm(m->gemm, 0, 1, N, m->Vp, d, m->lnf, d, weight(m, 0, GPT_WTE), d, 0.0f,
                       NULL, m->logits, m->Vp, 0, NULL));
   LOOM_CHECK(cuda_check(cudaMemcpyAsync(m->targets, targets, sizeof(int) * N, cudaMemcpyHostToDevice, st), "targets"));
   LOOM_CHECK(gpt_k_cross_entropy(m->logits, N, m->V, m->Vp, m->targets, (float)scale, grad, m->row_loss, st));
@@ -406,11 +426,11 @@ loom_status gpt_cuda_head_forward(gpt_cuda *m, const void *x, const int *targets
 loom_status gpt_cuda_head_backward_input(gpt_cuda *m, void *dx) {
   int N = m->N, d = m->d;
   bf16 *d_lnf = m->heads2;
-  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, m->V, m->logits, m->Vp, tensor(m, m->w, 0, GPT_WTE), d,
+  LOOM_CHECK(gpt_gemm(m->gemm, 0, 0, N, d, m->Vp, m->logits, m->Vp, weight(m, 0, GPT_WTE), d,
                       0.0f, NULL, d_lnf, d, 0, NULL));
   // no residual into the head: dx = LN_f'(d_lnf); the zeroed `wide` buffer stands for it
   LOOM_CHECK(cuda_check(cudaMemsetAsync(m->wide, 0, sizeof(bf16) * N * d, m->stream), "zeroing"));
-  LOOM_CHECK(gpt_k_layernorm_backward(d_lnf, m->head_x, tensor(m, m->w, 0, GPT_LNF_W), m->meanf,
+  LOOM_CHECK(gpt_k_layernorm_backward(d_lnf, m->head_x, weight(m, 0, GPT_LNF_W), m->meanf,
                                       m->rstdf, N, d, m->wide, (bf16 *)dx, m->stream));
   // LN_f's weight gradients need d_lnf: computed here, while it is at hand
   return gpt_k_column_sums(d_lnf, m->head_x, m->meanf, m->rstdf, N, d, m->column_partial,
@@ -419,9 +439,17 @@ loom_status gpt_cuda_head_backward_input(gpt_cuda *m, void *dx) {
 }
 
 loom_status gpt_cuda_head_backward_weight(gpt_cuda *m) {
-  // dwte += dlogits^T lnf
-  return gpt_gemm(m->gemm, 1, 0, m->V, m->d, m->N, m->logits, m->Vp, m->lnf, m->d, 1.0f,
-                  tensor(m, m->grads, 0, GPT_WTE), tensor(m, m->grads, 0, GPT_WTE), m->d, 1, NULL);
+  // dwte (V, d) += dlogits^T lnf. The float32 gradient has V rows, not Vp: the rows up to a
+  // multiple of 128 in one aligned product, the rest (V mod 128 rows) in a small one.
+  int aligned = m->V / 128 * 128, rest = m->V - aligned;
+  float *dwte = tensor(m, m->grads, 0, GPT_WTE);
+  if (aligned > 0)
+    LOOM_CHECK(gpt_gemm(m->gemm, 1, 0, aligned, m->d, m->N, m->logits, m->Vp, m->lnf, m->d, 1.0f,
+                        dwte, dwte, m->d, 1, NULL));
+  if (rest == 0) return LOOM_OK;
+  float *tail = dwte + (size_t)aligned * m->d;
+  return gpt_gemm(m->gemm, 1, 0, rest, m->d, m->N, m->logits + aligned, m->Vp, m->lnf, m->d, 1.0f,
+                  tail, tail, m->d, 1, NULL);
 }
 
 loom_status gpt_cuda_train_step(gpt_cuda *m, const int *tokens, const int *targets, double scale,

@@ -39,11 +39,12 @@ size_t gpt_cuda_device_bytes(const gpt_cuda *model);
  * the process and of others sharing the GPU. */
 size_t gpt_cuda_memory_in_use(void);
 
-/* Device arrays (layout.total elements): float32 masters, their bfloat16 copy (what the
- * kernels read), float32 gradients. */
+/* Device arrays (layout.total elements): float32 masters and float32 gradients. */
 float *gpt_cuda_master(gpt_cuda *model);
-void *gpt_cuda_weights(gpt_cuda *model);
 float *gpt_cuda_grads(gpt_cuda *model);
+/* The bfloat16 copy (what the kernels read) of the element at layout offset `offset`. The copy
+ * is not one flat array: the token embedding is padded with zero rows to a multiple of 128. */
+void *gpt_cuda_weight(gpt_cuda *model, size_t offset);
 /* Masters from host float32 values, and the bfloat16 copy from them. */
 loom_status gpt_cuda_set_params(gpt_cuda *model, const float *host);
 /* The bfloat16 copy from the masters (after they changed other than through the optimizer). */

@@ -89,7 +89,7 @@ loom_status gpt_model_add_params(gpt_model *m, loom_params *params, int decay_gr
     if (m->gpu) { /* float32 masters and gradients, the bfloat16 copy the kernels read */
       p.value = loom_buf_device(m->ctx, gpt_cuda_master(m->gpu) + t->offset, t->count, LOOM_FLOAT32);
       p.grad = loom_buf_device(m->ctx, gpt_cuda_grads(m->gpu) + t->offset, t->count, LOOM_FLOAT32);
-      p.model_copy = loom_buf_device(m->ctx, (uint16_t *)gpt_cuda_weights(m->gpu) + t->offset,
+      p.model_copy = loom_buf_device(m->ctx, gpt_cuda_weight(m->gpu, t->offset),
                                      t->count, LOOM_BFLOAT16);
     }
 #endif
