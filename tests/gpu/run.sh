@@ -2,7 +2,7 @@
 # On the GPU machine, in one call: build loom with CUDA and NCCL, run the GPU tests at 1, 2
 # and 4 GPUs (as many as the machine has), then the device benchmarks (loom vs raw NCCL vs
 # torch.distributed). Logs go to $OUT (or /tmp/loom-gpu); a short summary is printed last.
-#   bash tests/gpu/run.sh [tests|bench|all|ddp|ckpt|coll|snapshot|profile|gpt]   (bench = ddp + ckpt + coll + snapshot + gpt bench)
+#   bash tests/gpu/run.sh [tests|bench|all|ddp|ckpt|coll|snapshot|profile|gpt|gpt-torch|gpt-profile]   (bench = ddp + ckpt + coll + snapshot + gpt bench)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
@@ -102,6 +102,13 @@ if [ "$what" = gpt ] || [ "$what" = tests ] || [ "$what" = all ]; then
   # (carried in .device-fortunes) on the GPU reaches the CPU's validation loss within 3%; the
   # export of a checkpoint loads in transformers with loom's validation loss.
   check "gpt-cuda" "${limit[@]}" build-gpu/tests/gpu/test_gpt_cuda
+fi
+if [ "$what" = gpt ] || [ "$what" = gpt-torch ] || [ "$what" = tests ] || [ "$what" = all ]; then
+  # loom's float32 GPT against the machine's own PyTorch (weights, batch, loss, logits and
+  # every gradient through HDF5), as the CI test does with Debian's.
+  check "gpt-torch" "${limit[@]}" python3 tests/examples/test_gpt_torch.py build-gpu/tests/examples/gpt_dump
+fi
+if [ "$what" = gpt ] || [ "$what" = tests ] || [ "$what" = all ]; then
   if [ -d .device-fortunes ]; then
     gpt_small=(--data-dir .device-fortunes --steps 200 --eval-every 100 --progress-every 50)
     check "gpt-train-gpu" bash -c "${limit[*]} build-gpu/examples/train_gpt --device cuda ${gpt_small[*]} --sample 300 \
