@@ -52,5 +52,6 @@ int register_executor_suite(void);
 int register_state_suite(void);
 int register_erasure_suite(void);
 int register_snapshot_sum_suite(void);
+int register_pipeline_suite(void);
 
 #endif
