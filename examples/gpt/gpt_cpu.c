@@ -198,10 +198,19 @@ const gpt_attention gpt_attention_local = {local_saved, local_forward, local_bac
 
 loom_status gpt_cpu_create(const gpt_layout *layout, int B, int T, const gpt_attention *attention,
                            gpt_cpu **out) {
+  return gpt_cpu_create_part(layout, B, T, attention, 0, layout->shape.layers, 1, out);
+}
+
+loom_status gpt_cpu_create_part(const gpt_layout *layout, int B, int T, const gpt_attention *attention,
+                                int first_block, int blocks, int head, gpt_cpu **out) {
   const gpt_shape *s = &layout->shape;
   if (B < 1 || T < 1 || T > s->context)
     return loom_error_set(LOOM_ERR_ARG, "gpt_cpu_create: B=%d must be >= 1 and T=%d in [1, %d] "
                           "(the context)", B, T, s->context);
+  if (first_block < 0 || blocks < 0 || first_block + blocks > s->layers)
+    return loom_error_set(LOOM_ERR_ARG, "gpt_cpu_create: blocks [%d, %d) outside the model's %d",
+                          first_block, first_block + blocks, s->layers);
+  int whole = first_block == 0 && blocks == s->layers && head;
   gpt_cpu *m = calloc(1, sizeof *m);
   if (!m) return loom_error_set(LOOM_ERR_NOMEM, "allocating the GPT model");
   m->layout = *layout;
@@ -213,8 +222,8 @@ loom_status gpt_cpu_create(const gpt_layout *layout, int B, int T, const gpt_att
    * fc, gelu, d_fc (4 N d); 4 row statistics; attention's own */
   m->block_floats = 8 * N * d + 6 * N * d + 12 * N * d + 4 * N + saved;
   m->head_floats = 2 * N * d + 2 * N + N * (size_t)s->vocab;
-  size_t total = m->block_floats * (size_t)s->layers + m->head_floats + 4 * N * d +
-                 ((size_t)s->layers + 3) * N * d;
+  size_t total = m->block_floats * (size_t)blocks + (head ? m->head_floats : 0) + 4 * N * d +
+                 (whole ? ((size_t)s->layers + 3) * N * d : 0);
   m->arena = malloc(sizeof(float) * total);
   m->blocks = calloc((size_t)s->layers, sizeof *m->blocks);
   if (!m->arena || !m->blocks) {
@@ -224,7 +233,7 @@ loom_status gpt_cpu_create(const gpt_layout *layout, int B, int T, const gpt_att
   }
   float *at = m->arena;
 #define TAKE(n) (at += (n), at - (n))
-  for (int l = 0; l < s->layers; l++) {
+  for (int l = first_block; l < first_block + blocks; l++) {
     block_buffers *k = &m->blocks[l];
     k->ln1 = TAKE(N * d), k->mean1 = TAKE(N), k->rstd1 = TAKE(N), k->qkv = TAKE(3 * N * d);
     k->saved = TAKE(saved), k->att = TAKE(N * d), k->x2 = TAKE(N * d), k->ln2 = TAKE(N * d);
@@ -232,10 +241,12 @@ loom_status gpt_cpu_create(const gpt_layout *layout, int B, int T, const gpt_att
     k->d_out = TAKE(N * d), k->d_fc = TAKE(4 * N * d), k->d_ln2 = TAKE(N * d);
     k->d_x2 = TAKE(N * d), k->d_qkv = TAKE(3 * N * d), k->d_ln1 = TAKE(N * d);
   }
-  m->lnf = TAKE(N * d), m->meanf = TAKE(N), m->rstdf = TAKE(N);
-  m->logits = TAKE(N * (size_t)s->vocab), m->d_lnf = TAKE(N * d);
+  if (head) {
+    m->lnf = TAKE(N * d), m->meanf = TAKE(N), m->rstdf = TAKE(N);
+    m->logits = TAKE(N * (size_t)s->vocab), m->d_lnf = TAKE(N * d);
+  }
   m->scratch = TAKE(4 * N * d);
-  m->residuals = TAKE(((size_t)s->layers + 1) * N * d), m->residual_grads = TAKE(2 * N * d);
+  if (whole) m->residuals = TAKE(((size_t)s->layers + 1) * N * d), m->residual_grads = TAKE(2 * N * d);
 #undef TAKE
   *out = m;
   return LOOM_OK;
@@ -370,7 +381,7 @@ void gpt_head_backward_weight(gpt_cpu *m, float *grads) {
 }
 
 double gpt_cpu_train_step(gpt_cpu *m, const float *params, const int *tokens, const int *targets,
-                          double scale, float *grads) {
+                          double scale, float *grads, float *embed_grads) {
   int L = m->layout.shape.layers;
   size_t nd = m->N * (size_t)m->layout.shape.width;
   float *xs = m->residuals, *g0 = m->residual_grads, *g1 = g0 + nd;
@@ -385,6 +396,6 @@ double gpt_cpu_train_step(gpt_cpu *m, const float *params, const int *tokens, co
     float *t = g0;
     g0 = g1, g1 = t;
   }
-  gpt_embed_backward_weight(m, tokens, g0, grads);
+  gpt_embed_backward_weight(m, tokens, g0, embed_grads);
   return loss;
 }

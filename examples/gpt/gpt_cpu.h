@@ -34,6 +34,11 @@ typedef struct gpt_cpu gpt_cpu;
  * (gpt_attention_local). */
 loom_status gpt_cpu_create(const gpt_layout *layout, int B, int T, const gpt_attention *attention,
                            gpt_cpu **out);
+/* Buffers for blocks [first_block, first_block + blocks) only, and the head's if `head`: what
+ * one pipeline stage holds for one micro-batch in flight. The embedding needs none. Units
+ * outside the part must not be called; gpt_cpu_train_step needs the whole model. */
+loom_status gpt_cpu_create_part(const gpt_layout *layout, int B, int T, const gpt_attention *attention,
+                                int first_block, int blocks, int head, gpt_cpu **out);
 void gpt_cpu_destroy(gpt_cpu *model);
 /* Bytes of activations one micro-batch keeps, per block and for the head (for memory plans). */
 size_t gpt_cpu_block_activation_bytes(const gpt_cpu *model);
@@ -62,8 +67,10 @@ void gpt_head_backward_weight(gpt_cpu *m, float *grads);
 const float *gpt_head_logits(const gpt_cpu *m);
 
 /* The whole model on one micro-batch: forward, loss, backward of every unit; gradients of
- * (loss sum * scale) accumulate into `grads`. Returns the loss sum. */
+ * (loss sum * scale) accumulate into `grads`, the embedding's (wte rows and wpe) into
+ * `embed_grads` (may be `grads`: the tied wte then sums both parts in float32). Returns the
+ * loss sum. */
 double gpt_cpu_train_step(gpt_cpu *m, const float *params, const int *tokens, const int *targets,
-                          double scale, float *grads);
+                          double scale, float *grads, float *embed_grads);
 
 #endif

@@ -18,8 +18,10 @@ struct gpt_model {
   gpt_cpu *sampler; /* (1, context), created by the first gpt_model_sample */
   int chunk, T;
   float *params;    /* (total) float32; on a GPU the initial values and the sampler's copy */
-  float *grad32;    /* (total) one micro-batch's gradient (CPU) */
+  float *grad32;    /* (total) one micro-batch's gradient (CPU), the embedding's part apart: */
+  float *embed32;   /* (total) the embedding's (wte rows, wpe) of one micro-batch (CPU) */
   double *grad64;   /* (total) the step's, what DDP reduces (CPU) */
+  double *embed_wte64; /* (V d) the step's embedding part of wte, added at the last micro-batch */
   int first_param;  /* table index of tensor 0 */
 };
 
@@ -36,11 +38,14 @@ loom_status gpt_model_create(loom_ctx *ctx, const gpt_layout *layout, int chunk,
   if (!m) return loom_error_set(LOOM_ERR_NOMEM, "allocating the GPT model");
   m->layout = *layout, m->ctx = ctx, m->chunk = chunk, m->T = T;
   m->params = malloc(sizeof(float) * layout->total);
+  size_t wte = layout->tensor[0].count;
   if (!on_gpu) {
     m->grad32 = malloc(sizeof(float) * layout->total);
+    m->embed32 = malloc(sizeof(float) * layout->total);
     m->grad64 = calloc(layout->total, sizeof(double));
+    m->embed_wte64 = calloc(wte, sizeof(double));
   }
-  loom_status status = !m->params || (!on_gpu && (!m->grad32 || !m->grad64))
+  loom_status status = !m->params || (!on_gpu && (!m->grad32 || !m->embed32 || !m->grad64 || !m->embed_wte64))
                            ? loom_error_set(LOOM_ERR_NOMEM, "GPT parameters (%zu)", layout->total)
                            : LOOM_OK;
   if (status == LOOM_OK) gpt_init_params(layout, seed, m->params);
@@ -68,7 +73,7 @@ void gpt_model_destroy(gpt_model *m) {
 #ifdef LOOM_EXAMPLES_GPU
   gpt_cuda_destroy(m->gpu);
 #endif
-  free(m->params), free(m->grad32), free(m->grad64), free(m);
+  free(m->params), free(m->grad32), free(m->embed32), free(m->grad64), free(m->embed_wte64), free(m);
 }
 
 const gpt_layout *gpt_model_layout(const gpt_model *m) { return &m->layout; }
@@ -103,6 +108,7 @@ loom_status gpt_model_zero_grad(gpt_model *m) {
   if (m->gpu) return gpt_cuda_zero_grads(m->gpu);
 #endif
   memset(m->grad64, 0, sizeof(double) * m->layout.total);
+  memset(m->embed_wte64, 0, sizeof(double) * m->layout.tensor[0].count);
   return LOOM_OK;
 }
 
@@ -115,6 +121,14 @@ double gpt_model_device_gib(const gpt_model *m) {
 #endif
   (void)m;
   return 0;
+}
+
+loom_status gpt_model_set_params(gpt_model *m, const float *values) {
+  memcpy(m->params, values, sizeof(float) * m->layout.total);
+#ifdef LOOM_EXAMPLES_GPU
+  if (m->gpu) return gpt_cuda_set_params(m->gpu, m->params);
+#endif
+  return LOOM_OK;
 }
 
 loom_status gpt_model_weights_changed(gpt_model *m) {
@@ -133,18 +147,27 @@ static loom_status mark_ready(gpt_model *m, loom_ddp *ddp) {
 }
 
 loom_status gpt_model_train_chunk(gpt_model *m, const int *tokens, const int *targets,
-                                  double scale, loom_ddp *ddp, double *loss_sum) {
+                                  double scale, int last, loom_ddp *ddp, double *loss_sum) {
 #ifdef LOOM_EXAMPLES_GPU
   if (m->gpu) {
     double sum = 0;
     LOOM_CHECK(gpt_cuda_train_step(m->gpu, tokens, targets, scale, 0, &sum));
     *loss_sum += sum;
-    return mark_ready(m, ddp);
+    return last ? mark_ready(m, ddp) : LOOM_OK;
   }
 #endif
+  /* wte's two parts, the head's and the embedding's, are summed over the micro-batches apart
+   * and added at the end, as a pipeline does where they live on its first and last stages
+   * (gpt_stages.c): pipelined and plain runs then agree bit for bit. */
+  const gpt_tensor *wte = &m->layout.tensor[0], *wpe = &m->layout.tensor[1];
   memset(m->grad32, 0, sizeof(float) * m->layout.total);
-  *loss_sum += gpt_cpu_train_step(m->cpu, m->params, tokens, targets, scale, m->grad32);
+  memset(m->embed32, 0, sizeof(float) * (wpe->offset + wpe->count)); /* wte, wpe lead the layout */
+  *loss_sum += gpt_cpu_train_step(m->cpu, m->params, tokens, targets, scale, m->grad32, m->embed32);
+  for (size_t i = 0; i < wte->count; i++) m->embed_wte64[i] += m->embed32[i];
+  for (size_t i = wpe->offset; i < wpe->offset + wpe->count; i++) m->grad32[i] = m->embed32[i];
   for (size_t i = 0; i < m->layout.total; i++) m->grad64[i] += m->grad32[i];
+  if (!last) return LOOM_OK;
+  for (size_t i = 0; i < wte->count; i++) m->grad64[i] += m->embed_wte64[i];
   return mark_ready(m, ddp);
 }
 

@@ -30,6 +30,9 @@ const gpt_layout *gpt_model_layout(const gpt_model *model);
 loom_status gpt_model_add_params(gpt_model *model, loom_params *params, int decay_group,
                                  int no_decay_group);
 loom_status gpt_model_zero_grad(gpt_model *model);
+/* Every parameter from `values` (layout.total float32, host): for evaluating and sampling a
+ * model trained elsewhere (the stages of a pipeline). */
+loom_status gpt_model_set_params(gpt_model *model, const float *values);
 /* The parameters changed other than through the optimizer (a checkpoint was loaded): on a
  * GPU, the bfloat16 copy is made again from the masters. */
 loom_status gpt_model_weights_changed(gpt_model *model);
@@ -37,10 +40,10 @@ loom_status gpt_model_weights_changed(gpt_model *model);
  * gradient buckets, library workspaces), GiB; 0 on the CPU. */
 double gpt_model_device_gib(const gpt_model *model);
 /* One micro-batch (chunk, T): gradients of (loss sum * scale) accumulate; *loss_sum += the
- * summed cross-entropy. With `ddp`, every gradient is marked ready afterwards (pass it for the
- * step's last micro-batch). */
+ * summed cross-entropy. `last`: the step's last micro-batch; the gradients are then complete
+ * and, with `ddp`, marked ready. */
 loom_status gpt_model_train_chunk(gpt_model *model, const int *tokens, const int *targets,
-                                  double scale, loom_ddp *ddp, double *loss_sum);
+                                  double scale, int last, loom_ddp *ddp, double *loss_sum);
 /* Summed cross-entropy of a micro-batch, no gradient. */
 loom_status gpt_model_eval_chunk(gpt_model *model, const int *tokens, const int *targets,
                                  double *loss_sum);

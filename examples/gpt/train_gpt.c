@@ -1,14 +1,19 @@
-/* GPT-2 language model with data parallelism: byte-level on Debian's fortunes by default,
- * or GPT-2 BPE tokens from llm.c shards.
+/* GPT-2 language model with data and pipeline parallelism: byte-level on Debian's fortunes by
+ * default, or GPT-2 BPE tokens from llm.c shards.
  *
  *   mpirun -np 4 ./train_gpt [--layers 4 --width 128 --heads 4 --context 128 --batch 16 ...]
+ *   mpirun -np 4 ./train_gpt --pp 2 --schedule zbh1 --microbatches 4    # pp 2 x dp 2 (CPU)
  *   ./train_gpt --train-shard train.bin --val-shard val.bin --vocab 50257 ...
  *   ./train_gpt --ckpt-dir ck --resume 1 --sample-only 1 --sample 400
  *
  * The global batch (--batch sequences) is the same whatever the rank count: rank r of the
  * data-parallel group takes sequences [r B/dp, (r+1) B/dp) of each step's batch, in
  * micro-batches of --chunk sequences; AdamW with weight decay on the matrices only, warm-up
- * then cosine, global-norm clipping; checkpoints, resume and snapshots through the loop. */
+ * then cosine, global-norm clipping; checkpoints, resume and snapshots through the loop.
+ * With --pp P > 1 the blocks are split over P pipeline ranks (x --chunks stages each, see
+ * gpt_stages.h) and each data-parallel replica's micro-batches run through --schedule; the
+ * losses and parameters equal the --pp 1 run's bit for bit (with --clip 0; with clipping the
+ * norm's sum is associated differently, within rounding). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,12 +21,15 @@
 #include "blas_kernels.h"
 #include "gpt_data.h"
 #include "gpt_model.h"
+#include "gpt_stages.h"
+#include "parallel/pipeline/executor.h"
 
 typedef struct {
-  const char *data_dir, *train_shard, *val_shard, *metrics_path, *prompt, *attention;
+  const char *data_dir, *train_shard, *val_shard, *metrics_path, *prompt, *attention, *schedule;
   loom_keeper_params keep;
   gpt_shape shape;
-  int batch, chunk, steps, warmup_steps, eval_every, eval_batches, progress_every, stop_at_step;
+  int batch, chunk, microbatches, chunks, steps, warmup_steps, eval_every, eval_batches,
+      progress_every, stop_at_step;
   int sample, top_k, sample_only;
   double lr, weight_decay, clip, temperature, peak_tflops;
 } options;
@@ -45,7 +53,8 @@ static double gpt_flops_per_token(const gpt_shape *s, int T) {
   } while (0)
 
 static int parse_options(options *o, loom_config *config, int argc, char **argv) {
-  *o = (options){.data_dir = GPT_FORTUNES_DIR, .prompt = "\n", .attention = "flash", .keep = LOOM_KEEPER_PARAMS_INIT,
+  *o = (options){.data_dir = GPT_FORTUNES_DIR, .prompt = "\n", .attention = "flash", .schedule = "1f1b",
+                 .keep = LOOM_KEEPER_PARAMS_INIT,
                  .shape = {.layers = 4, .width = 128, .heads = 4, .vocab = 256, .context = 128},
                  .batch = 16, .chunk = 4, .steps = 400, .warmup_steps = 40, .eval_every = 100,
                  .eval_batches = 8, .progress_every = 20, .top_k = 40, .lr = 3e-3,
@@ -61,6 +70,9 @@ static int parse_options(options *o, loom_config *config, int argc, char **argv)
       {"context", LOOM_OPTION_INT, &o->shape.context, "tokens per sequence", NULL, 1, 1 << 16},
       {"batch", LOOM_OPTION_INT, &o->batch, "global batch in sequences (divisible by dp)", NULL, 1, 1 << 20},
       {"chunk", LOOM_OPTION_INT, &o->chunk, "sequences per micro-batch (divides the per-rank batch)", NULL, 1, 1 << 20},
+      {"microbatches", LOOM_OPTION_INT, &o->microbatches, "micro-batches per replica and step (sets --chunk to batch / dp / this); 0 = from --chunk", NULL, 0, 1 << 16},
+      {"schedule", LOOM_OPTION_STRING, &o->schedule, "pipeline schedule with --pp > 1: gpipe, 1f1b, interleaved, zbh1, zbv"},
+      {"chunks", LOOM_OPTION_INT, &o->chunks, "pipeline stages per rank (interleaved: >= 2, zbv: 2); 0 = the schedule's own", NULL, 0, 64},
       {"steps", LOOM_OPTION_INT, &o->steps, "optimizer steps", NULL, 1, 1 << 30},
       {"lr", LOOM_OPTION_DOUBLE, &o->lr, "peak learning rate", NULL, 0, 10},
       {"warmup-steps", LOOM_OPTION_INT, &o->warmup_steps, "linear warm-up steps", NULL, 0, 1 << 30},
@@ -117,6 +129,12 @@ static loom_status evaluate(gpt_model *model, const gpt_tokens *val, const optio
   return LOOM_OK;
 }
 
+/* The pipeline's parameters, each from its stage, into the model that evaluates and samples. */
+static loom_status refresh_model(gpt_stages *stages, gpt_model *model) {
+  LOOM_CHECK(gpt_stages_gather_params(stages));
+  return gpt_model_set_params(model, gpt_stages_params(stages));
+}
+
 static loom_status print_sample(gpt_model *model, const options *o, uint64_t seed) {
   int len = (int)strlen(o->prompt);
   int *prompt = malloc(sizeof(int) * (size_t)(len ? len : 1)), *out = malloc(sizeof(int) * (size_t)(o->sample + 1));
@@ -153,6 +171,10 @@ int main(int argc, char **argv) {
   loom_state *registry = NULL;
   loom_loop *loop = NULL;
   gpt_model *model = NULL;
+  loom_pipeline_schedule *pipeline = NULL; /* --pp > 1 */
+  gpt_stages *stages = NULL;
+  loom_pipeline_executor *executor = NULL;
+  loom_group *pp_group = NULL;
   gpt_tokens train = {0}, val = {0};
   int *tokens = NULL, *targets = NULL;
   if (loom_init(&config, &argc, &argv, &ctx) != LOOM_OK) {
@@ -162,9 +184,15 @@ int main(int argc, char **argv) {
   rank = loom_ctx_rank(ctx);
   loom_mesh_shape shape;
   TRY(loom_mesh_shape_from_config(&config, loom_ctx_size(ctx), &shape));
-  if (shape.pp != 1 || shape.sp != 1)
-    TRY(loom_error_set(LOOM_ERR_ARG, "train_gpt is data-parallel only for now: --pp and --sp "
-                       "must be 1 (got %d and %d)", shape.pp, shape.sp));
+  if (shape.sp != 1)
+    TRY(loom_error_set(LOOM_ERR_ARG, "train_gpt has no sequence parallelism yet: --sp must be 1 "
+                       "(got %d)", shape.sp));
+  if (o.microbatches > 0) {
+    if (o.batch % shape.dp || (o.batch / shape.dp) % o.microbatches)
+      TRY(loom_error_set(LOOM_ERR_ARG, "--batch %d must split into dp=%d replicas of "
+                         "--microbatches %d equal micro-batches", o.batch, shape.dp, o.microbatches));
+    o.chunk = o.batch / shape.dp / o.microbatches;
+  }
   if (o.batch % shape.dp || (o.batch / shape.dp) % o.chunk)
     TRY(loom_error_set(LOOM_ERR_ARG, "--batch %d must split into dp=%d equal parts of whole "
                        "--chunk %d micro-batches", o.batch, shape.dp, o.chunk));
@@ -186,11 +214,27 @@ int main(int argc, char **argv) {
   else if (strcmp(o.attention, "flash") != 0)
     TRY(loom_error_set(LOOM_ERR_ARG, "--attention %s: flash or batched", o.attention));
   TRY(gpt_model_create(ctx, &layout, o.chunk, o.shape.context, config.seed, attention, &model));
+  int local = o.batch / shape.dp, T = o.shape.context;
+  if (shape.pp > 1) { /* the stages own the parameters; `model` evaluates and samples */
+    if (loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
+      TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "train_gpt --pp > 1 runs on the CPU for now "
+                         "(--device cpu)"));
+    loom_pipeline_kind kind;
+    TRY(loom_pipeline_kind_parse(o.schedule, &kind));
+    TRY(loom_pipeline_schedule_create(kind, shape.pp, local / o.chunk, o.chunks, &pipeline));
+    pp_group = loom_mesh_group(mesh, LOOM_AXIS_PP);
+    if (!pp_group) TRY(LOOM_ERR_INTERNAL);
+    TRY(gpt_stages_create(pp_group, &layout, pipeline, o.chunk, T, config.seed, &stages));
+    loom_pipeline_executor_params ep = LOOM_PIPELINE_EXECUTOR_PARAMS_INIT;
+    gpt_stages_executor_params(stages, &ep);
+    TRY(loom_pipeline_executor_create(pp_group, &ep, &executor));
+  }
   TRY(loom_params_create(mesh, &params));
   loom_param_group no_decay = {.name = "no_decay", .weight_decay = 0.0, .lr_scale = 1.0};
   int no_decay_group = 0;
   TRY(loom_params_add_group(params, &no_decay, &no_decay_group));
-  TRY(gpt_model_add_params(model, params, 0, no_decay_group));
+  if (stages) TRY(gpt_stages_add_params(stages, params, 0, no_decay_group));
+  else TRY(gpt_model_add_params(model, params, 0, no_decay_group));
   loom_ddp_params ddp_params = {.bucket_bytes = 8u << 20, .overlap = 1, .op = LOOM_OP_SUM};
   TRY(loom_ddp_create(grad_group, &ddp_params, &ddp));
   TRY(loom_ddp_add_params(ddp, params, LOOM_AXIS_GRAD));
@@ -207,7 +251,6 @@ int main(int argc, char **argv) {
   int32_t saved_shape[5] = {o.shape.layers, o.shape.width, o.shape.heads, o.shape.vocab, o.shape.context};
   loom_state_spec shape_spec = {.dtype = LOOM_INT32, .ndims = 1, .shape = {5}};
   TRY(loom_state_register(registry, "gpt.shape", &shape_spec, loom_buf_host(saved_shape, 5, LOOM_INT32)));
-  int T = o.shape.context, local = o.batch / shape.dp;
   loom_loop_params lp = {.total_steps = o.steps, .stop_at_step = o.stop_at_step,
                          .progress_every = o.progress_every,
                          .items_per_step = (double)o.batch * T, .items_name = "tokens",
@@ -229,21 +272,37 @@ int main(int argc, char **argv) {
   targets = malloc(sizeof(int) * (size_t)o.chunk * T);
   if (!tokens || !targets) TRY(loom_error_set(LOOM_ERR_NOMEM, "batch buffers"));
   if (rank == 0)
-    printf("train_gpt: %d ranks (dp=%d), GPT L%d d%d H%d V%d context %d (%zu parameters), "
+    printf("train_gpt: %d ranks (dp=%d pp=%d), GPT L%d d%d H%d V%d context %d (%zu parameters), "
            "batch %d x %d tokens, %zu train / %zu validation tokens\n", loom_ctx_size(ctx),
-           shape.dp, o.shape.layers, o.shape.width, o.shape.heads, o.shape.vocab, T,
+           shape.dp, shape.pp, o.shape.layers, o.shape.width, o.shape.heads, o.shape.vocab, T,
            layout.total, o.batch, T, train.count, val.count);
+  if (rank == 0 && stages)
+    printf("pipeline: %s, %d micro-batches of %d sequences, %d stages (%d per rank), "
+           "%.1f MB of activations in flight on rank 0\n", o.schedule, local / o.chunk, o.chunk,
+           loom_pipeline_schedule_stages(pipeline), loom_pipeline_schedule_chunks(pipeline),
+           gpt_stages_activation_bytes(stages) / 1e6);
   double val_loss = 0, step_loss = 0;
   int64_t step;
   while (!o.sample_only && loom_loop_next(loop, &step)) {
     step_loss = 0;
-    TRY(gpt_model_zero_grad(model));
+    double scale = 1.0 / ((double)o.batch * T);
     TRY(loom_ddp_begin(ddp, 1));
-    for (int c = 0; c < local; c += o.chunk) {
-      TRY(gpt_data_batch(&train, config.seed, step, loom_mesh_my_coords(mesh).dp * local + c,
-                         o.chunk, T, tokens, targets));
-      TRY(gpt_model_train_chunk(model, tokens, targets, 1.0 / ((double)o.batch * T),
-                                c + o.chunk >= local ? ddp : NULL, &step_loss));
+    if (stages) {
+      TRY(gpt_stages_begin_step(stages, scale, ddp));
+      for (int c = 0; c < local; c += o.chunk) {
+        TRY(gpt_data_batch(&train, config.seed, step, loom_mesh_my_coords(mesh).dp * local + c,
+                           o.chunk, T, tokens, targets));
+        TRY(gpt_stages_set_microbatch(stages, c / o.chunk, tokens, targets));
+      }
+      TRY(loom_pipeline_executor_step(executor));
+      TRY(gpt_stages_end_step(stages, &step_loss));
+    } else {
+      TRY(gpt_model_zero_grad(model));
+      for (int c = 0; c < local; c += o.chunk) {
+        TRY(gpt_data_batch(&train, config.seed, step, loom_mesh_my_coords(mesh).dp * local + c,
+                           o.chunk, T, tokens, targets));
+        TRY(gpt_model_train_chunk(model, tokens, targets, scale, c + o.chunk >= local, ddp, &step_loss));
+      }
     }
     TRY(loom_ddp_finish(ddp));
     loom_buf one = loom_buf_host(&step_loss, 1, LOOM_FLOAT64);
@@ -255,6 +314,7 @@ int main(int argc, char **argv) {
     TRY(loom_loop_end_step(loop, step_loss));
     int last = step + 1 == o.steps || loom_loop_stopped(loop);
     if (!last && (o.eval_every == 0 || (step + 1) % o.eval_every != 0)) continue;
+    if (stages) TRY(refresh_model(stages, model));
     TRY(evaluate(model, &val, &o, grad_group, tokens, targets, &val_loss));
     if (rank == 0) printf("step %lld  train loss %.6f  validation loss %.6f\n", (long long)step + 1, step_loss, val_loss);
     char fields[128];
@@ -262,6 +322,7 @@ int main(int argc, char **argv) {
     TRY(loom_loop_metrics(loop, fields));
   }
   TRY(loom_loop_finish(loop, &exit_code));
+  if (stages && (o.sample_only || o.sample > 0)) TRY(refresh_model(stages, model));
   if (o.sample_only) TRY(evaluate(model, &val, &o, grad_group, tokens, targets, &val_loss));
   if (rank == 0) printf("final train_loss=%.10g val_loss=%.10g\n", step_loss, val_loss);
   if (rank == 0 && loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
@@ -276,6 +337,9 @@ done:
   loom_optim_destroy(optim);
   loom_ddp_destroy(ddp);
   loom_params_destroy(params);
+  loom_pipeline_executor_destroy(executor);
+  gpt_stages_destroy(stages);
+  loom_pipeline_schedule_destroy(pipeline);
   gpt_model_destroy(model);
   loom_mesh_destroy(mesh);
   if (code != 0 && loom_ctx_size(ctx) > 1) MPI_Abort(MPI_COMM_WORLD, code);

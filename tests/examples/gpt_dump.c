@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
   }
   gpt_head_forward(model, params, x, NULL, 1.0);
   for (size_t i = 0; i < N * (size_t)shape.vocab; i++) logits[i] = gpt_head_logits(model)[i];
-  double loss = gpt_cpu_train_step(model, params, tokens, targets, 1.0 / (double)N, grads) / N;
+  double loss = gpt_cpu_train_step(model, params, tokens, targets, 1.0 / (double)N, grads, grads) / N;
 
   int ok = 1;
   hid_t file = H5Fcreate(argv[1], H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);

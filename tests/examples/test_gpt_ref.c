@@ -65,7 +65,7 @@ static void check_shape(gpt_shape shape, int B, int T, uint64_t seed) {
     failures++;
     goto done;
   }
-  double loss32 = gpt_cpu_train_step(model, params, tokens, targets, 1.0 / (double)N, grads) / N;
+  double loss32 = gpt_cpu_train_step(model, params, tokens, targets, 1.0 / (double)N, grads, grads) / N;
   char what[128];
   snprintf(what, sizeof what, "L%d d%d H%d V%d T%d: loss %.9f vs reference %.9f (relative)",
            shape.layers, shape.width, shape.heads, shape.vocab, T, loss32, loss64);
