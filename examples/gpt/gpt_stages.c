@@ -164,6 +164,12 @@ void gpt_stages_destroy(gpt_stages *g) {
 const float *gpt_stages_params(const gpt_stages *g) { return g->params; }
 size_t gpt_stages_activation_bytes(const gpt_stages *g) { return g->activation_bytes; }
 
+double gpt_stages_microbatches_in_flight(const gpt_stages *g) {
+  int slots = 0;
+  for (int c = 0; c < g->chunks; c++) slots += g->local[c].slot_count;
+  return (double)slots / g->chunks;
+}
+
 loom_status gpt_stages_add_params(gpt_stages *g, loom_params *params, int decay_group,
                                   int no_decay_group) {
   for (int i = 0; i < g->layout.count; i++) {

@@ -55,7 +55,10 @@ loom_status gpt_stages_end_step(gpt_stages *stages, double *loss_sum);
 loom_status gpt_stages_gather_params(gpt_stages *stages);
 /* The whole float32 parameter array (current after gpt_stages_gather_params). */
 const float *gpt_stages_params(const gpt_stages *stages);
-/* Activation bytes this rank holds for micro-batches in flight (all slots of all stages). */
+/* Activation bytes this rank holds for micro-batches in flight (all slots of all stages), and
+ * how many micro-batches that is as a whole rank's worth (a chunk's slot counts 1 / chunks):
+ * the schedule's peak in flight on this rank. */
 size_t gpt_stages_activation_bytes(const gpt_stages *stages);
+double gpt_stages_microbatches_in_flight(const gpt_stages *stages);
 
 #endif

@@ -278,9 +278,10 @@ int main(int argc, char **argv) {
            layout.total, o.batch, T, train.count, val.count);
   if (rank == 0 && stages)
     printf("pipeline: %s, %d micro-batches of %d sequences, %d stages (%d per rank), "
-           "%.1f MB of activations in flight on rank 0\n", o.schedule, local / o.chunk, o.chunk,
-           loom_pipeline_schedule_stages(pipeline), loom_pipeline_schedule_chunks(pipeline),
-           gpt_stages_activation_bytes(stages) / 1e6);
+           "%.1f MB of activations in flight on rank 0 (%.2f micro-batches of its stages)\n",
+           o.schedule, local / o.chunk, o.chunk, loom_pipeline_schedule_stages(pipeline),
+           loom_pipeline_schedule_chunks(pipeline), gpt_stages_activation_bytes(stages) / 1e6,
+           gpt_stages_microbatches_in_flight(stages));
   double val_loss = 0, step_loss = 0;
   int64_t step;
   while (!o.sample_only && loom_loop_next(loop, &step)) {

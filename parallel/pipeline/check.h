@@ -54,7 +54,7 @@ loom_status loom_pipeline_check(const loom_pipeline_schedule *schedule,
 
 /* The textbook figures at F = I = W (costs ignored otherwise), for comparison with the
  * checker's: bubble (p - 1) / m (GPipe, 1F1B), (p - 1) / (v m) (interleaved), (p - 1) / (3 m)
- * (ZB-H1), (p - 1) / (6 m) (ZB-V: the last rank's late start, the least a V can do); peak
+ * (ZB-H1), (p - 1) / (6 m) (ZB-V: a lower bound, the last rank's late start); peak
  * activations m (GPipe), min(p, m) (1F1B, ZB-H1), p + (p - 1) / v (interleaved, when p divides
  * m), p (ZB-V). Meaningful for m >= p. */
 void loom_pipeline_theory(loom_pipeline_kind kind, int ranks, int microbatches, int chunks,

@@ -12,9 +12,10 @@
  *   4. else it idles until the earliest of its F and I becomes ready.
  * The earliest-starting choice over all ranks is taken first, so no later choice can enable an
  * earlier one. The result is the order only; timing at other costs is the checker's business.
- * At unit costs it gives ZB-H1's bubble (p - 1) / (3 m) and, for ZB-V, (p - 1) / (6 m): the last
- * rank's first forward cannot start before p - 1 half-stage forwards, the least any V schedule
- * can do. (The caps and limits were chosen by searching the rules above for the ones that
+ * At unit costs it gives ZB-H1's bubble (p - 1) / (3 m) for every m >= p, and ZB-V's bound
+ * (p - 1) / (6 m) (the last rank's first forward cannot start before p - 1 half-stage
+ * forwards, the least any V schedule can do) at m = p and m > 5 p / 4; in between it stays
+ * within 0.05 of it (tests/unit/unit_pipeline.c). (The caps and limits were chosen by searching the rules above for the ones that
  * reach these bubbles over pp 2..8 and m p..32 at the least memory.) */
 #include <stdlib.h>
 
