@@ -119,12 +119,26 @@ static loom_status compute(loom_pipeline_executor *e, const loom_pipeline_action
   return LOOM_OK;
 }
 
+// The stage's prefetch for the next compute after `at`, when it is a backward.
+static loom_status prefetch_next(loom_pipeline_executor *e, int at) {
+  if (!e->ops.prefetch) return LOOM_OK;
+  for (int k = at + 1; k < e->count; k++) {
+    const loom_pipeline_action *a = &e->actions[k];
+    if (!is_compute(a->op)) continue;
+    if (a->op == LOOM_PIPELINE_BACKWARD || a->op == LOOM_PIPELINE_BACKWARD_INPUT)
+      return e->ops.prefetch(e->ops.user, a->stage, a->microbatch);
+    return LOOM_OK;
+  }
+  return LOOM_OK;
+}
+
 static loom_status run_step(loom_pipeline_executor *e) {
   LOOM_CHECK(post_ahead(e, 0));
   for (int i = 0; i < e->count; i++) {
     const loom_pipeline_action *a = &e->actions[i];
     if (is_compute(a->op)) {
       LOOM_CHECK(post_ahead(e, i));
+      LOOM_CHECK(prefetch_next(e, i));
       loom_status status = compute(e, a);
       if (status != LOOM_OK) {
         char what[400];

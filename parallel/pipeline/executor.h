@@ -52,6 +52,10 @@ typedef struct {
    * Where data parallelism starts the stage's gradient reduction over its DP group (async,
    * waited for after the step), so it overlaps the rest of the pipeline. */
   loom_status (*stage_finished)(void *user, int stage);
+  /* Optional: the backward (B or I) of (stage, microbatch) is this rank's next compute but one;
+   * called before the compute in between, so a stash offloaded to the host (offload.h) comes
+   * back while it runs. */
+  loom_status (*prefetch)(void *user, int stage, int microbatch);
 } loom_pipeline_stage_ops;
 
 typedef struct {

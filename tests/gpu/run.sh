@@ -2,7 +2,7 @@
 # On the GPU machine, in one call: build loom with CUDA and NCCL, run the GPU tests at 1, 2
 # and 4 GPUs (as many as the machine has), then the device benchmarks (loom vs raw NCCL vs
 # torch.distributed). Logs go to $OUT (or /tmp/loom-gpu); a short summary is printed last.
-#   bash tests/gpu/run.sh [tests|bench|all|ddp|ckpt|coll|snapshot|profile|gpt|gpt-torch|gpt-profile]   (bench = ddp + ckpt + coll + snapshot + gpt bench)
+#   bash tests/gpu/run.sh [tests|bench|all|ddp|ckpt|coll|snapshot|profile|gpt|gpt-torch|gpt-profile|pipeline]   (bench = ddp + ckpt + coll + snapshot + gpt bench)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
@@ -124,6 +124,18 @@ if [ "$what" = gpt ] || [ "$what" = tests ] || [ "$what" = all ]; then
 fi
 if [ "$what" = gpt ] || [ "$what" = bench ] || [ "$what" = all ]; then
   bash bench/gpt_gpu_bench.sh build-gpu 40 python3 2>&1 | tee "$out/gpt-bench.txt"
+fi
+
+if [ "$what" = pipeline ] || [ "$what" = tests ] || [ "$what" = all ]; then
+  # Activation offload in a pipeline of ranks sharing the GPU (staged path): small shapes for
+  # correctness at pp 2, then the measurement at pp 4 (gradients compared bit for bit in both).
+  pipe_env=("${gpu_env[@]}" -x LOOM_SHARE_GPUS=1 -x LOOM_DEVICE_COMM=staged -x LOOM_TIMEOUT=60)
+  check "pipeline-offload-small-np2" "${limit[@]}" "${mpi[@]}" -np 2 "${pipe_env[@]}" \
+    build-gpu/bench/loom-pipeline-offload-bench --rows 64 --width 256 --layers 2 --microbatches 4 --steps 1
+  for np in 2 4; do
+    check "pipeline-offload-np$np" bash -c "${limit[*]} ${mpi[*]} -np $np ${pipe_env[*]} build-gpu/bench/loom-pipeline-offload-bench | tee $out/offload-np$np.txt"
+    cat "$out/offload-np$np.txt"
+  done
 fi
 
 if [ "$what" = gpt-profile ]; then
