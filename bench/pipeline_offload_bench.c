@@ -7,7 +7,7 @@
  *
  *   mpirun -np 4 -x LOOM_DEVICE=cuda -x LOOM_SHARE_GPUS=1 -x LOOM_DEVICE_COMM=staged \
  *     loom-pipeline-offload-bench [--rows 1024] [--width 8192] [--layers 4] [--microbatches 8]
- *                                 [--slots 2] [--steps 3]
+ *                                 [--slots 2] [--steps 3] [--ratio 1]
  * Stage model: K layers x_{k+1} = x_k W_k, stash x_0 .. x_K ((K + 1) N d floats per micro-batch);
  * the last stage's loss is |x_K|^2 / 2. Exit 77 without a GPU. */
 #include <cublas_v2.h>
@@ -156,18 +156,21 @@ static void run_mode(chain *c, loom_group *world, const loom_pipeline_schedule *
 
 int main(int argc, char **argv) {
   int rows = 1024, width = 8192, layers = 4, microbatches = 8, slots = 2, steps = 3;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    int *v = strcmp(argv[i], "--rows") == 0 ? &rows : strcmp(argv[i], "--width") == 0 ? &width
-           : strcmp(argv[i], "--layers") == 0 ? &layers : strcmp(argv[i], "--microbatches") == 0 ? &microbatches
-           : strcmp(argv[i], "--slots") == 0 ? &slots : strcmp(argv[i], "--steps") == 0 ? &steps : NULL;
-    if (!v || (*v = atoi(argv[i + 1])) < 1) {
-      fprintf(stderr, "usage: loom-pipeline-offload-bench [--rows N] [--width D] [--layers K] "
-                      "[--microbatches M] [--slots S] [--steps T] (each >= 1)\n");
-      return 2;
-    }
-  }
+  double ratio = 1.0;
+  const loom_option table[] = {
+      {"rows", LOOM_OPTION_INT, &rows, "rows N of every activation", NULL, 1, 1 << 20},
+      {"width", LOOM_OPTION_INT, &width, "layer width D (weights D x D)", NULL, 1, 1 << 16},
+      {"layers", LOOM_OPTION_INT, &layers, "layers K per stage", NULL, 1, 64},
+      {"microbatches", LOOM_OPTION_INT, &microbatches, "micro-batches per step", NULL, 1, 1024},
+      {"slots", LOOM_OPTION_INT, &slots, "device stash slots when offloading", NULL, 1, 1024},
+      {"steps", LOOM_OPTION_INT, &steps, "timed steps (after one warm-up)", NULL, 1, 1000},
+      {"ratio", LOOM_OPTION_DOUBLE, &ratio, "share of the micro-batches offloaded", NULL, 0, 1},
+  };
   loom_config config = LOOM_CONFIG_INIT;
-  if (loom_config_parse(&config, NULL, 0, argc, argv) != LOOM_OK) return 2;
+  if (loom_config_parse(&config, table, (int)(sizeof table / sizeof table[0]), argc, argv) != LOOM_OK) {
+    fprintf(stderr, "loom-pipeline-offload-bench: %s\n", loom_error_string());
+    return 2;
+  }
   loom_ctx *ctx;
   loom_status st = loom_init(&config, &argc, &argv, &ctx);
   if (st == LOOM_ERR_UNSUPPORTED) {
@@ -203,7 +206,7 @@ int main(int argc, char **argv) {
   double ms[2];
   size_t peak[2];
   run_mode(&c, world, schedule, microbatches, 0.0, steps, grads[0], &ms[0], &peak[0]);
-  run_mode(&c, world, schedule, slots, 1.0, steps, grads[1], &ms[1], &peak[1]);
+  run_mode(&c, world, schedule, slots, ratio, steps, grads[1], &ms[1], &peak[1]);
   long differ = 0;
   for (size_t i = 0; i < wcount; i++) differ += memcmp(&grads[0][i], &grads[1][i], sizeof(float)) != 0;
   long all_differ;
@@ -215,7 +218,7 @@ int main(int argc, char **argv) {
     printf("%-28s %14s %10s\n", "mode", "stash MB peak", "ms/step");
     printf("%-28s %14.1f %10.1f\n", "on the GPU", peak[0] / 1e6, ms[0]);
     char mode[64];
-    snprintf(mode, sizeof mode, "offloaded (%d device slots)", slots);
+    snprintf(mode, sizeof mode, "offloaded %.0f%% (%d slots)", 100 * ratio, slots);
     printf("%-28s %14.1f %10.1f\n", mode, peak[1] / 1e6, ms[1]);
     printf("memory %.2fx, step time %+.1f%%; gradients %s (%ld of %zu elements differ)\n",
            (double)peak[1] / (double)peak[0], 100 * (ms[1] / ms[0] - 1),

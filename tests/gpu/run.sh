@@ -136,6 +136,8 @@ if [ "$what" = pipeline ] || [ "$what" = tests ] || [ "$what" = all ]; then
     check "pipeline-offload-np$np" bash -c "${limit[*]} ${mpi[*]} -np $np ${pipe_env[*]} build-gpu/bench/loom-pipeline-offload-bench | tee $out/offload-np$np.txt"
     cat "$out/offload-np$np.txt"
   done
+  check "pipeline-offload-np4-half" bash -c "${limit[*]} ${mpi[*]} -np 4 ${pipe_env[*]} build-gpu/bench/loom-pipeline-offload-bench --ratio 0.5 --slots 4 | tee $out/offload-np4-half.txt"
+  cat "$out/offload-np4-half.txt"
 fi
 
 if [ "$what" = gpt-profile ]; then
