@@ -256,6 +256,13 @@ loom_status loom_pipeline_executor_create(loom_group *pp, const loom_pipeline_ex
   if (loom_pipeline_schedule_stages(s) > 1 && !params->boundaries)
     return loom_error_set(LOOM_ERR_ARG, "pipeline executor: %d stages need %d boundary tensors",
                           loom_pipeline_schedule_stages(s), loom_pipeline_schedule_stages(s) - 1);
+  if (params->on_device && !loom_ctx_device_staged(loom_group_ctx(pp)))
+    /* NCCL matches point-to-point by order and an early receive holds the stream it is on:
+     * receives posted ahead could wait behind each other's sends. Not built yet. */
+    return loom_error_set(LOOM_ERR_UNSUPPORTED, "pipeline executor on rank %d: device buffers "
+                          "over NCCL are not supported yet; run the ranks with "
+                          "LOOM_DEVICE_COMM=staged (--device-comm staged), or keep the boundary "
+                          "buffers on the host", loom_group_rank(pp));
   loom_pipeline_executor *e = calloc(1, sizeof *e);
   if (!e) return loom_error_set(LOOM_ERR_NOMEM, "allocating the pipeline executor");
   e->pp = pp, e->ctx = loom_group_ctx(pp), e->schedule = s, e->ops = params->ops;

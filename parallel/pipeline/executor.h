@@ -11,7 +11,10 @@
  * Buffers: the executor owns, for each micro-batch, the activation and the gradient at each
  * boundary next to one of this rank's stages (boundary b lies between stage b and b + 1).
  * The callbacks read and write them in place; a boundary between two stages of this rank (the
- * turn of ZB-V) is one buffer both stages use, with no transfer. */
+ * turn of ZB-V) is one buffer both stages use, with no transfer.
+ *
+ * Device buffers go through the staged path (tagged MPI matching); over NCCL, which matches
+ * point-to-point by order and holds a stream on an early receive, they are refused for now. */
 #ifndef LOOM_PARALLEL_PIPELINE_EXECUTOR_H
 #define LOOM_PARALLEL_PIPELINE_EXECUTOR_H
 
