@@ -122,8 +122,13 @@ static void run_mode(chain *c, loom_group *world, const loom_pipeline_schedule *
                      double ratio, int steps, float *grads_out, double *step_ms, size_t *peak_bytes) {
   int m = loom_pipeline_schedule_microbatches(schedule), S = loom_pipeline_schedule_stages(schedule);
   size_t stash = sizeof(float) * matrix(c) * ((size_t)c->layers + 1);
-  loom_offload_params op = {.stash_bytes = stash, .device_slots = slots, .microbatches = m, .chunks = 1, .ratio = ratio};
+  unsigned char *plan = malloc((size_t)m); /* PipeOffload's pick: the longest-lived go */
+  if (!plan) BENCH_CHECK(LOOM_ERR_NOMEM);
+  BENCH_CHECK(loom_offload_plan(schedule, loom_group_rank(world), ratio, plan));
+  loom_offload_params op = {.stash_bytes = stash, .device_slots = slots, .microbatches = m,
+                            .chunks = 1, .ratio = ratio, .plan = plan};
   BENCH_CHECK(loom_offload_create(c->ctx, &op, &c->offload));
+  free(plan); /* read at creation */
   loom_pipeline_tensor *boundaries = malloc(sizeof *boundaries * (size_t)S);
   for (int b = 0; b < S - 1; b++) boundaries[b] = (loom_pipeline_tensor){matrix(c), LOOM_FLOAT32};
   loom_pipeline_executor_params params = LOOM_PIPELINE_EXECUTOR_PARAMS_INIT;

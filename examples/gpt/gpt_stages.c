@@ -4,6 +4,7 @@
  * the micro-batch's last backward pass (B, or W when split). */
 #include "gpt_stages.h"
 
+#include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -105,6 +106,13 @@ loom_status gpt_stages_create(loom_group *pp, const gpt_layout *layout,
   if (loom_group_size(pp) != loom_pipeline_schedule_ranks(schedule))
     return loom_error_set(LOOM_ERR_ARG, "pipeline: the PP group has %d ranks, the schedule %d",
                           loom_group_size(pp), loom_pipeline_schedule_ranks(schedule));
+  int flag = 0, *tag_ub = NULL, m = loom_pipeline_schedule_microbatches(schedule);
+  if (MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &tag_ub, &flag) != MPI_SUCCESS)
+    return loom_error_set(LOOM_ERR_MPI, "GPT stages: reading MPI_TAG_UB failed");
+  if (flag && 2LL * m * S + 1 > *tag_ub) /* wte_tag and wte_tag + 1 */
+    return loom_error_set(LOOM_ERR_ARG, "GPT stages: %d micro-batches x %d stages need message "
+                          "tags up to %lld, MPI allows %d; use fewer micro-batches", m, S,
+                          2LL * m * S + 1, *tag_ub);
   gpt_stages *g = calloc(1, sizeof *g);
   if (!g) return loom_error_set(LOOM_ERR_NOMEM, "GPT stages");
   g->layout = *layout, g->schedule = schedule, g->pp = pp, g->rank = loom_group_rank(pp);
@@ -195,7 +203,7 @@ loom_status gpt_stages_set_microbatch(gpt_stages *g, int j, const int *tokens, c
   return LOOM_OK;
 }
 
-/* Tags of the two wte transfers, above the executor's (2 m (S - 1)). */
+/* Tags of the two wte transfers, above the executor's (below 2 m S); checked at creation. */
 static int wte_tag(const gpt_stages *g) { return 2 * g->m * g->S; }
 
 loom_status gpt_stages_begin_step(gpt_stages *g, double scale, loom_ddp *ddp) {
@@ -265,8 +273,14 @@ static void add_pass(gpt_stages *g, int first, int end, double *into) {
 static loom_status on_forward(void *user, int stage, int j, const loom_buf *input, loom_buf *output) {
   gpt_stages *g = user;
   local_stage *l = local_of(g, stage);
-  if (!l || l->free_count == 0 || l->slot_of[j] >= 0)
-    return loom_error_set(LOOM_ERR_INTERNAL, "GPT stage %d: no free slot for micro-batch %d", stage, j);
+  if (!l)
+    return loom_error_set(LOOM_ERR_INTERNAL, "GPT stages: stage %d is not on pipeline rank %d", stage, g->rank);
+  if (l->slot_of[j] >= 0)
+    return loom_error_set(LOOM_ERR_INTERNAL, "GPT stage %d: second forward of micro-batch %d", stage, j);
+  if (l->free_count == 0)
+    return loom_error_set(LOOM_ERR_INTERNAL, "GPT stage %d: all %d activation slots in use at the "
+                          "forward of micro-batch %d (the schedule has more in flight than counted)",
+                          stage, l->slot_count, j);
   int k = l->slot_of[j] = l->free_slots[--l->free_count];
   slot *sl = &l->slots[k];
   size_t nd = g->N * g->d;

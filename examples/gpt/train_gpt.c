@@ -223,7 +223,7 @@ int main(int argc, char **argv) {
     TRY(loom_pipeline_kind_parse(o.schedule, &kind));
     TRY(loom_pipeline_schedule_create(kind, shape.pp, local / o.chunk, o.chunks, &pipeline));
     pp_group = loom_mesh_group(mesh, LOOM_AXIS_PP);
-    if (!pp_group) TRY(LOOM_ERR_INTERNAL);
+    if (!pp_group) TRY(LOOM_ERR_INTERNAL); /* loom_mesh_group set the message */
     TRY(gpt_stages_create(pp_group, &layout, pipeline, o.chunk, T, config.seed, &stages));
     loom_pipeline_executor_params ep = LOOM_PIPELINE_EXECUTOR_PARAMS_INIT;
     gpt_stages_executor_params(stages, &ep);

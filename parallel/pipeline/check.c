@@ -12,11 +12,15 @@ typedef struct {
   loom_pipeline_costs costs;
   int m, S, p;
   double *forward_done, *input_done, *weight_done;  // finish times
-  double *activation_arrival, *gradient_arrival;    // by consumer stage: when the data is there
-  char *activation_received, *gradient_received;    // by consumer stage
+  double *activation_arrival, *gradient_arrival;    // by boundary: when the data is there
+  char *activation_received, *gradient_received;    // by boundary
   int *next, *live, *pending, *peak_live, *peak_pending; // (ranks)
   double *clock, *busy;                             // (ranks)
 } sim;
+
+static const char *kind_name(const sim *z) {
+  return loom_pipeline_kind_name(loom_pipeline_schedule_kind(z->s));
+}
 
 static void describe(const loom_pipeline_action *a, char *text, size_t size) {
   if (a->peer >= 0)
@@ -33,14 +37,15 @@ static loom_status broken(const sim *z, int rank, int index, const loom_pipeline
   char text[128];
   describe(a, text, sizeof text);
   return loom_error_set(LOOM_ERR_ARG, "%s schedule (pp=%d, micro-batches=%d, chunks=%d): rank %d, "
-                        "action %d (%s): %s", loom_pipeline_kind_name(loom_pipeline_schedule_kind(z->s)),
+                        "action %d (%s): %s", kind_name(z),
                         z->p, z->m, loom_pipeline_schedule_chunks(z->s), rank, index, text, rule);
 }
 
-// The transfer's peer must be the rank of the neighbouring stage, on another rank.
-static int wrong_peer(const sim *z, int rank, const loom_pipeline_action *a, int neighbour) {
-  if (neighbour < 0 || neighbour >= z->S) return 1;
-  int owner = loom_pipeline_stage_rank(z->s, neighbour);
+// A transfer must cross a boundary next to its stage, to the rank of the stage on the other
+// side, which is another rank.
+static int wrong_peer(const sim *z, int rank, const loom_pipeline_action *a, int boundary) {
+  if (boundary < 0 || boundary >= z->S - 1) return 1;
+  int owner = loom_pipeline_stage_rank(z->s, boundary == a->stage ? boundary + 1 : boundary);
   return owner == rank || a->peer != owner;
 }
 
@@ -53,7 +58,8 @@ static int step(sim *z, int r, double *start) {
   if (j < 0 || j >= z->m || st < 0 || st >= S)
     return broken(z, r, index, a, "micro-batch or stage out of range");
   if (loom_pipeline_stage_rank(z->s, st) != r) return broken(z, r, index, a, "stage is another rank's");
-  if (loom_pipeline_rank_stage(z->s, r, a->chunk) != st)
+  if (a->chunk < 0 || a->chunk >= loom_pipeline_schedule_chunks(z->s) ||
+      loom_pipeline_rank_stage(z->s, r, a->chunk) != st)
     return broken(z, r, index, a, "chunk does not hold that stage");
   int at = j * S + st;
   double now = z->clock[r], cost = 0;
@@ -61,7 +67,7 @@ static int step(sim *z, int r, double *start) {
   case LOOM_PIPELINE_FORWARD:
     if (z->forward_done[at] >= 0) return broken(z, r, index, a, "second forward");
     if (st > 0 && !(loom_pipeline_stage_rank(z->s, st - 1) == r ? z->forward_done[at - 1] >= 0
-                                                               : z->activation_received[at]))
+                                                               : z->activation_received[at - 1]))
       return broken(z, r, index, a, "its input activation is neither computed here nor received before");
     cost = z->costs.forward;
     z->forward_done[at] = now + cost;
@@ -93,24 +99,25 @@ static int step(sim *z, int r, double *start) {
     z->live[r]--;
     break;
   case LOOM_PIPELINE_SEND_ACTIVATION:
-    if (wrong_peer(z, r, a, st + 1)) return broken(z, r, index, a, "peer is not the rank of stage + 1");
-    if (z->forward_done[at] < 0) return broken(z, r, index, a, "sent before its forward");
-    if (z->activation_arrival[at + 1] >= 0) return broken(z, r, index, a, "sent twice");
-    z->activation_arrival[at + 1] = now + z->costs.transfer;
+  case LOOM_PIPELINE_SEND_GRADIENT: {
+    int activation = a->op == LOOM_PIPELINE_SEND_ACTIVATION, b = loom_pipeline_transfer_boundary(a);
+    if (wrong_peer(z, r, a, b))
+      return broken(z, r, index, a, activation ? "peer is not the rank of stage + 1"
+                                               : "peer is not the rank of stage - 1");
+    if ((activation ? z->forward_done[at] : z->input_done[at]) < 0)
+      return broken(z, r, index, a, activation ? "sent before its forward" : "sent before its backward");
+    double *arrival = activation ? &z->activation_arrival[j * S + b] : &z->gradient_arrival[j * S + b];
+    if (*arrival >= 0) return broken(z, r, index, a, "sent twice");
+    *arrival = now + z->costs.transfer;
     break;
-  case LOOM_PIPELINE_SEND_GRADIENT:
-    if (wrong_peer(z, r, a, st - 1)) return broken(z, r, index, a, "peer is not the rank of stage - 1");
-    if (z->input_done[at] < 0) return broken(z, r, index, a, "sent before its backward");
-    if (z->gradient_arrival[at - 1] >= 0) return broken(z, r, index, a, "sent twice");
-    z->gradient_arrival[at - 1] = now + z->costs.transfer;
-    break;
+  }
   case LOOM_PIPELINE_RECV_ACTIVATION:
   case LOOM_PIPELINE_RECV_GRADIENT: {
-    int activation = a->op == LOOM_PIPELINE_RECV_ACTIVATION;
-    if (wrong_peer(z, r, a, activation ? st - 1 : st + 1))
+    int activation = a->op == LOOM_PIPELINE_RECV_ACTIVATION, b = loom_pipeline_transfer_boundary(a);
+    if (wrong_peer(z, r, a, b))
       return broken(z, r, index, a, "peer is not the rank of the neighbouring stage");
-    char *received = activation ? &z->activation_received[at] : &z->gradient_received[at];
-    double arrival = activation ? z->activation_arrival[at] : z->gradient_arrival[at];
+    char *received = activation ? &z->activation_received[j * S + b] : &z->gradient_received[j * S + b];
+    double arrival = activation ? z->activation_arrival[j * S + b] : z->gradient_arrival[j * S + b];
     if (*received) return broken(z, r, index, a, "received twice");
     if (arrival < 0) return 0; // its send is not posted yet: wait
     *received = 1;
@@ -143,7 +150,7 @@ static loom_status deadlock(const sim *z) {
   }
   return loom_error_set(LOOM_ERR_STATE, "%s schedule (pp=%d, micro-batches=%d): deadlock, every "
                         "unfinished rank waits on a receive: %s",
-                        loom_pipeline_kind_name(loom_pipeline_schedule_kind(z->s)), z->p, z->m, text);
+                        kind_name(z), z->p, z->m, text);
 }
 
 // After the run: every pass of every micro-batch on every stage, every send received.
@@ -157,15 +164,14 @@ static loom_status complete(const sim *z) {
       if (missing)
         return loom_error_set(LOOM_ERR_ARG, "%s schedule: micro-batch %d never runs its %s on "
                               "stage %d (rank %d)",
-                              loom_pipeline_kind_name(loom_pipeline_schedule_kind(z->s)), j,
+                              kind_name(z), j,
                               missing, st, r);
-      if ((z->activation_arrival[at] >= 0 && !z->activation_received[at]) ||
-          (z->gradient_arrival[at] >= 0 && !z->gradient_received[at]))
-        return loom_error_set(LOOM_ERR_ARG, "%s schedule: the %s of micro-batch %d sent to stage "
-                              "%d (rank %d) is never received",
-                              loom_pipeline_kind_name(loom_pipeline_schedule_kind(z->s)),
-                              z->activation_arrival[at] >= 0 && !z->activation_received[at]
-                                  ? "activation" : "gradient", j, st, r);
+      int lost_activation = z->activation_arrival[at] >= 0 && !z->activation_received[at];
+      if (lost_activation || (z->gradient_arrival[at] >= 0 && !z->gradient_received[at]))
+        return loom_error_set(LOOM_ERR_ARG, "%s schedule: the %s of micro-batch %d across "
+                              "boundary %d (after stage %d) is never received",
+                              kind_name(z),
+                              lost_activation ? "activation" : "gradient", j, st, st);
     }
   return LOOM_OK;
 }

@@ -15,6 +15,7 @@
 #include <mpi.h>
 
 #include "collectives/coll.h"
+#include "parallel/pipeline/check.h"
 #include "runtime/device.h"
 #include "runtime/req.h"
 
@@ -62,10 +63,7 @@ static int tag_of(const loom_pipeline_executor *e, int boundary, int microbatch,
 // Boundary, buffer kind and tag of a transfer action.
 static loom_buf *transfer_buffer(loom_pipeline_executor *e, const loom_pipeline_action *a, int *tag) {
   int gradient = a->op == LOOM_PIPELINE_SEND_GRADIENT || a->op == LOOM_PIPELINE_RECV_GRADIENT;
-  // activations cross stage -> stage + 1 (boundary `stage` when sent, `stage - 1` when
-  // received); gradients the other way
-  int boundary = a->op == LOOM_PIPELINE_SEND_ACTIVATION || a->op == LOOM_PIPELINE_RECV_GRADIENT
-                     ? a->stage : a->stage - 1;
+  int boundary = loom_pipeline_transfer_boundary(a);
   *tag = tag_of(e, boundary, a->microbatch, gradient);
   return buffer_at(e, boundary, a->microbatch, gradient);
 }
@@ -238,13 +236,12 @@ static loom_status allocate_buffers(loom_pipeline_executor *e, const loom_pipeli
   return LOOM_OK;
 }
 
-loom_status loom_pipeline_executor_create(loom_group *pp, const loom_pipeline_executor_params *params,
-                                          loom_pipeline_executor **out) {
-  *out = NULL;
-  if (!pp || !params || !params->schedule || !params->ops.forward || !params->ops.backward)
-    return loom_error_set(LOOM_ERR_ARG, "loom_pipeline_executor_create: needs the PP group, a "
-                          "schedule and forward and backward callbacks");
+// What this rank can tell about its own arguments before talking to the others.
+static loom_status check_params(loom_group *pp, const loom_pipeline_executor_params *params) {
   const loom_pipeline_schedule *s = params->schedule;
+  if (!s || !params->ops.forward || !params->ops.backward)
+    return loom_error_set(LOOM_ERR_ARG, "loom_pipeline_executor_create: needs a schedule and "
+                          "forward and backward callbacks");
   if (loom_pipeline_kind_splits_backward(loom_pipeline_schedule_kind(s)) && !params->ops.backward_weight)
     return loom_error_set(LOOM_ERR_ARG, "%s schedule splits backward: backward_weight is needed",
                           loom_pipeline_kind_name(loom_pipeline_schedule_kind(s)));
@@ -263,25 +260,39 @@ loom_status loom_pipeline_executor_create(loom_group *pp, const loom_pipeline_ex
                           "over NCCL are not supported yet; run the ranks with "
                           "LOOM_DEVICE_COMM=staged (--device-comm staged), or keep the boundary "
                           "buffers on the host", loom_group_rank(pp));
+  int flag = 0, *tag_ub = NULL;
+  if (MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &tag_ub, &flag) != MPI_SUCCESS)
+    return loom_error_set(LOOM_ERR_MPI, "pipeline executor: reading MPI_TAG_UB failed");
+  long long tags = 2LL * loom_pipeline_schedule_microbatches(s) * loom_pipeline_schedule_stages(s);
+  if (flag && tags > *tag_ub)
+    return loom_error_set(LOOM_ERR_ARG, "pipeline executor: %d micro-batches x %d stages need "
+                          "%lld message tags, MPI allows %d; use fewer micro-batches or stages",
+                          loom_pipeline_schedule_microbatches(s), loom_pipeline_schedule_stages(s),
+                          tags, *tag_ub);
+  /* the schedule itself: a hand-made one may break a rule the executor relies on */
+  return loom_pipeline_check(s, NULL, NULL);
+}
+
+loom_status loom_pipeline_executor_create(loom_group *pp, const loom_pipeline_executor_params *params,
+                                          loom_pipeline_executor **out) {
+  *out = NULL;
+  if (!pp || !params)
+    return loom_error_set(LOOM_ERR_ARG, "loom_pipeline_executor_create: the PP group and the "
+                          "parameters are needed");
   loom_pipeline_executor *e = calloc(1, sizeof *e);
-  if (!e) return loom_error_set(LOOM_ERR_NOMEM, "allocating the pipeline executor");
-  e->pp = pp, e->ctx = loom_group_ctx(pp), e->schedule = s, e->ops = params->ops;
-  e->rank = loom_group_rank(pp), e->stages = loom_pipeline_schedule_stages(s);
-  e->microbatches = loom_pipeline_schedule_microbatches(s), e->on_device = params->on_device;
-  e->actions = loom_pipeline_actions(s, e->rank, &e->count);
-  int tag_ub_flag = 0, *tag_ub = NULL;
-  MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &tag_ub, &tag_ub_flag);
-  long long tags = 2LL * e->microbatches * (e->stages > 1 ? e->stages - 1 : 1);
-  loom_status status = LOOM_OK;
-  if (tag_ub_flag && tags > *tag_ub)
-    status = loom_error_set(LOOM_ERR_ARG, "pipeline executor: %d micro-batches x %d stages need "
-                            "%lld message tags, MPI allows %d; use fewer micro-batches or stages",
-                            e->microbatches, e->stages, tags, *tag_ub);
-  e->requests = calloc((size_t)(e->count > 0 ? e->count : 1), sizeof *e->requests);
-  e->weight_passes = calloc((size_t)loom_pipeline_schedule_chunks(s), sizeof *e->weight_passes);
-  if (status == LOOM_OK && (!e->requests || !e->weight_passes))
-    status = loom_error_set(LOOM_ERR_NOMEM, "pipeline requests");
+  loom_status status = e ? check_params(pp, params) : loom_error_set(LOOM_ERR_NOMEM, "pipeline executor");
+  if (status == LOOM_OK) {
+    const loom_pipeline_schedule *s = params->schedule;
+    e->pp = pp, e->ctx = loom_group_ctx(pp), e->schedule = s, e->ops = params->ops;
+    e->rank = loom_group_rank(pp), e->stages = loom_pipeline_schedule_stages(s);
+    e->microbatches = loom_pipeline_schedule_microbatches(s), e->on_device = params->on_device;
+    e->actions = loom_pipeline_actions(s, e->rank, &e->count);
+    e->requests = calloc((size_t)(e->count > 0 ? e->count : 1), sizeof *e->requests);
+    e->weight_passes = calloc((size_t)loom_pipeline_schedule_chunks(s), sizeof *e->weight_passes);
+    if (!e->requests || !e->weight_passes) status = loom_error_set(LOOM_ERR_NOMEM, "pipeline requests");
+  }
   if (status == LOOM_OK) status = allocate_buffers(e, params->boundaries);
+  /* every rank takes the same path, so none waits in the shape check for one that gave up */
   status = loom_status_agree(pp, status, "setting up the pipeline executor");
   if (status == LOOM_OK) status = check_boundaries(e, params->boundaries);
   if (status != LOOM_OK) {

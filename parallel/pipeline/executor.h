@@ -1,7 +1,7 @@
 /* The pipeline executor: runs this rank's action list of a schedule (schedule.h) for one
  * training step, calling the model's stage callbacks and moving activations and gradients
  * between stages with asynchronous point-to-point over the PP group (host buffers: MPI;
- * device buffers: NCCL, or the staged path for ranks sharing a GPU).
+ * device buffers: the staged path, pinned host buffers over MPI).
  *
  * Receives are posted ahead: before each compute, the receives of the next two computes are
  * already posted, so a transfer overlaps the compute before the one that needs it (not only
@@ -74,8 +74,9 @@ typedef struct {
 typedef struct loom_pipeline_executor loom_pipeline_executor;
 
 /* Collective over `pp` (its size must equal the schedule's ranks, its rank is this rank's
- * pipeline rank): allocates the boundary buffers and checks that neighbouring stages declare
- * the same tensors; a mismatch fails on every rank with both stages named. */
+ * pipeline rank): checks the schedule (loom_pipeline_check), allocates the boundary buffers
+ * and checks that neighbouring stages declare the same tensors; any rank's failure fails
+ * every rank, a shape mismatch with both stages named. */
 loom_status loom_pipeline_executor_create(loom_group *pp, const loom_pipeline_executor_params *params,
                                           loom_pipeline_executor **out);
 

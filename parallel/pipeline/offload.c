@@ -4,7 +4,10 @@
  * out of the same stash. Two copy streams, so copies out and back overlap each other. */
 #include "parallel/pipeline/offload.h"
 
+#include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "runtime/device.h"
 
@@ -15,6 +18,8 @@ typedef struct {
   int key;               /* (chunk x microbatches + microbatch) using it, -1 when free */
   cudaEvent_t free_after;
   int used;              /* free_after was recorded at least once */
+  long long freed;       /* when it was given back (a counter): the oldest free slot is the
+                            likeliest to have its copy out done */
 } device_slot;
 
 typedef struct {
@@ -34,6 +39,7 @@ struct loom_offload {
   device_slot *slots;
   stash *stashes;        /* (chunks x microbatches) */
   int in_use, peak;
+  long long gives;       /* slots given back so far */
 };
 
 static loom_status cuda_check(const loom_offload *o, cudaError_t e, const char *what) {
@@ -51,13 +57,23 @@ static stash *stash_of(loom_offload *o, int chunk, int microbatch, int *key) {
 static void *slot_memory(const loom_offload *o, int slot) { return o->device + (size_t)slot * o->p.stash_bytes; }
 static void *host_memory(const loom_offload *o, int key) { return o->host + (size_t)key * o->p.stash_bytes; }
 
-// A free slot for `key`, with `stream` ordered after its previous user.
+// A free slot for `key`, with `stream` ordered after its previous user: one whose last use has
+// already finished if there is one (no wait at all), else the one given back first (its copy
+// out is the furthest along), so the compute stream does not wait on the copy just queued.
 static loom_status take_slot(loom_offload *o, int key, cudaStream_t stream, int *out) {
+  int best = -1, best_done = 0;
   for (int s = 0; s < o->p.device_slots; s++) {
     device_slot *d = &o->slots[s];
     if (d->key >= 0) continue;
-    if (d->used) LOOM_CHECK(cuda_check(o, cudaStreamWaitEvent(stream, d->free_after, 0), "ordering a slot's reuse"));
-    d->key = key, *out = s;
+    int done = !d->used || cudaEventQuery(d->free_after) == cudaSuccess;
+    if (best < 0 || (done && !best_done) || (done == best_done && d->freed < o->slots[best].freed))
+      best = s, best_done = done;
+  }
+  if (best >= 0) {
+    device_slot *d = &o->slots[best];
+    if (d->used && !best_done)
+      LOOM_CHECK(cuda_check(o, cudaStreamWaitEvent(stream, d->free_after, 0), "ordering a slot's reuse"));
+    d->key = key, *out = best;
     if (++o->in_use > o->peak) o->peak = o->in_use;
     return LOOM_OK;
   }
@@ -71,13 +87,18 @@ static loom_status take_slot(loom_offload *o, int key, cudaStream_t stream, int 
 static loom_status give_slot(loom_offload *o, int slot, cudaStream_t stream) {
   device_slot *d = &o->slots[slot];
   LOOM_CHECK(cuda_check(o, cudaEventRecord(d->free_after, stream), "marking a slot's last use"));
-  d->used = 1, d->key = -1, o->in_use--;
+  d->used = 1, d->key = -1, o->in_use--, d->freed = ++o->gives;
   return LOOM_OK;
 }
 #else
 struct loom_offload {
   loom_offload_params p;
 };
+
+static loom_status no_cuda(const char *call) {
+  return loom_error_set(LOOM_ERR_UNSUPPORTED, "%s: this build of loom has no CUDA; rebuild with "
+                        "-Dcuda=enabled on a machine with the CUDA toolkit", call);
+}
 #endif
 
 loom_status loom_offload_create(loom_ctx *ctx, const loom_offload_params *params, loom_offload **out) {
@@ -89,6 +110,11 @@ loom_status loom_offload_create(loom_ctx *ctx, const loom_offload_params *params
                           params ? params->stash_bytes : 0, params ? params->device_slots : 0,
                           params ? params->microbatches : 0, params ? params->chunks : 0,
                           params ? params->ratio : 0.0);
+  size_t keys_total = (size_t)params->chunks * (size_t)params->microbatches;
+  if (keys_total > (size_t)INT_MAX || params->stash_bytes > SIZE_MAX / (keys_total + (size_t)params->device_slots))
+    return loom_error_set(LOOM_ERR_ARG, "loom_offload_create: %d chunks x %d micro-batches of %zu "
+                          "bytes (and %d slots) do not fit in memory sizes", params->chunks,
+                          params->microbatches, params->stash_bytes, params->device_slots);
   if (loom_ctx_device(ctx).kind != LOOM_DEVICE_CUDA)
     return loom_error_set(LOOM_ERR_UNSUPPORTED, "activation offload on rank %d: the rank computes "
                           "on the CPU (offload moves GPU activations; run with --device cuda)",
@@ -114,7 +140,8 @@ loom_status loom_offload_create(loom_ctx *ctx, const loom_offload_params *params
     stash *st = &o->stashes[k];
     int j = k % params->microbatches;
     st->slot = -1;
-    st->offloaded = (int)((j + 1) * params->ratio) > (int)(j * params->ratio);
+    st->offloaded = params->plan ? params->plan[k] != 0
+                                 : (int)((j + 1) * params->ratio) > (int)(j * params->ratio);
     status = cuda_check(o, cudaEventCreateWithFlags(&st->copied_out, cudaEventDisableTiming), "stash event");
     if (status == LOOM_OK) status = cuda_check(o, cudaEventCreateWithFlags(&st->copied_in, cudaEventDisableTiming), "stash event");
   }
@@ -125,7 +152,7 @@ loom_status loom_offload_create(loom_ctx *ctx, const loom_offload_params *params
   *out = o;
   return LOOM_OK;
 #else
-  return LOOM_ERR_UNSUPPORTED;
+  return no_cuda("loom_offload_create");
 #endif
 }
 
@@ -169,7 +196,7 @@ loom_status loom_offload_begin_forward(loom_offload *o, int chunk, int microbatc
   return LOOM_OK;
 #else
   (void)o, (void)chunk, (void)microbatch, (void)device;
-  return LOOM_ERR_UNSUPPORTED;
+  return no_cuda("loom_offload_begin_forward");
 #endif
 }
 
@@ -190,7 +217,7 @@ loom_status loom_offload_end_forward(loom_offload *o, int chunk, int microbatch)
   return LOOM_OK;
 #else
   (void)o, (void)chunk, (void)microbatch;
-  return LOOM_ERR_UNSUPPORTED;
+  return no_cuda("loom_offload_end_forward");
 #endif
 }
 
@@ -207,7 +234,7 @@ loom_status loom_offload_prefetch(loom_offload *o, int chunk, int microbatch) {
   return LOOM_OK;
 #else
   (void)o, (void)chunk, (void)microbatch;
-  return LOOM_ERR_UNSUPPORTED;
+  return no_cuda("loom_offload_prefetch");
 #endif
 }
 
@@ -224,7 +251,7 @@ loom_status loom_offload_begin_backward(loom_offload *o, int chunk, int microbat
   return LOOM_OK;
 #else
   (void)o, (void)chunk, (void)microbatch, (void)device;
-  return LOOM_ERR_UNSUPPORTED;
+  return no_cuda("loom_offload_begin_backward");
 #endif
 }
 
@@ -237,8 +264,47 @@ loom_status loom_offload_end_backward(loom_offload *o, int chunk, int microbatch
   return LOOM_OK;
 #else
   (void)o, (void)chunk, (void)microbatch;
-  return LOOM_ERR_UNSUPPORTED;
+  return no_cuda("loom_offload_end_backward");
 #endif
+}
+
+typedef struct {
+  int key, life, born;
+} stash_life;
+
+// longest life first, the earlier forward on a tie
+static int longer_life(const void *x, const void *y) {
+  const stash_life *a = x, *b = y;
+  if (a->life != b->life) return b->life - a->life;
+  return a->born - b->born;
+}
+
+loom_status loom_offload_plan(const loom_pipeline_schedule *s, int rank, double ratio,
+                              unsigned char *plan) {
+  if (!s || !plan || !(ratio >= 0 && ratio <= 1) || rank < 0 || rank >= loom_pipeline_schedule_ranks(s))
+    return loom_error_set(LOOM_ERR_ARG, "loom_offload_plan: a schedule, rank %d of its ranks, "
+                          "ratio %g in [0, 1] and a plan array", rank, ratio);
+  int m = loom_pipeline_schedule_microbatches(s), keys = m * loom_pipeline_schedule_chunks(s), count;
+  const loom_pipeline_action *a = loom_pipeline_actions(s, rank, &count);
+  stash_life *lives = calloc((size_t)keys, sizeof *lives);
+  if (!lives) return loom_error_set(LOOM_ERR_NOMEM, "offload plan of %d stashes", keys);
+  for (int i = 0, computes = 0; i < count; i++) {
+    if (a[i].op > LOOM_PIPELINE_BACKWARD_WEIGHT) continue; /* transfers */
+    stash_life *l = &lives[a[i].chunk * m + a[i].microbatch];
+    l->key = a[i].chunk * m + a[i].microbatch;
+    if (a[i].op == LOOM_PIPELINE_FORWARD) l->born = computes;
+    /* the copy back must be there for B or I: the window to hide both copies in */
+    if (a[i].op == LOOM_PIPELINE_BACKWARD || a[i].op == LOOM_PIPELINE_BACKWARD_INPUT)
+      l->life = computes - l->born;
+    computes++;
+  }
+  qsort(lives, (size_t)keys, sizeof *lives, longer_life);
+  memset(plan, 0, (size_t)keys);
+  /* a stash whose backward comes right after its forward has nothing to hide its copies
+   * behind: never offloaded */
+  for (int k = 0, want = (int)(ratio * keys + 0.5); k < want && lives[k].life > 1; k++) plan[lives[k].key] = 1;
+  free(lives);
+  return LOOM_OK;
 }
 
 size_t loom_offload_device_bytes(const loom_offload *o) {

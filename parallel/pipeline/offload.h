@@ -10,14 +10,20 @@
  * executor calls the stage's prefetch callback one compute ahead), begin_backward orders the
  * compute stream after that copy, end_backward frees the slot after the backward's work.
  * `ratio` chooses how many micro-batches go out (1: all; 0: none, each keeps its slot from
- * forward to backward, the plain case): micro-batch j goes when floor((j + 1) ratio) >
- * floor(j ratio), an even spread. Slots needed: the micro-batches kept, plus 3 (one forward,
- * one prefetched, one backward). */
+ * forward to backward, the plain case): by default micro-batch j goes when floor((j + 1)
+ * ratio) > floor(j ratio), an even spread; loom_offload_plan picks by lifetime instead, as
+ * PipeOffload does. Slots needed: the micro-batches kept, plus 3 (one forward, one
+ * prefetched, one backward).
+ *
+ * Split backward (ZB-H1, ZB-V): W reads the stash too, so call end_backward after the W, not
+ * the I; the stash then stays on the GPU from its I to its W, and the slots needed grow by
+ * the W passes the schedule keeps pending (at most r + 1 on rank r for ZB-H1, pp for ZB-V). */
 #ifndef LOOM_PARALLEL_PIPELINE_OFFLOAD_H
 #define LOOM_PARALLEL_PIPELINE_OFFLOAD_H
 
 #include <stddef.h>
 
+#include "parallel/pipeline/schedule.h"
 #include "runtime/ctx.h"
 #include "runtime/status.h"
 
@@ -30,7 +36,19 @@ typedef struct {
   int device_slots;   /* stashes on the GPU at once */
   int microbatches, chunks;
   double ratio;       /* share of the micro-batches offloaded, in [0, 1] */
+  /* optional (chunks x microbatches, chunk-major): 1 = offload; NULL: the even spread of
+   * `ratio`. loom_offload_plan fills it from a schedule. */
+  const unsigned char *plan;
 } loom_offload_params;
+
+/* PipeOffload's selection: of this rank's (chunk, micro-batch) stashes, the `ratio` share
+ * (rounded to nearest) that live longest, counted in the rank's computes between the forward
+ * and the backward (B, or I when split: the copy back must be there by then), gets 1 in
+ * plan[chunk x microbatches + microbatch]; ties go to the earlier forward. Those are the
+ * stashes whose copies have the most compute to hide behind; one whose backward is the next
+ * compute after its forward is never chosen. Pure. */
+loom_status loom_offload_plan(const loom_pipeline_schedule *schedule, int rank, double ratio,
+                              unsigned char *plan);
 
 typedef struct loom_offload loom_offload;
 

@@ -34,6 +34,16 @@ const char *loom_pipeline_op_name(loom_pipeline_op op) {
   return op >= 0 && op < LOOM_PIPELINE_OP_COUNT ? names[op] : "?";
 }
 
+int loom_pipeline_transfer_boundary(const loom_pipeline_action *a) {
+  switch (a->op) {
+  case LOOM_PIPELINE_SEND_ACTIVATION:
+  case LOOM_PIPELINE_RECV_GRADIENT: return a->stage;
+  case LOOM_PIPELINE_RECV_ACTIVATION:
+  case LOOM_PIPELINE_SEND_GRADIENT: return a->stage - 1;
+  default: return -1;
+  }
+}
+
 int loom_pipeline_kind_splits_backward(loom_pipeline_kind kind) {
   return kind == LOOM_PIPELINE_ZBH1 || kind == LOOM_PIPELINE_ZBV;
 }
@@ -152,39 +162,21 @@ static void interleaved_order(const loom_pipeline_schedule *s, int r, pipeline_o
   for (int k = 0; k < warmup; k++) round_walk_next(s, r, &backwards, 1, LOOM_PIPELINE_BACKWARD, o);
 }
 
-// The receive a compute action needs first (returns 0 if none) and the send that follows it.
-static int transfer_before(const loom_pipeline_schedule *s, int rank, const loom_pipeline_action *a,
-                           loom_pipeline_action *transfer) {
-  int neighbour;
-  loom_pipeline_op op;
-  if (a->op == LOOM_PIPELINE_FORWARD && a->stage > 0)
-    neighbour = a->stage - 1, op = LOOM_PIPELINE_RECV_ACTIVATION;
-  else if ((a->op == LOOM_PIPELINE_BACKWARD || a->op == LOOM_PIPELINE_BACKWARD_INPUT) &&
-           a->stage < s->stages - 1)
-    neighbour = a->stage + 1, op = LOOM_PIPELINE_RECV_GRADIENT;
-  else
-    return 0;
+// The transfer a compute action needs before it (its input from a neighbouring stage) or makes
+// after it (its output for the other neighbour): forwards take from stage - 1 and give to
+// stage + 1, backwards the other way. 0 when there is none, or the neighbour is on this rank.
+static int transfer_of(const loom_pipeline_schedule *s, int rank, const loom_pipeline_action *a,
+                       int after, loom_pipeline_action *transfer) {
+  int forward = a->op == LOOM_PIPELINE_FORWARD;
+  if (!forward && a->op != LOOM_PIPELINE_BACKWARD && a->op != LOOM_PIPELINE_BACKWARD_INPUT) return 0;
+  int neighbour = a->stage + (forward == after ? 1 : -1);
+  if (neighbour < 0 || neighbour >= s->stages) return 0;
   int peer = loom_pipeline_stage_rank(s, neighbour);
   if (peer == rank) return 0;
   *transfer = *a;
-  transfer->op = op, transfer->peer = peer;
-  return 1;
-}
-
-static int transfer_after(const loom_pipeline_schedule *s, int rank, const loom_pipeline_action *a,
-                          loom_pipeline_action *transfer) {
-  int neighbour;
-  loom_pipeline_op op;
-  if (a->op == LOOM_PIPELINE_FORWARD && a->stage < s->stages - 1)
-    neighbour = a->stage + 1, op = LOOM_PIPELINE_SEND_ACTIVATION;
-  else if ((a->op == LOOM_PIPELINE_BACKWARD || a->op == LOOM_PIPELINE_BACKWARD_INPUT) && a->stage > 0)
-    neighbour = a->stage - 1, op = LOOM_PIPELINE_SEND_GRADIENT;
-  else
-    return 0;
-  int peer = loom_pipeline_stage_rank(s, neighbour);
-  if (peer == rank) return 0;
-  *transfer = *a;
-  transfer->op = op, transfer->peer = peer;
+  transfer->op = forward ? (after ? LOOM_PIPELINE_SEND_ACTIVATION : LOOM_PIPELINE_RECV_ACTIVATION)
+                         : (after ? LOOM_PIPELINE_SEND_GRADIENT : LOOM_PIPELINE_RECV_GRADIENT);
+  transfer->peer = peer;
   return 1;
 }
 
@@ -193,9 +185,9 @@ static loom_status add_transfers(loom_pipeline_schedule *s, int rank, const pipe
   if (!list) return loom_error_set(LOOM_ERR_NOMEM, "pipeline schedule of rank %d", rank);
   int n = 0;
   for (int i = 0; i < o->count; i++) {
-    n += transfer_before(s, rank, &o->items[i], &list[n]);
+    n += transfer_of(s, rank, &o->items[i], 0, &list[n]);
     list[n++] = o->items[i];
-    n += transfer_after(s, rank, &o->items[i], &list[n]);
+    n += transfer_of(s, rank, &o->items[i], 1, &list[n]);
   }
   s->actions[rank] = list, s->counts[rank] = n;
   return LOOM_OK;
@@ -220,6 +212,9 @@ static loom_status check_shape(loom_pipeline_kind kind, int ranks, int microbatc
   if (kind != LOOM_PIPELINE_INTERLEAVED && kind != LOOM_PIPELINE_ZBV && *chunks != 1)
     return loom_error_set(LOOM_ERR_ARG, "%s schedule: chunks=%d, but it runs 1 chunk per rank "
                           "(use interleaved or zbv for more)", name, *chunks);
+  if (loom_pipeline_kind_splits_backward(kind) && (ranks > 128 || microbatches > 4096))
+    return loom_error_set(LOOM_ERR_ARG, "%s schedule: pp=%d and micro-batches=%d; list scheduling "
+                          "takes pp <= 128 and micro-batches <= 4096", name, ranks, microbatches);
   if ((kind == LOOM_PIPELINE_INTERLEAVED || kind == LOOM_PIPELINE_ZBV) && microbatches < ranks)
     return loom_error_set(LOOM_ERR_ARG, "%s schedule: micro-batches=%d is fewer than pp=%d; it "
                           "needs at least one micro-batch per rank (micro-batches >= pp)", name,

@@ -2,7 +2,8 @@
 # train_gpt with pipeline parallelism on the CPU against the plain run, bit for bit: every
 # schedule (GPipe, 1F1B, interleaved with 2 chunks, ZB-H1, ZB-V) at pp 2 and pp 4 ends with a
 # checkpoint identical to pp 1's (parameters, AdamW moments, step, data position: loom-ckpt
-# diff over the consolidated tensors), and so do pp 2 x dp 2 and pp 4 x dp 2 against dp 2.
+# diff over the consolidated tensors), and so do pp 2 x dp 2 (every schedule) and pp 4 x dp 2
+# (interleaved) against dp 2.
 # Bit for bit because each stage adds its micro-batches' float32 gradients into float64 in
 # the same order as the plain run, wte's two parts apart (gpt_stages.h), with --clip 0; with
 # clipping the global norm's sum is associated per stage, so the losses agree to 1e-9
@@ -41,7 +42,7 @@ for pp in 2 4; do
     check "$name: losses identical to pp 1's" 'diff <(losses "$tmp/ref1.log") <(losses "$tmp/$name.log") >/dev/null'
   done
 done
-for schedule in 1f1b zbh1 zbv; do
+for schedule in gpipe 1f1b interleaved zbh1 zbv; do
   name=pp2-dp2-$schedule
   run "$name" 4 --pp 2 --schedule $schedule --steps 3 --clip 0 --ckpt-dir "$tmp/$name"
   check "$name: checkpoint identical to dp 2's" 'same "$name" "$tmp/ref2" "$tmp/$name"'

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "parallel/pipeline/check.h"
+#include "parallel/pipeline/offload.h"
 #include "parallel/pipeline/schedule.h"
 #include "runtime/rng.h"
 #include "runtime/status.h"
@@ -43,42 +44,49 @@ static void expect_list(const loom_pipeline_schedule *s, int r, int stages, cons
   CHECK(strcmp(text, expected) == 0, "rank %d: '%s', expected '%s'", r, text, expected);
 }
 
+// Small schedules written out by hand, rank 0's and rank 1's lists ("stages": with ".stage").
+static const struct {
+  loom_pipeline_kind kind;
+  int pp, microbatches, chunks, stages;
+  const char *rank0, *rank1;
+} hand_written[] = {
+    // 1F1B, pp 2, 3 micro-batches: rank 0 warms up with one forward
+    {LOOM_PIPELINE_1F1B, 2, 3, 0, 0, "F0 sa0 F1 sa1 rg0 B0 F2 sa2 rg1 B1 rg2 B2",
+     "ra0 F0 B0 sg0 ra1 F1 B1 sg1 ra2 F2 B2 sg2"},
+    {LOOM_PIPELINE_GPIPE, 2, 2, 1, 0, "F0 sa0 F1 sa1 rg0 B0 rg1 B1", "ra0 F0 ra1 F1 B0 sg0 B1 sg1"},
+    // interleaved, 2 chunks (stages 0, 2 on rank 0; 1, 3 on rank 1): rank 0 warms up with
+    // (v - 1) p + 2 (p - 1) = 4 forwards, rank 1 with 2
+    {LOOM_PIPELINE_INTERLEAVED, 2, 2, 2, 1,
+     "F0.0 sa0.0 F1.0 sa1.0 ra0.2 F0.2 sa0.2 ra1.2 F1.2 sa1.2 rg0.2 B0.2 sg0.2 rg1.2 B1.2 sg1.2 "
+     "rg0.0 B0.0 rg1.0 B1.0",
+     "ra0.1 F0.1 sa0.1 ra1.1 F1.1 sa1.1 ra0.3 F0.3 B0.3 sg0.3 ra1.3 F1.3 B1.3 sg1.3 rg0.1 B0.1 "
+     "sg0.1 rg1.1 B1.1 sg1.1"},
+    // ZB-H1, the rules of zero_bubble.c played out by hand at unit costs: rank r keeps at
+    // most r + 1 W pending (rank 0 runs each W right after its I; rank 1 defers one), and
+    // pp - r micro-batches between F and I
+    {LOOM_PIPELINE_ZBH1, 2, 3, 0, 0, "F0 sa0 F1 sa1 rg0 I0 W0 F2 sa2 rg1 I1 W1 rg2 I2 W2",
+     "ra0 F0 I0 sg0 ra1 F1 I1 sg1 W0 ra2 F2 I2 sg2 W1 W2"},
+    // ZB-V: rank 0 holds stages 0 and 3, rank 1 stages 1 and 2 (the turn from 1 to 2 stays
+    // on rank 1, no transfer); W forced at 2 pending, W0.0 fills rank 0's wait for gradient 1
+    {LOOM_PIPELINE_ZBV, 2, 2, 0, 1,
+     "F0.0 sa0.0 F1.0 sa1.0 ra0.3 F0.3 I0.3 sg0.3 ra1.3 F1.3 I1.3 sg1.3 W0.3 rg0.0 I0.0 W1.3 "
+     "W0.0 rg1.0 I1.0 W1.0",
+     "ra0.1 F0.1 F0.2 sa0.2 ra1.1 F1.1 F1.2 sa1.2 rg0.2 I0.2 I0.1 sg0.1 W0.2 rg1.2 I1.2 W0.1 "
+     "I1.1 sg1.1 W1.2 W1.1"},
+};
+
 static void test_pipeline_hand_written(void) {
-  loom_pipeline_schedule *s;
-  // 1F1B, pp 2, 3 micro-batches: rank 0 warms up with one forward
-  CHECK(loom_pipeline_schedule_create(LOOM_PIPELINE_1F1B, 2, 3, 0, &s) == LOOM_OK, "%s", loom_error_string());
-  expect_list(s, 0, 0, "F0 sa0 F1 sa1 rg0 B0 F2 sa2 rg1 B1 rg2 B2");
-  expect_list(s, 1, 0, "ra0 F0 B0 sg0 ra1 F1 B1 sg1 ra2 F2 B2 sg2");
-  loom_pipeline_schedule_destroy(s);
-  // GPipe, pp 2, 2 micro-batches
-  CHECK(loom_pipeline_schedule_create(LOOM_PIPELINE_GPIPE, 2, 2, 1, &s) == LOOM_OK, "%s", loom_error_string());
-  expect_list(s, 0, 0, "F0 sa0 F1 sa1 rg0 B0 rg1 B1");
-  expect_list(s, 1, 0, "ra0 F0 ra1 F1 B0 sg0 B1 sg1");
-  loom_pipeline_schedule_destroy(s);
-  // interleaved, pp 2, 2 micro-batches, 2 chunks (stages 0, 2 on rank 0; 1, 3 on rank 1):
-  // rank 0 warms up (v - 1) p + 2 (p - 1) = 4 forwards, rank 1 2.
-  CHECK(loom_pipeline_schedule_create(LOOM_PIPELINE_INTERLEAVED, 2, 2, 2, &s) == LOOM_OK, "%s", loom_error_string());
-  expect_list(s, 0, 1, "F0.0 sa0.0 F1.0 sa1.0 ra0.2 F0.2 sa0.2 ra1.2 F1.2 sa1.2 "
-                       "rg0.2 B0.2 sg0.2 rg1.2 B1.2 sg1.2 rg0.0 B0.0 rg1.0 B1.0");
-  expect_list(s, 1, 1, "ra0.1 F0.1 sa0.1 ra1.1 F1.1 sa1.1 ra0.3 F0.3 B0.3 sg0.3 ra1.3 F1.3 B1.3 "
-                       "sg1.3 rg0.1 B0.1 sg0.1 rg1.1 B1.1 sg1.1");
-  loom_pipeline_schedule_destroy(s);
-  // ZB-H1, pp 2, 3 micro-batches, the rules of zero_bubble.c played out by hand at unit
-  // costs: rank r keeps at most r + 1 W pending (rank 0 runs each W right after its I; rank 1
-  // defers one), and pp - r micro-batches between F and I.
-  CHECK(loom_pipeline_schedule_create(LOOM_PIPELINE_ZBH1, 2, 3, 0, &s) == LOOM_OK, "%s", loom_error_string());
-  expect_list(s, 0, 0, "F0 sa0 F1 sa1 rg0 I0 W0 F2 sa2 rg1 I1 W1 rg2 I2 W2");
-  expect_list(s, 1, 0, "ra0 F0 I0 sg0 ra1 F1 I1 sg1 W0 ra2 F2 I2 sg2 W1 W2");
-  loom_pipeline_schedule_destroy(s);
-  // ZB-V, pp 2, 2 micro-batches: rank 0 holds stages 0 and 3, rank 1 stages 1 and 2 (the turn
-  // from 1 to 2 stays on rank 1, no transfer)
-  CHECK(loom_pipeline_schedule_create(LOOM_PIPELINE_ZBV, 2, 2, 0, &s) == LOOM_OK, "%s", loom_error_string());
-  // from the same rules (W forced at 2 pending, W0.0 fills rank 0's wait for gradient 1)
-  expect_list(s, 0, 1, "F0.0 sa0.0 F1.0 sa1.0 ra0.3 F0.3 I0.3 sg0.3 ra1.3 F1.3 I1.3 sg1.3 "
-                       "W0.3 rg0.0 I0.0 W1.3 W0.0 rg1.0 I1.0 W1.0");
-  expect_list(s, 1, 1, "ra0.1 F0.1 F0.2 sa0.2 ra1.1 F1.1 F1.2 sa1.2 rg0.2 I0.2 I0.1 sg0.1 "
-                       "W0.2 rg1.2 I1.2 W0.1 I1.1 sg1.1 W1.2 W1.1");
-  loom_pipeline_schedule_destroy(s);
+  for (size_t i = 0; i < sizeof hand_written / sizeof *hand_written; i++) {
+    loom_pipeline_schedule *s;
+    if (loom_pipeline_schedule_create(hand_written[i].kind, hand_written[i].pp, hand_written[i].microbatches,
+                                      hand_written[i].chunks, &s) != LOOM_OK) {
+      CHECK(0, "%s", loom_error_string());
+      continue;
+    }
+    expect_list(s, 0, hand_written[i].stages, hand_written[i].rank0);
+    expect_list(s, 1, hand_written[i].stages, hand_written[i].rank1);
+    loom_pipeline_schedule_destroy(s);
+  }
 }
 
 // Each kind over pp 1..8 (and 16), micro-batches from pp to 3 pp + 1 (and fewer where the
@@ -217,6 +225,23 @@ static void test_pipeline_checker_finds_faults(void) {
         loom_error_string());
   CHECK_CONTAINS(loom_error_string(), "backward before its forward");
   loom_pipeline_schedule_destroy(s);
+  // ZB-V with a chunk outside the rank's two: refused before anything indexes by it
+  CHECK(loom_pipeline_schedule_create(LOOM_PIPELINE_ZBV, 2, 2, 0, &s) == LOOM_OK, "%s", loom_error_string());
+  {
+    int counts[2];
+    const loom_pipeline_action *lists[2] = {loom_pipeline_actions(s, 0, &counts[0]), loom_pipeline_actions(s, 1, &counts[1])};
+    loom_pipeline_action *changed = malloc(sizeof *changed * (size_t)counts[0]);
+    memcpy(changed, lists[0], sizeof *changed * (size_t)counts[0]);
+    changed[0].chunk = 5;
+    lists[0] = changed;
+    loom_pipeline_schedule *t;
+    CHECK(loom_pipeline_schedule_from_actions(s, counts, lists, &t) == LOOM_OK, "%s", loom_error_string());
+    CHECK(loom_pipeline_check(t, NULL, NULL) == LOOM_ERR_ARG, "chunk 5 accepted");
+    CHECK_CONTAINS(loom_error_string(), "chunk does not hold that stage");
+    loom_pipeline_schedule_destroy(t);
+    free(changed);
+  }
+  loom_pipeline_schedule_destroy(s);
   // ZB-H1 without one W: the pass is missing
   CHECK(loom_pipeline_schedule_create(LOOM_PIPELINE_ZBH1, 3, 4, 0, &s) == LOOM_OK, "%s", loom_error_string());
   CHECK(check_changed(s, 1, find(s, 1, LOOM_PIPELINE_BACKWARD_WEIGHT, 2), -1, -1) == LOOM_ERR_ARG,
@@ -248,6 +273,37 @@ static void test_pipeline_bad_shapes(void) {
               kind == all_kinds[k], "%s does not parse back", loom_pipeline_kind_name(all_kinds[k]));
 }
 
+// PipeOffload's choice by lifetime (computes between a stash's forward and its last backward
+// pass), against lifetimes counted by hand.
+static void test_pipeline_offload_plan(void) {
+  loom_pipeline_schedule *s;
+  unsigned char plan[8];
+  // 1F1B pp 2, m 3, rank 0 computes F0 F1 B0 F2 B1 B2: lives 2, 3, 2; a third goes: micro-batch
+  // 1 (the even spread would take 2)
+  CHECK(loom_pipeline_schedule_create(LOOM_PIPELINE_1F1B, 2, 3, 0, &s) == LOOM_OK, "%s", loom_error_string());
+  CHECK(loom_offload_plan(s, 0, 1.0 / 3, plan) == LOOM_OK, "%s", loom_error_string());
+  CHECK(plan[0] == 0 && plan[1] == 1 && plan[2] == 0, "plan %d %d %d", plan[0], plan[1], plan[2]);
+  CHECK(loom_offload_plan(s, 0, 1.5, plan) == LOOM_ERR_ARG, "ratio 1.5 accepted");
+  loom_pipeline_schedule_destroy(s);
+  // interleaved pp 2, m 2, v 2, rank 0 computes F0.0 F1.0 F0.2 F1.2 B0.2 B1.2 B0.0 B1.0: chunk 0
+  // lives 6, chunk 1 lives 2; half goes: chunk 0's
+  CHECK(loom_pipeline_schedule_create(LOOM_PIPELINE_INTERLEAVED, 2, 2, 2, &s) == LOOM_OK, "%s", loom_error_string());
+  CHECK(loom_offload_plan(s, 0, 0.5, plan) == LOOM_OK, "%s", loom_error_string());
+  CHECK(plan[0] == 1 && plan[1] == 1 && plan[2] == 0 && plan[3] == 0, "plan %d %d %d %d", plan[0],
+        plan[1], plan[2], plan[3]);
+  CHECK(loom_offload_plan(s, 0, 1.0, plan) == LOOM_OK && plan[0] + plan[1] + plan[2] + plan[3] == 4, "all");
+  loom_pipeline_schedule_destroy(s);
+  // split backward: the window ends at I. ZB-H1 rank 0 (pp 2, m 3) computes F0 F1 I0 W0 F2 I1
+  // W1 I2 W2: micro-batch 0 lives 2, 1 lives 4, 2 lives 3; rank 1 computes F0 I0 F1 I1 ...:
+  // every I right after its F, so nothing is worth offloading there
+  CHECK(loom_pipeline_schedule_create(LOOM_PIPELINE_ZBH1, 2, 3, 0, &s) == LOOM_OK, "%s", loom_error_string());
+  CHECK(loom_offload_plan(s, 0, 2.0 / 3, plan) == LOOM_OK, "%s", loom_error_string());
+  CHECK(plan[0] == 0 && plan[1] == 1 && plan[2] == 1, "plan %d %d %d", plan[0], plan[1], plan[2]);
+  CHECK(loom_offload_plan(s, 1, 1.0, plan) == LOOM_OK, "%s", loom_error_string());
+  CHECK(plan[0] == 0 && plan[1] == 0 && plan[2] == 0, "plan %d %d %d", plan[0], plan[1], plan[2]);
+  loom_pipeline_schedule_destroy(s);
+}
+
 int register_pipeline_suite(void) {
   static const unit_test tests[] = {
       {"hand-written lists", test_pipeline_hand_written},
@@ -255,6 +311,7 @@ int register_pipeline_suite(void) {
       {"random costs", test_pipeline_random_costs},
       {"checker finds faults", test_pipeline_checker_finds_faults},
       {"bad shapes", test_pipeline_bad_shapes},
+      {"offload plan by lifetime", test_pipeline_offload_plan},
       {NULL, NULL}};
   return unit_add_suite("pipeline", tests);
 }
