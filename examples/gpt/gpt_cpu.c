@@ -142,8 +142,8 @@ static void layernorm_backward_weight(const float *dy, const float *x, const flo
 
 /* ---- local causal attention ---- */
 
-static size_t local_saved(int B, int T, int d, int H) {
-  (void)d;
+static size_t local_saved(void *user, int B, int T, int d, int H) {
+  (void)user, (void)d;
   return (size_t)B * H * T * T;
 }
 
@@ -217,7 +217,7 @@ loom_status gpt_cpu_create_part(const gpt_layout *layout, int B, int T, const gp
   m->attention = attention ? *attention : gpt_attention_local;
   m->B = B, m->T = T, m->N = (size_t)B * T;
   size_t N = m->N, d = (size_t)s->width;
-  size_t saved = m->attention.saved_floats(B, T, s->width, s->heads);
+  size_t saved = m->attention.saved_floats(m->attention.user, B, T, s->width, s->heads);
   /* per block: ln1, att, x2, ln2, d_out, d_ln2, d_x2, d_ln1 (N d each); qkv, d_qkv (3 N d);
    * fc, gelu, d_fc (4 N d); 4 row statistics; attention's own */
   m->block_floats = 8 * N * d + 6 * N * d + 12 * N * d + 4 * N + saved;

@@ -15,9 +15,11 @@
 
 /* Causal self-attention of one block, the part sequence parallelism replaces (an all-to-all
  * around it, or a ring). forward: qkv (B, T, 3d) -> out (B, T, d), keeping what backward needs
- * in `saved` (saved_floats(B, T, d, H) floats); backward: dout -> dqkv (overwritten). */
+ * in `saved` (saved_floats(user, B, T, d, H) floats); backward: dout -> dqkv (overwritten).
+ * T is the tokens this rank holds of each sequence (all of them unless sequence parallelism
+ * splits them: then the attention gathers what it needs, gpt_ulysses.h). */
 typedef struct {
-  size_t (*saved_floats)(int B, int T, int d, int H);
+  size_t (*saved_floats)(void *user, int B, int T, int d, int H);
   void (*forward)(void *user, const float *qkv, int B, int T, int d, int H, float *out,
                   float *saved);
   void (*backward)(void *user, const float *dout, const float *qkv, const float *saved, int B,
