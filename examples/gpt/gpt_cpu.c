@@ -23,6 +23,7 @@ struct gpt_cpu {
   gpt_layout layout;
   gpt_attention attention;
   int B, T;
+  int first_position;    /* position of the first of the T tokens (sequence parallelism) */
   size_t N;
   block_buffers *blocks;
   float *lnf, *meanf, *rstdf, *logits, *d_lnf; /* head: (N, d), (N), (N), (N, V), (N, d) */
@@ -257,6 +258,14 @@ void gpt_cpu_destroy(gpt_cpu *m) {
   free(m->arena), free(m->blocks), free(m);
 }
 
+loom_status gpt_cpu_set_first_position(gpt_cpu *m, int first) {
+  if (first < 0 || first + m->T > m->layout.shape.context)
+    return loom_error_set(LOOM_ERR_ARG, "GPT: tokens [%d, %d) of each sequence do not fit the "
+                          "context of %d", first, first + m->T, m->layout.shape.context);
+  m->first_position = first;
+  return LOOM_OK;
+}
+
 size_t gpt_cpu_block_activation_bytes(const gpt_cpu *m) { return m->block_floats * sizeof(float); }
 size_t gpt_cpu_head_activation_bytes(const gpt_cpu *m) { return m->head_floats * sizeof(float); }
 
@@ -266,7 +275,7 @@ void gpt_embed_forward(gpt_cpu *m, const float *params, const int *tokens, float
   int d = m->layout.shape.width;
   const float *wte = PARAM(params, 0, GPT_WTE), *wpe = PARAM(params, 0, GPT_WPE);
   for (size_t r = 0; r < m->N; r++) {
-    const float *e = wte + (size_t)tokens[r] * d, *pos = wpe + (r % (size_t)m->T) * d;
+    const float *e = wte + (size_t)tokens[r] * d, *pos = wpe + ((size_t)m->first_position + r % (size_t)m->T) * d;
     for (int i = 0; i < d; i++) x[r * d + i] = e[i] + pos[i];
   }
 }
@@ -275,7 +284,7 @@ void gpt_embed_backward_weight(gpt_cpu *m, const int *tokens, const float *dx, f
   int d = m->layout.shape.width;
   float *wte = PARAM(grads, 0, GPT_WTE), *wpe = PARAM(grads, 0, GPT_WPE);
   for (size_t r = 0; r < m->N; r++) {
-    float *e = wte + (size_t)tokens[r] * d, *pos = wpe + (r % (size_t)m->T) * d;
+    float *e = wte + (size_t)tokens[r] * d, *pos = wpe + ((size_t)m->first_position + r % (size_t)m->T) * d;
     for (int i = 0; i < d; i++) e[i] += dx[r * d + i], pos[i] += dx[r * d + i];
   }
 }

@@ -123,6 +123,24 @@ double gpt_model_device_gib(const gpt_model *m) {
   return 0;
 }
 
+loom_status gpt_model_split_sequence(gpt_model *m, int first, const gpt_attention *attention) {
+  if (!m->cpu)
+    return loom_error_set(LOOM_ERR_UNSUPPORTED, "GPT sequence parallelism runs on the CPU for now "
+                          "(--device cpu)");
+  gpt_cpu *split = NULL;
+  LOOM_CHECK(gpt_cpu_create(&m->layout, m->chunk, m->T, attention, &split));
+  loom_status status = gpt_cpu_set_first_position(split, first);
+  if (status != LOOM_OK) {
+    gpt_cpu_destroy(split);
+    return status;
+  }
+  gpt_cpu_destroy(m->cpu);
+  m->cpu = split;
+  return LOOM_OK;
+}
+
+const float *gpt_model_host_params(const gpt_model *m) { return m->gpu ? NULL : m->params; }
+
 loom_status gpt_model_set_params(gpt_model *m, const float *values) {
   memcpy(m->params, values, sizeof(float) * m->layout.total);
 #ifdef LOOM_EXAMPLES_GPU

@@ -30,8 +30,14 @@ const gpt_layout *gpt_model_layout(const gpt_model *model);
 loom_status gpt_model_add_params(gpt_model *model, loom_params *params, int decay_group,
                                  int no_decay_group);
 loom_status gpt_model_zero_grad(gpt_model *model);
+/* Sequence parallelism (CPU): this rank's micro-batches hold tokens [first, first + T) of each
+ * sequence (T as created), and attention goes through `attention` (gpt_ulysses_attention),
+ * which gathers what it needs from the other ranks. */
+loom_status gpt_model_split_sequence(gpt_model *model, int first, const gpt_attention *attention);
+/* The float32 parameters on the host (CPU models; NULL on a GPU). */
+const float *gpt_model_host_params(const gpt_model *model);
 /* Every parameter from `values` (layout.total float32, host): for evaluating and sampling a
- * model trained elsewhere (the stages of a pipeline). */
+ * model trained elsewhere (the stages of a pipeline, the sequence-split model). */
 loom_status gpt_model_set_params(gpt_model *model, const float *values);
 /* The parameters changed other than through the optimizer (a checkpoint was loaded): on a
  * GPU, the bfloat16 copy is made again from the masters. */

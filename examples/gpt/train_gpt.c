@@ -22,10 +22,12 @@
 #include "gpt_data.h"
 #include "gpt_model.h"
 #include "gpt_stages.h"
+#include "gpt_ulysses.h"
 #include "parallel/pipeline/executor.h"
 
 typedef struct {
-  const char *data_dir, *train_shard, *val_shard, *metrics_path, *prompt, *attention, *schedule;
+  const char *data_dir, *train_shard, *val_shard, *metrics_path, *prompt, *attention, *schedule,
+      *sp_mode;
   loom_keeper_params keep;
   gpt_shape shape;
   int batch, chunk, microbatches, chunks, steps, warmup_steps, eval_every, eval_batches,
@@ -54,6 +56,7 @@ static double gpt_flops_per_token(const gpt_shape *s, int T) {
 
 static int parse_options(options *o, loom_config *config, int argc, char **argv) {
   *o = (options){.data_dir = GPT_FORTUNES_DIR, .prompt = "\n", .attention = "flash", .schedule = "1f1b",
+                 .sp_mode = "ulysses",
                  .keep = LOOM_KEEPER_PARAMS_INIT,
                  .shape = {.layers = 4, .width = 128, .heads = 4, .vocab = 256, .context = 128},
                  .batch = 16, .chunk = 4, .steps = 400, .warmup_steps = 40, .eval_every = 100,
@@ -72,6 +75,7 @@ static int parse_options(options *o, loom_config *config, int argc, char **argv)
       {"chunk", LOOM_OPTION_INT, &o->chunk, "sequences per micro-batch (divides the per-rank batch)", NULL, 1, 1 << 20},
       {"microbatches", LOOM_OPTION_INT, &o->microbatches, "micro-batches per replica and step (sets --chunk to batch / dp / this); 0 = from --chunk", NULL, 0, 1 << 16},
       {"schedule", LOOM_OPTION_STRING, &o->schedule, "pipeline schedule with --pp > 1: gpipe, 1f1b, interleaved, zbh1, zbv"},
+      {"sp-mode", LOOM_OPTION_STRING, &o->sp_mode, "sequence parallelism with --sp > 1: ulysses (ring and hybrid are not built yet)"},
       {"chunks", LOOM_OPTION_INT, &o->chunks, "pipeline stages per rank (interleaved: >= 2, zbv: 2); 0 = the schedule's own", NULL, 0, 64},
       {"steps", LOOM_OPTION_INT, &o->steps, "optimizer steps", NULL, 1, 1 << 30},
       {"lr", LOOM_OPTION_DOUBLE, &o->lr, "peak learning rate", NULL, 0, 10},
@@ -170,7 +174,10 @@ int main(int argc, char **argv) {
   loom_optim *optim = NULL;
   loom_state *registry = NULL;
   loom_loop *loop = NULL;
-  gpt_model *model = NULL;
+  gpt_model *model = NULL, *eval_model = NULL; /* eval_model: whole sequences, with --sp > 1 */
+  loom_group *sp_group = NULL;
+  gpt_ulysses *ulysses = NULL;
+  int *sp_tokens = NULL, *sp_targets = NULL;
   loom_pipeline_schedule *pipeline = NULL; /* --pp > 1 */
   gpt_stages *stages = NULL;
   loom_pipeline_executor *executor = NULL;
@@ -184,9 +191,18 @@ int main(int argc, char **argv) {
   rank = loom_ctx_rank(ctx);
   loom_mesh_shape shape;
   TRY(loom_mesh_shape_from_config(&config, loom_ctx_size(ctx), &shape));
-  if (shape.sp != 1)
-    TRY(loom_error_set(LOOM_ERR_ARG, "train_gpt has no sequence parallelism yet: --sp must be 1 "
-                       "(got %d)", shape.sp));
+  if (shape.sp > 1) {
+    if (strcmp(o.sp_mode, "ulysses") != 0)
+      TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "--sp-mode %s: only ulysses is built so far "
+                         "(ring and hybrid are not)", o.sp_mode));
+    if (shape.pp > 1)
+      TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "--sp %d with --pp %d: sequence and pipeline "
+                         "parallelism do not compose in train_gpt yet", shape.sp, shape.pp));
+    if (loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
+      TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "train_gpt --sp > 1 runs on the CPU for now "
+                         "(--device cpu)"));
+    TRY(gpt_ulysses_check(shape.sp, o.shape.heads, o.shape.context));
+  }
   if (o.microbatches > 0) {
     if (o.batch % shape.dp || (o.batch / shape.dp) % o.microbatches)
       TRY(loom_error_set(LOOM_ERR_ARG, "--batch %d must split into dp=%d replicas of "
@@ -213,8 +229,22 @@ int main(int argc, char **argv) {
   if (strcmp(o.attention, "batched") == 0) attention = GPT_ATTENTION_BATCHED;
   else if (strcmp(o.attention, "flash") != 0)
     TRY(loom_error_set(LOOM_ERR_ARG, "--attention %s: flash or batched", o.attention));
-  TRY(gpt_model_create(ctx, &layout, o.chunk, o.shape.context, config.seed, attention, &model));
-  int local = o.batch / shape.dp, T = o.shape.context;
+  int local = o.batch / shape.dp, T = o.shape.context, T_local = T / shape.sp;
+  TRY(gpt_model_create(ctx, &layout, o.chunk, T_local, config.seed, attention, &model));
+  loom_group *eval_group = grad_group;
+  if (shape.sp > 1) { /* Ulysses: this rank's T / sp tokens of each sequence */
+    sp_group = loom_mesh_group(mesh, LOOM_AXIS_SP);
+    eval_group = loom_mesh_group(mesh, LOOM_AXIS_DP);
+    if (!sp_group || !eval_group) TRY(LOOM_ERR_INTERNAL); /* loom_mesh_group set the message */
+    TRY(gpt_ulysses_create(sp_group, &ulysses));
+    gpt_attention across = gpt_ulysses_attention(ulysses);
+    TRY(gpt_model_split_sequence(model, loom_group_rank(sp_group) * T_local, &across));
+    /* validation on whole sequences, by a copy of the (replicated) parameters */
+    TRY(gpt_model_create(ctx, &layout, o.chunk, T, config.seed, attention, &eval_model));
+    sp_tokens = malloc(sizeof(int) * (size_t)o.chunk * T_local);
+    sp_targets = malloc(sizeof(int) * (size_t)o.chunk * T_local);
+    if (!sp_tokens || !sp_targets) TRY(loom_error_set(LOOM_ERR_NOMEM, "sequence buffers"));
+  }
   if (shape.pp > 1) { /* the stages own the parameters; `model` evaluates and samples */
     if (loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
       TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "train_gpt --pp > 1 runs on the CPU for now "
@@ -272,9 +302,9 @@ int main(int argc, char **argv) {
   targets = malloc(sizeof(int) * (size_t)o.chunk * T);
   if (!tokens || !targets) TRY(loom_error_set(LOOM_ERR_NOMEM, "batch buffers"));
   if (rank == 0)
-    printf("train_gpt: %d ranks (dp=%d pp=%d), GPT L%d d%d H%d V%d context %d (%zu parameters), "
+    printf("train_gpt: %d ranks (dp=%d pp=%d sp=%d), GPT L%d d%d H%d V%d context %d (%zu parameters), "
            "batch %d x %d tokens, %zu train / %zu validation tokens\n", loom_ctx_size(ctx),
-           shape.dp, shape.pp, o.shape.layers, o.shape.width, o.shape.heads, o.shape.vocab, T,
+           shape.dp, shape.pp, shape.sp, o.shape.layers, o.shape.width, o.shape.heads, o.shape.vocab, T,
            layout.total, o.batch, T, train.count, val.count);
   if (rank == 0 && stages)
     printf("pipeline: %s, %d micro-batches of %d sequences, %d stages (%d per rank), "
@@ -302,7 +332,17 @@ int main(int argc, char **argv) {
       for (int c = 0; c < local; c += o.chunk) {
         TRY(gpt_data_batch(&train, config.seed, step, loom_mesh_my_coords(mesh).dp * local + c,
                            o.chunk, T, tokens, targets));
-        TRY(gpt_model_train_chunk(model, tokens, targets, scale, c + o.chunk >= local, ddp, &step_loss));
+        const int *my_tokens = tokens, *my_targets = targets;
+        if (sp_group) { /* this rank's tokens of each sequence */
+          int first = loom_group_rank(sp_group) * T_local;
+          for (int b = 0; b < o.chunk; b++) {
+            memcpy(sp_tokens + (size_t)b * T_local, tokens + (size_t)b * T + first, sizeof(int) * (size_t)T_local);
+            memcpy(sp_targets + (size_t)b * T_local, targets + (size_t)b * T + first, sizeof(int) * (size_t)T_local);
+          }
+          my_tokens = sp_tokens, my_targets = sp_targets;
+        }
+        TRY(gpt_model_train_chunk(model, my_tokens, my_targets, scale, c + o.chunk >= local, ddp, &step_loss));
+        if (ulysses) TRY(gpt_ulysses_status(ulysses));
       }
     }
     TRY(loom_ddp_finish(ddp));
@@ -316,7 +356,8 @@ int main(int argc, char **argv) {
     int last = step + 1 == o.steps || loom_loop_stopped(loop);
     if (!last && (o.eval_every == 0 || (step + 1) % o.eval_every != 0)) continue;
     if (stages) TRY(refresh_model(stages, model));
-    TRY(evaluate(model, &val, &o, grad_group, tokens, targets, &val_loss));
+    if (eval_model) TRY(gpt_model_set_params(eval_model, gpt_model_host_params(model)));
+    TRY(evaluate(eval_model ? eval_model : model, &val, &o, eval_group, tokens, targets, &val_loss));
     if (rank == 0) printf("step %lld  train loss %.6f  validation loss %.6f\n", (long long)step + 1, step_loss, val_loss);
     char fields[128];
     snprintf(fields, sizeof fields, "\"train_loss\": %.9g, \"val_loss\": %.9g", step_loss, val_loss);
@@ -324,7 +365,8 @@ int main(int argc, char **argv) {
   }
   TRY(loom_loop_finish(loop, &exit_code));
   if (stages && (o.sample_only || o.sample > 0)) TRY(refresh_model(stages, model));
-  if (o.sample_only) TRY(evaluate(model, &val, &o, grad_group, tokens, targets, &val_loss));
+  if (eval_model) TRY(gpt_model_set_params(eval_model, gpt_model_host_params(model)));
+  if (o.sample_only) TRY(evaluate(eval_model ? eval_model : model, &val, &o, eval_group, tokens, targets, &val_loss));
   if (rank == 0) printf("final train_loss=%.10g val_loss=%.10g\n", step_loss, val_loss);
   if (rank == 0 && loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
     printf("device memory: %.2f GiB in use beyond what the process held before the model\n",
@@ -342,6 +384,9 @@ done:
   gpt_stages_destroy(stages);
   loom_pipeline_schedule_destroy(pipeline);
   gpt_model_destroy(model);
+  gpt_model_destroy(eval_model);
+  gpt_ulysses_destroy(ulysses);
+  free(sp_tokens), free(sp_targets);
   loom_mesh_destroy(mesh);
   if (code != 0 && loom_ctx_size(ctx) > 1) MPI_Abort(MPI_COMM_WORLD, code);
   loom_finalize(ctx);
