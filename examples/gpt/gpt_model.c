@@ -141,6 +141,12 @@ loom_status gpt_model_split_sequence(gpt_model *m, int first, const gpt_attentio
 
 const float *gpt_model_host_params(const gpt_model *m) { return m->gpu ? NULL : m->params; }
 
+size_t gpt_model_activation_bytes(const gpt_model *m) {
+  if (!m->cpu) return 0;
+  return gpt_cpu_block_activation_bytes(m->cpu) * (size_t)m->layout.shape.layers +
+         gpt_cpu_head_activation_bytes(m->cpu);
+}
+
 loom_status gpt_model_set_params(gpt_model *m, const float *values) {
   memcpy(m->params, values, sizeof(float) * m->layout.total);
 #ifdef LOOM_EXAMPLES_GPU

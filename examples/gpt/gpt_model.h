@@ -34,6 +34,9 @@ loom_status gpt_model_zero_grad(gpt_model *model);
  * sequence (T as created), and attention goes through `attention` (gpt_ulysses_attention),
  * which gathers what it needs from the other ranks. */
 loom_status gpt_model_split_sequence(gpt_model *model, int first, const gpt_attention *attention);
+/* Bytes of activations the model keeps for one micro-batch (blocks and head; CPU models, 0 on
+ * a GPU). */
+size_t gpt_model_activation_bytes(const gpt_model *model);
 /* The float32 parameters on the host (CPU models; NULL on a GPU). */
 const float *gpt_model_host_params(const gpt_model *model);
 /* Every parameter from `values` (layout.total float32, host): for evaluating and sampling a

@@ -14,6 +14,7 @@ struct gpt_ulysses {
   loom_status status;  /* first failure since the last gpt_ulysses_status */
   float *scratch;      /* (B, T sp, 3 d / sp): head-split output or gradients */
   size_t scratch_floats;
+  double forward_elements, backward_elements; /* this rank's shards through the all-to-alls */
 };
 
 loom_status gpt_ulysses_check(int sp, int heads, int context) {
@@ -65,6 +66,7 @@ static loom_status move_qkv(gpt_ulysses *u, int B, int T, int H, int hd, const f
                             int to_heads) {
   loom_reshard_spec spec = {.ndims = 5, .shape = {B, T, 3, H, hd}, .from = to_heads ? 1 : 3, .to = to_heads ? 3 : 1};
   size_t tokens = (size_t)B * T * 3 * H * hd / (size_t)u->ranks;
+  *(to_heads ? &u->forward_elements : &u->backward_elements) += (double)tokens;
   return loom_reshard(u->sp, &spec, loom_buf_host((void *)in, tokens, LOOM_FLOAT32),
                       loom_buf_host(out, tokens, LOOM_FLOAT32));
 }
@@ -74,6 +76,7 @@ static loom_status move_out(gpt_ulysses *u, int B, int T, int H, int hd, const f
                             int to_heads) {
   loom_reshard_spec spec = {.ndims = 4, .shape = {B, T, H, hd}, .from = to_heads ? 1 : 2, .to = to_heads ? 2 : 1};
   size_t count = (size_t)B * T * H * hd / (size_t)u->ranks;
+  *(to_heads ? &u->backward_elements : &u->forward_elements) += (double)count;
   return loom_reshard(u->sp, &spec, loom_buf_host((void *)in, count, LOOM_FLOAT32),
                       loom_buf_host(out, count, LOOM_FLOAT32));
 }
@@ -111,6 +114,10 @@ static void ulysses_backward(void *user, const float *dout, const float *qkv, co
   if (u->status != LOOM_OK) return;
   gpt_attention_local.backward(NULL, dout_heads, qkv_heads, local, B, T, d / p, H / p, dqkv_heads);
   keep(u, move_qkv(u, B, T, H, hd, dqkv_heads, dqkv, 0));
+}
+
+void gpt_ulysses_elements(const gpt_ulysses *u, double *forward, double *backward) {
+  *forward = u->forward_elements, *backward = u->backward_elements;
 }
 
 gpt_attention gpt_ulysses_attention(gpt_ulysses *u) {

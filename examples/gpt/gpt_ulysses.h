@@ -23,6 +23,9 @@ void gpt_ulysses_destroy(gpt_ulysses *u);
 gpt_attention gpt_ulysses_attention(gpt_ulysses *u);
 /* LOOM_OK, or the first failure of a pass since the last call (then cleared). */
 loom_status gpt_ulysses_status(gpt_ulysses *u);
+/* Elements of this rank's shards that went through the all-to-alls so far, in forwards (Q, K,
+ * V and the output: 4 N d / sp per layer and micro-batch) and in backwards (the same). */
+void gpt_ulysses_elements(const gpt_ulysses *u, double *forward, double *backward);
 /* LOOM_ERR_ARG naming the numbers unless sp divides both heads and context. */
 loom_status gpt_ulysses_check(int sp, int heads, int context);
 

@@ -14,6 +14,7 @@
  * gpt_stages.h) and each data-parallel replica's micro-batches run through --schedule; the
  * losses and parameters equal the --pp 1 run's bit for bit (with --clip 0; with clipping the
  * norm's sum is associated differently, within rounding). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,7 +84,7 @@ static int parse_options(options *o, loom_config *config, int argc, char **argv)
       {"weight-decay", LOOM_OPTION_DOUBLE, &o->weight_decay, "AdamW weight decay of the matrices", NULL, 0, 1},
       {"clip", LOOM_OPTION_DOUBLE, &o->clip, "global gradient-norm clip; 0 = off", NULL, 0, 1e9},
       {"eval-every", LOOM_OPTION_INT, &o->eval_every, "validation loss every this many steps (and at the end); 0 = end only", NULL, 0, 1 << 30},
-      {"eval-batches", LOOM_OPTION_INT, &o->eval_batches, "validation batches of --batch sequences", NULL, 1, 1 << 20},
+      {"eval-batches", LOOM_OPTION_INT, &o->eval_batches, "validation batches of --batch sequences; 0 = no validation", NULL, 0, 1 << 20},
       {"progress-every", LOOM_OPTION_INT, &o->progress_every, "progress line every this many steps", NULL, 0, 1 << 30},
       {"stop-at-step", LOOM_OPTION_INT, &o->stop_at_step, "stop (after saving) at this step", NULL, 0, 1 << 30},
       {"metrics", LOOM_OPTION_STRING, &o->metrics_path, "JSON-lines metrics file (rank 0)"},
@@ -121,6 +122,10 @@ static loom_status evaluate(gpt_model *model, const gpt_tokens *val, const optio
   int dp = loom_group_size(group), r = loom_group_rank(group), local = o->batch / dp;
   int T = o->shape.context;
   double sum = 0;
+  if (o->eval_batches == 0) { /* no validation asked for */
+    *loss = NAN;
+    return LOOM_OK;
+  }
   for (int b = 0; b < o->eval_batches; b++)
     for (int c = 0; c < local; c += o->chunk) {
       LOOM_CHECK(gpt_data_tiles(val, (int64_t)b * o->batch + r * local + c, o->chunk, T, tokens,
@@ -240,7 +245,7 @@ int main(int argc, char **argv) {
     gpt_attention across = gpt_ulysses_attention(ulysses);
     TRY(gpt_model_split_sequence(model, loom_group_rank(sp_group) * T_local, &across));
     /* validation on whole sequences, by a copy of the (replicated) parameters */
-    TRY(gpt_model_create(ctx, &layout, o.chunk, T, config.seed, attention, &eval_model));
+    if (o.eval_batches > 0) TRY(gpt_model_create(ctx, &layout, o.chunk, T, config.seed, attention, &eval_model));
     sp_tokens = malloc(sizeof(int) * (size_t)o.chunk * T_local);
     sp_targets = malloc(sizeof(int) * (size_t)o.chunk * T_local);
     if (!sp_tokens || !sp_targets) TRY(loom_error_set(LOOM_ERR_NOMEM, "sequence buffers"));
@@ -313,6 +318,7 @@ int main(int argc, char **argv) {
            loom_pipeline_schedule_chunks(pipeline), gpt_stages_activation_bytes(stages) / 1e6,
            gpt_stages_microbatches_in_flight(stages));
   double val_loss = 0, step_loss = 0;
+  int64_t steps_run = 0;
   int64_t step;
   while (!o.sample_only && loom_loop_next(loop, &step)) {
     step_loss = 0;
@@ -346,6 +352,7 @@ int main(int argc, char **argv) {
       }
     }
     TRY(loom_ddp_finish(ddp));
+    steps_run++;
     loom_buf one = loom_buf_host(&step_loss, 1, LOOM_FLOAT64);
     TRY(loom_allreduce(grad_group, one, one, LOOM_OP_SUM));
     step_loss /= (double)o.batch * T;
@@ -367,6 +374,15 @@ int main(int argc, char **argv) {
   if (stages && (o.sample_only || o.sample > 0)) TRY(refresh_model(stages, model));
   if (eval_model) TRY(gpt_model_set_params(eval_model, gpt_model_host_params(model)));
   if (o.sample_only) TRY(evaluate(eval_model ? eval_model : model, &val, &o, eval_group, tokens, targets, &val_loss));
+  if (rank == 0 && !stages && gpt_model_activation_bytes(model) > 0)
+    printf("activations: %.1f MB per micro-batch on each rank\n", gpt_model_activation_bytes(model) / 1e6);
+  if (ulysses && rank == 0 && !o.sample_only) {
+    double forward, backward, passes = (double)steps_run * (local / o.chunk) * o.shape.layers;
+    gpt_ulysses_elements(ulysses, &forward, &backward);
+    if (passes > 0) printf("ulysses: %.0f elements through the all-to-alls per layer and micro-batch forward, "
+           "%.0f backward, on rank 0 (formula 4 N d / sp = %.0f)\n", forward / passes,
+           backward / passes, 4.0 * o.chunk * T * o.shape.width / shape.sp);
+  }
   if (rank == 0) printf("final train_loss=%.10g val_loss=%.10g\n", step_loss, val_loss);
   if (rank == 0 && loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
     printf("device memory: %.2f GiB in use beyond what the process held before the model\n",

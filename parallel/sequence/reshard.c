@@ -52,10 +52,14 @@ static loom_status check_args(loom_group *g, const loom_reshard_spec *spec, loom
     return loom_error_set(LOOM_ERR_ARG, "loom_reshard on group %s: ndims=%d must be in [1, %d] and "
                           "from=%d, to=%d dimensions of it", loom_group_name(g), spec->ndims,
                           LOOM_RESHARD_MAX_DIMS, spec->from, spec->to);
-  for (int d = 0; d < spec->ndims; d++)
-    if (spec->shape[d] < 1 || spec->shape[d] > ((int64_t)1 << 40))
+  int64_t elements = 1;
+  for (int d = 0; d < spec->ndims; d++) {
+    if (spec->shape[d] < 1 || spec->shape[d] > ((int64_t)1 << 40) || elements > ((int64_t)1 << 48) / spec->shape[d])
       return loom_error_set(LOOM_ERR_ARG, "loom_reshard on group %s: dimension %d has extent %lld; "
-                            "extents are 1 .. 2^40", loom_group_name(g), d, (long long)spec->shape[d]);
+                            "extents are 1 .. 2^40 and the tensor at most 2^48 elements",
+                            loom_group_name(g), d, (long long)spec->shape[d]);
+    elements *= spec->shape[d];
+  }
   if (in.dtype != out.dtype || in.dtype < 0 || in.dtype >= LOOM_DTYPE_COUNT)
     return loom_error_set(LOOM_ERR_ARG, "loom_reshard on group %s: in is %s, out is %s; one dtype",
                           loom_group_name(g), loom_dtype_name(in.dtype), loom_dtype_name(out.dtype));
