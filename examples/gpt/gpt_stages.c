@@ -38,6 +38,7 @@ struct gpt_stages {
   int *owner;          /* (tensor count) stage owning each tensor */
   int *table_index;    /* (tensor count) parameter-table index of an owned tensor, else -1 */
   loom_pipeline_tensor *boundaries; /* (S - 1) what crosses each: (N, d) float32 */
+  int first_rank, last_rank; /* pipeline ranks of stage 0 (owns wte) and of the last stage */
   local_stage *local;  /* (chunks) */
   size_t activation_bytes;
 };
@@ -117,6 +118,7 @@ loom_status gpt_stages_create(loom_group *pp, const gpt_layout *layout,
   if (!g) return loom_error_set(LOOM_ERR_NOMEM, "GPT stages");
   g->layout = *layout, g->schedule = schedule, g->pp = pp, g->rank = loom_group_rank(pp);
   g->S = S, g->m = loom_pipeline_schedule_microbatches(schedule);
+  g->first_rank = loom_pipeline_stage_rank(schedule, 0), g->last_rank = loom_pipeline_stage_rank(schedule, S - 1);
   g->chunks = loom_pipeline_schedule_chunks(schedule), g->B = B, g->T = T;
   g->N = (size_t)B * T, g->d = (size_t)layout->shape.width;
   size_t P = layout->total, wte = layout->tensor[0].count;
@@ -215,7 +217,7 @@ loom_status gpt_stages_begin_step(gpt_stages *g, double scale, loom_ddp *ddp) {
     }
   memset(g->head_wte64, 0, sizeof(double) * g->layout.tensor[0].count);
   memset(g->loss, 0, sizeof(double) * (size_t)g->m);
-  int first = loom_pipeline_stage_rank(g->schedule, 0), last = loom_pipeline_stage_rank(g->schedule, g->S - 1);
+  int first = g->first_rank, last = g->last_rank;
   if (first == last) return LOOM_OK;
   loom_buf wte = loom_buf_host(g->params, g->layout.tensor[0].count, LOOM_FLOAT32);
   if (g->rank == first) return loom_send(g->pp, wte, last, wte_tag(g));
@@ -230,7 +232,7 @@ static loom_status mark_ready(gpt_stages *g, int stage, int with_wte) {
 }
 
 loom_status gpt_stages_end_step(gpt_stages *g, double *loss_sum) {
-  int first = loom_pipeline_stage_rank(g->schedule, 0), last = loom_pipeline_stage_rank(g->schedule, g->S - 1);
+  int first = g->first_rank, last = g->last_rank;
   size_t wte = g->layout.tensor[0].count;
   loom_buf head = loom_buf_host(g->head_wte64, wte, LOOM_FLOAT64);
   if (first != last && g->rank == last) LOOM_CHECK(loom_send(g->pp, head, first, wte_tag(g) + 1));

@@ -69,6 +69,15 @@ static loom_status check_args(loom_group *g, const loom_reshard_spec *spec, loom
   return LOOM_OK;
 }
 
+// The box of a shard (extents `ext`) that rank q's shard along `dim` covers, and where it
+// starts in it: to q, my rows of `from` and q's of `to` (ext = mine in, dim = to); from q, q's
+// rows of `from` and mine of `to` (ext = mine out, dim = from).
+static void peer_box(const loom_reshard_spec *spec, const int64_t *ext, int dim, int q, int ranks,
+                     int64_t *box, int64_t *offset) {
+  for (int d = 0; d < spec->ndims; d++) box[d] = ext[d], offset[d] = 0;
+  loom_reshard_slice(spec, dim, q, ranks, &offset[dim], &box[dim]);
+}
+
 // The host side: in and out are host memory.
 static loom_status reshard_host(loom_group *g, const loom_reshard_spec *spec, const char *in,
                                 char *out, const int64_t *in_ext, const int64_t *out_ext, size_t bytes) {
@@ -82,27 +91,21 @@ static loom_status reshard_host(loom_group *g, const loom_reshard_spec *spec, co
   size_t *send_counts = counts, *send_displs = counts + p, *recv_counts = counts + 2 * p, *recv_displs = counts + 3 * p;
   size_t send_total = 0, recv_total = 0;
   for (int q = 0; q < p; q++) {
-    int64_t first, count, box[LOOM_RESHARD_MAX_DIMS];
-    memcpy(box, in_ext, sizeof(int64_t) * (size_t)nd);
-    loom_reshard_slice(spec, to, q, p, &first, &count);
-    box[to] = count; /* to q: my rows of `from`, q's rows of `to` */
+    int64_t box[LOOM_RESHARD_MAX_DIMS], offset[LOOM_RESHARD_MAX_DIMS];
+    peer_box(spec, in_ext, to, q, p, box, offset);
     send_counts[q] = (size_t)product(nd, box) * bytes, send_displs[q] = send_total, send_total += send_counts[q];
-    memcpy(box, out_ext, sizeof(int64_t) * (size_t)nd);
-    loom_reshard_slice(spec, from, q, p, &first, &count);
-    box[from] = count; /* from q: q's rows of `from`, my rows of `to` */
+    peer_box(spec, out_ext, from, q, p, box, offset);
     recv_counts[q] = (size_t)product(nd, box) * bytes, recv_displs[q] = recv_total, recv_total += recv_counts[q];
   }
   char *send = malloc(send_total ? send_total : 1), *recv = malloc(recv_total ? recv_total : 1);
   loom_status status = send && recv ? LOOM_OK
                                     : loom_error_set(LOOM_ERR_NOMEM, "loom_reshard: %zu + %zu bytes of "
                                                      "exchange buffers", send_total, recv_total);
+  const int64_t zero[LOOM_RESHARD_MAX_DIMS] = {0};
   for (int q = 0; status == LOOM_OK && q < p; q++) {
-    int64_t first, count, box[LOOM_RESHARD_MAX_DIMS], src_off[LOOM_RESHARD_MAX_DIMS] = {0};
-    int64_t zero[LOOM_RESHARD_MAX_DIMS] = {0};
-    memcpy(box, in_ext, sizeof(int64_t) * (size_t)nd);
-    loom_reshard_slice(spec, to, q, p, &first, &count);
-    box[to] = count, src_off[to] = first;
-    copy_box(nd, box, in, in_ext, src_off, send + send_displs[q], box, zero, bytes);
+    int64_t box[LOOM_RESHARD_MAX_DIMS], offset[LOOM_RESHARD_MAX_DIMS];
+    peer_box(spec, in_ext, to, q, p, box, offset);
+    copy_box(nd, box, in, in_ext, offset, send + send_displs[q], box, zero, bytes);
   }
   /* every rank takes the same path: none waits in the exchange for one out of memory */
   status = loom_status_agree(g, status, "loom_reshard");
@@ -110,12 +113,9 @@ static loom_status reshard_host(loom_group *g, const loom_reshard_spec *spec, co
     status = loom_alltoallv(g, loom_buf_host(send, send_total, LOOM_UINT8), send_counts, send_displs,
                             loom_buf_host(recv, recv_total, LOOM_UINT8), recv_counts, recv_displs);
   for (int q = 0; status == LOOM_OK && q < p; q++) {
-    int64_t first, count, box[LOOM_RESHARD_MAX_DIMS], dst_off[LOOM_RESHARD_MAX_DIMS] = {0};
-    int64_t zero[LOOM_RESHARD_MAX_DIMS] = {0};
-    memcpy(box, out_ext, sizeof(int64_t) * (size_t)nd);
-    loom_reshard_slice(spec, from, q, p, &first, &count);
-    box[from] = count, dst_off[from] = first;
-    copy_box(nd, box, recv + recv_displs[q], box, zero, out, out_ext, dst_off, bytes);
+    int64_t box[LOOM_RESHARD_MAX_DIMS], offset[LOOM_RESHARD_MAX_DIMS];
+    peer_box(spec, out_ext, from, q, p, box, offset);
+    copy_box(nd, box, recv + recv_displs[q], box, zero, out, out_ext, offset, bytes);
   }
   free(send), free(recv), free(counts);
   return status;
