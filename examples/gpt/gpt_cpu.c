@@ -23,7 +23,8 @@ struct gpt_cpu {
   gpt_layout layout;
   gpt_attention attention;
   int B, T;
-  int first_position;    /* position of the first of the T tokens (sequence parallelism) */
+  int *positions;        /* (T) position of each of the T tokens: 0 .. T-1 unless sequence
+                            parallelism gives this rank other parts of the sequence */
   size_t N;
   block_buffers *blocks;
   float *lnf, *meanf, *rstdf, *logits, *d_lnf; /* head: (N, d), (N), (N), (N, V), (N, d) */
@@ -217,6 +218,12 @@ loom_status gpt_cpu_create_part(const gpt_layout *layout, int B, int T, const gp
   m->layout = *layout;
   m->attention = attention ? *attention : gpt_attention_local;
   m->B = B, m->T = T, m->N = (size_t)B * T;
+  m->positions = malloc(sizeof(int) * (size_t)T);
+  if (!m->positions) {
+    free(m);
+    return loom_error_set(LOOM_ERR_NOMEM, "allocating the GPT model");
+  }
+  for (int t = 0; t < T; t++) m->positions[t] = t;
   size_t N = m->N, d = (size_t)s->width;
   size_t saved = m->attention.saved_floats(m->attention.user, B, T, s->width, s->heads);
   /* per block: ln1, att, x2, ln2, d_out, d_ln2, d_x2, d_ln1 (N d each); qkv, d_qkv (3 N d);
@@ -255,14 +262,15 @@ loom_status gpt_cpu_create_part(const gpt_layout *layout, int B, int T, const gp
 
 void gpt_cpu_destroy(gpt_cpu *m) {
   if (!m) return;
-  free(m->arena), free(m->blocks), free(m);
+  free(m->arena), free(m->blocks), free(m->positions), free(m);
 }
 
-loom_status gpt_cpu_set_first_position(gpt_cpu *m, int first) {
-  if (first < 0 || first + m->T > m->layout.shape.context)
-    return loom_error_set(LOOM_ERR_ARG, "GPT: tokens [%d, %d) of each sequence do not fit the "
-                          "context of %d", first, first + m->T, m->layout.shape.context);
-  m->first_position = first;
+loom_status gpt_cpu_set_positions(gpt_cpu *m, const int *positions) {
+  for (int t = 0; t < m->T; t++)
+    if (positions[t] < 0 || positions[t] >= m->layout.shape.context)
+      return loom_error_set(LOOM_ERR_ARG, "GPT: token %d of each sequence at position %d, outside "
+                            "the context of %d", t, positions[t], m->layout.shape.context);
+  memcpy(m->positions, positions, sizeof(int) * (size_t)m->T);
   return LOOM_OK;
 }
 
@@ -275,7 +283,7 @@ void gpt_embed_forward(gpt_cpu *m, const float *params, const int *tokens, float
   int d = m->layout.shape.width;
   const float *wte = PARAM(params, 0, GPT_WTE), *wpe = PARAM(params, 0, GPT_WPE);
   for (size_t r = 0; r < m->N; r++) {
-    const float *e = wte + (size_t)tokens[r] * d, *pos = wpe + ((size_t)m->first_position + r % (size_t)m->T) * d;
+    const float *e = wte + (size_t)tokens[r] * d, *pos = wpe + (size_t)m->positions[r % (size_t)m->T] * d;
     for (int i = 0; i < d; i++) x[r * d + i] = e[i] + pos[i];
   }
 }
@@ -284,7 +292,7 @@ void gpt_embed_backward_weight(gpt_cpu *m, const int *tokens, const float *dx, f
   int d = m->layout.shape.width;
   float *wte = PARAM(grads, 0, GPT_WTE), *wpe = PARAM(grads, 0, GPT_WPE);
   for (size_t r = 0; r < m->N; r++) {
-    float *e = wte + (size_t)tokens[r] * d, *pos = wpe + ((size_t)m->first_position + r % (size_t)m->T) * d;
+    float *e = wte + (size_t)tokens[r] * d, *pos = wpe + (size_t)m->positions[r % (size_t)m->T] * d;
     for (int i = 0; i < d; i++) e[i] += dx[r * d + i], pos[i] += dx[r * d + i];
   }
 }

@@ -42,9 +42,9 @@ loom_status gpt_cpu_create(const gpt_layout *layout, int B, int T, const gpt_att
 loom_status gpt_cpu_create_part(const gpt_layout *layout, int B, int T, const gpt_attention *attention,
                                 int first_block, int blocks, int head, gpt_cpu **out);
 void gpt_cpu_destroy(gpt_cpu *model);
-/* The T tokens of each sequence are positions [first, first + T) (0 unless sequence
- * parallelism gives this rank a later part): the position embedding rows they use. */
-loom_status gpt_cpu_set_first_position(gpt_cpu *model, int first);
+/* The positions in the context of the T tokens of each sequence (T of them; 0 .. T-1 unless
+ * sequence parallelism gives this rank other parts): the position embedding rows they use. */
+loom_status gpt_cpu_set_positions(gpt_cpu *model, const int *positions);
 /* Bytes of activations one micro-batch keeps, per block and for the head (for memory plans). */
 size_t gpt_cpu_block_activation_bytes(const gpt_cpu *model);
 size_t gpt_cpu_head_activation_bytes(const gpt_cpu *model);

@@ -123,13 +123,13 @@ double gpt_model_device_gib(const gpt_model *m) {
   return 0;
 }
 
-loom_status gpt_model_split_sequence(gpt_model *m, int first, const gpt_attention *attention) {
+loom_status gpt_model_split_sequence(gpt_model *m, const int *positions, const gpt_attention *attention) {
   if (!m->cpu)
     return loom_error_set(LOOM_ERR_UNSUPPORTED, "GPT sequence parallelism runs on the CPU for now "
                           "(--device cpu)");
   gpt_cpu *split = NULL;
   LOOM_CHECK(gpt_cpu_create(&m->layout, m->chunk, m->T, attention, &split));
-  loom_status status = gpt_cpu_set_first_position(split, first);
+  loom_status status = gpt_cpu_set_positions(split, positions);
   if (status != LOOM_OK) {
     gpt_cpu_destroy(split);
     return status;

@@ -30,10 +30,11 @@ const gpt_layout *gpt_model_layout(const gpt_model *model);
 loom_status gpt_model_add_params(gpt_model *model, loom_params *params, int decay_group,
                                  int no_decay_group);
 loom_status gpt_model_zero_grad(gpt_model *model);
-/* Sequence parallelism (CPU): this rank's micro-batches hold tokens [first, first + T) of each
- * sequence (T as created), and attention goes through `attention` (gpt_ulysses_attention),
- * which gathers what it needs from the other ranks. */
-loom_status gpt_model_split_sequence(gpt_model *model, int first, const gpt_attention *attention);
+/* Sequence parallelism (CPU): this rank's micro-batches hold the tokens at `positions` (T as
+ * created) of each sequence, and attention goes through `attention` (gpt_ulysses_attention,
+ * gpt_ring_attention), which gets what it needs from the other ranks. */
+loom_status gpt_model_split_sequence(gpt_model *model, const int *positions,
+                                     const gpt_attention *attention);
 /* Bytes of activations the model keeps for one micro-batch (blocks and head; CPU models, 0 on
  * a GPU). */
 size_t gpt_model_activation_bytes(const gpt_model *model);

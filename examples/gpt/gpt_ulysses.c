@@ -1,6 +1,6 @@
-/* Ulysses attention (see gpt_ulysses.h): reshard, gpt_attention_local on the rank's heads,
- * reshard back. The saved buffer holds the head-split Q, K, V (B, T sp, 3 d / sp) and the local
- * attention's own (its probabilities for H / sp heads over whole sequences); scratch for the
+/* Ulysses attention (see gpt_ulysses.h): reshard, the inner attention on the rank's heads,
+ * reshard back. The saved buffer holds the head-split Q, K, V (B, T sp, 3 d / sp) and the inner
+ * attention's own (for the local one, its probabilities for H / sp heads); scratch for the
  * head-split output and gradients lives here, grown on first use. */
 #include "gpt_ulysses.h"
 
@@ -10,6 +10,7 @@
 
 struct gpt_ulysses {
   loom_group *sp;
+  gpt_attention inner; /* on whole sequences (of the group's tokens) for H / sp heads */
   int ranks;
   loom_status status;  /* first failure since the last gpt_ulysses_status */
   float *scratch;      /* (B, T sp, 3 d / sp): head-split output or gradients */
@@ -24,12 +25,12 @@ loom_status gpt_ulysses_check(int sp, int heads, int context) {
   return LOOM_OK;
 }
 
-loom_status gpt_ulysses_create(loom_group *sp, gpt_ulysses **out) {
+loom_status gpt_ulysses_create(loom_group *sp, const gpt_attention *inner, gpt_ulysses **out) {
   *out = NULL;
   if (!sp) return loom_error_set(LOOM_ERR_ARG, "gpt_ulysses_create: the SP group is needed");
   gpt_ulysses *u = calloc(1, sizeof *u);
   if (!u) return loom_error_set(LOOM_ERR_NOMEM, "Ulysses attention");
-  u->sp = sp, u->ranks = loom_group_size(sp);
+  u->sp = sp, u->ranks = loom_group_size(sp), u->inner = inner ? *inner : gpt_attention_local;
   *out = u;
   return LOOM_OK;
 }
@@ -84,7 +85,7 @@ static loom_status move_out(gpt_ulysses *u, int B, int T, int H, int hd, const f
 static size_t ulysses_saved(void *user, int B, int T_local, int d, int H) {
   gpt_ulysses *u = user;
   int p = u->ranks, T = T_local * p;
-  return (size_t)B * T * 3 * d / p + gpt_attention_local.saved_floats(NULL, B, T, d / p, H / p);
+  return (size_t)B * T * 3 * d / p + u->inner.saved_floats(u->inner.user, B, T, d / p, H / p);
 }
 
 static void ulysses_forward(void *user, const float *qkv, int B, int T_local, int d, int H,
@@ -96,7 +97,7 @@ static void ulysses_forward(void *user, const float *qkv, int B, int T_local, in
   if (!out_heads || u->status != LOOM_OK) return;
   keep(u, move_qkv(u, B, T, H, hd, qkv, qkv_heads, 1));
   if (u->status != LOOM_OK) return;
-  gpt_attention_local.forward(NULL, qkv_heads, B, T, d / p, H / p, out_heads, local);
+  u->inner.forward(u->inner.user, qkv_heads, B, T, d / p, H / p, out_heads, local);
   keep(u, move_out(u, B, T, H, hd, out_heads, out, 0));
 }
 
@@ -112,7 +113,7 @@ static void ulysses_backward(void *user, const float *dout, const float *qkv, co
   float *dout_heads = work, *dqkv_heads = work + out_floats;
   keep(u, move_out(u, B, T, H, hd, dout, dout_heads, 1));
   if (u->status != LOOM_OK) return;
-  gpt_attention_local.backward(NULL, dout_heads, qkv_heads, local, B, T, d / p, H / p, dqkv_heads);
+  u->inner.backward(u->inner.user, dout_heads, qkv_heads, local, B, T, d / p, H / p, dqkv_heads);
   keep(u, move_qkv(u, B, T, H, hd, dqkv_heads, dqkv, 0));
 }
 

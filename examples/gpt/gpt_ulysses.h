@@ -16,8 +16,10 @@
 typedef struct gpt_ulysses gpt_ulysses;
 
 /* For `sp` (its size divides the heads and the context; the caller checks with
- * gpt_ulysses_check). */
-loom_status gpt_ulysses_create(loom_group *sp, gpt_ulysses **out);
+ * gpt_ulysses_check). `inner` (copied; NULL: gpt_attention_local) computes attention on the
+ * group's tokens for H / sp heads: the local one when the group holds whole sequences, a ring
+ * across the other groups in the hybrid (gpt_ring.h). */
+loom_status gpt_ulysses_create(loom_group *sp, const gpt_attention *inner, gpt_ulysses **out);
 void gpt_ulysses_destroy(gpt_ulysses *u);
 /* The plug-in; valid while `u` lives. */
 gpt_attention gpt_ulysses_attention(gpt_ulysses *u);

@@ -23,16 +23,16 @@
 #include "gpt_data.h"
 #include "gpt_model.h"
 #include "gpt_stages.h"
-#include "gpt_ulysses.h"
+#include "gpt_sequence.h"
 #include "parallel/pipeline/executor.h"
 
 typedef struct {
   const char *data_dir, *train_shard, *val_shard, *metrics_path, *prompt, *attention, *schedule,
-      *sp_mode;
+      *sp_mode, *sp_split;
   loom_keeper_params keep;
   gpt_shape shape;
   int batch, chunk, microbatches, chunks, steps, warmup_steps, eval_every, eval_batches,
-      progress_every, stop_at_step;
+      progress_every, stop_at_step, sp_ring;
   int sample, top_k, sample_only;
   double lr, weight_decay, clip, temperature, peak_tflops;
 } options;
@@ -57,7 +57,7 @@ static double gpt_flops_per_token(const gpt_shape *s, int T) {
 
 static int parse_options(options *o, loom_config *config, int argc, char **argv) {
   *o = (options){.data_dir = GPT_FORTUNES_DIR, .prompt = "\n", .attention = "flash", .schedule = "1f1b",
-                 .sp_mode = "ulysses",
+                 .sp_mode = "ulysses", .sp_split = "zigzag", .sp_ring = 2,
                  .keep = LOOM_KEEPER_PARAMS_INIT,
                  .shape = {.layers = 4, .width = 128, .heads = 4, .vocab = 256, .context = 128},
                  .batch = 16, .chunk = 4, .steps = 400, .warmup_steps = 40, .eval_every = 100,
@@ -76,7 +76,9 @@ static int parse_options(options *o, loom_config *config, int argc, char **argv)
       {"chunk", LOOM_OPTION_INT, &o->chunk, "sequences per micro-batch (divides the per-rank batch)", NULL, 1, 1 << 20},
       {"microbatches", LOOM_OPTION_INT, &o->microbatches, "micro-batches per replica and step (sets --chunk to batch / dp / this); 0 = from --chunk", NULL, 0, 1 << 16},
       {"schedule", LOOM_OPTION_STRING, &o->schedule, "pipeline schedule with --pp > 1: gpipe, 1f1b, interleaved, zbh1, zbv"},
-      {"sp-mode", LOOM_OPTION_STRING, &o->sp_mode, "sequence parallelism with --sp > 1: ulysses (ring and hybrid are not built yet)"},
+      {"sp-mode", LOOM_OPTION_STRING, &o->sp_mode, "sequence parallelism with --sp > 1: ulysses (all-to-all), ring (ring attention) or hybrid (Ulysses inside groups of sp / --sp-ring ranks, a ring across them)"},
+      {"sp-ring", LOOM_OPTION_INT, &o->sp_ring, "hybrid: the ring degree (divides --sp)", NULL, 1, 1 << 16},
+      {"sp-split", LOOM_OPTION_STRING, &o->sp_split, "ring and hybrid: zigzag (2 chunks per rank, causal work balanced) or contiguous"},
       {"chunks", LOOM_OPTION_INT, &o->chunks, "pipeline stages per rank (interleaved: >= 2, zbv: 2); 0 = the schedule's own", NULL, 0, 64},
       {"steps", LOOM_OPTION_INT, &o->steps, "optimizer steps", NULL, 1, 1 << 30},
       {"lr", LOOM_OPTION_DOUBLE, &o->lr, "peak learning rate", NULL, 0, 10},
@@ -181,7 +183,9 @@ int main(int argc, char **argv) {
   loom_loop *loop = NULL;
   gpt_model *model = NULL, *eval_model = NULL; /* eval_model: whole sequences, with --sp > 1 */
   loom_group *sp_group = NULL;
-  gpt_ulysses *ulysses = NULL;
+  gpt_sequence *sequence = NULL; /* --sp > 1 */
+  gpt_sp_params sp_params = {.ring = 1};
+  int *sp_positions = NULL;
   int *sp_tokens = NULL, *sp_targets = NULL;
   loom_pipeline_schedule *pipeline = NULL; /* --pp > 1 */
   gpt_stages *stages = NULL;
@@ -197,16 +201,16 @@ int main(int argc, char **argv) {
   loom_mesh_shape shape;
   TRY(loom_mesh_shape_from_config(&config, loom_ctx_size(ctx), &shape));
   if (shape.sp > 1) {
-    if (strcmp(o.sp_mode, "ulysses") != 0)
-      TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "--sp-mode %s: only ulysses is built so far "
-                         "(ring and hybrid are not)", o.sp_mode));
+    TRY(gpt_sp_mode_parse(o.sp_mode, &sp_params.mode));
+    TRY(loom_sp_split_parse(o.sp_split, &sp_params.split));
+    sp_params.ring = o.sp_ring;
     if (shape.pp > 1)
       TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "--sp %d with --pp %d: sequence and pipeline "
                          "parallelism do not compose in train_gpt yet", shape.sp, shape.pp));
     if (loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
       TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "train_gpt --sp > 1 runs on the CPU for now "
                          "(--device cpu)"));
-    TRY(gpt_ulysses_check(shape.sp, o.shape.heads, o.shape.context));
+    TRY(gpt_sequence_check(&sp_params, shape.sp, o.shape.heads, o.shape.context));
   }
   if (o.microbatches > 0) {
     if (o.batch % shape.dp || (o.batch / shape.dp) % o.microbatches)
@@ -237,13 +241,16 @@ int main(int argc, char **argv) {
   int local = o.batch / shape.dp, T = o.shape.context, T_local = T / shape.sp;
   TRY(gpt_model_create(ctx, &layout, o.chunk, T_local, config.seed, attention, &model));
   loom_group *eval_group = grad_group;
-  if (shape.sp > 1) { /* Ulysses: this rank's T / sp tokens of each sequence */
+  if (shape.sp > 1) { /* this rank's T / sp tokens of each sequence */
     sp_group = loom_mesh_group(mesh, LOOM_AXIS_SP);
     eval_group = loom_mesh_group(mesh, LOOM_AXIS_DP);
     if (!sp_group || !eval_group) TRY(LOOM_ERR_INTERNAL); /* loom_mesh_group set the message */
-    TRY(gpt_ulysses_create(sp_group, &ulysses));
-    gpt_attention across = gpt_ulysses_attention(ulysses);
-    TRY(gpt_model_split_sequence(model, loom_group_rank(sp_group) * T_local, &across));
+    TRY(gpt_sequence_create(ctx, sp_group, &sp_params, &sequence));
+    gpt_attention across = gpt_sequence_attention(sequence);
+    sp_positions = malloc(sizeof(int) * (size_t)T_local);
+    if (!sp_positions) TRY(loom_error_set(LOOM_ERR_NOMEM, "sequence positions"));
+    TRY(gpt_sequence_positions(sequence, T, sp_positions));
+    TRY(gpt_model_split_sequence(model, sp_positions, &across));
     /* validation on whole sequences, by a copy of the (replicated) parameters */
     if (o.eval_batches > 0) TRY(gpt_model_create(ctx, &layout, o.chunk, T, config.seed, attention, &eval_model));
     sp_tokens = malloc(sizeof(int) * (size_t)o.chunk * T_local);
@@ -340,15 +347,15 @@ int main(int argc, char **argv) {
                            o.chunk, T, tokens, targets));
         const int *my_tokens = tokens, *my_targets = targets;
         if (sp_group) { /* this rank's tokens of each sequence */
-          int first = loom_group_rank(sp_group) * T_local;
-          for (int b = 0; b < o.chunk; b++) {
-            memcpy(sp_tokens + (size_t)b * T_local, tokens + (size_t)b * T + first, sizeof(int) * (size_t)T_local);
-            memcpy(sp_targets + (size_t)b * T_local, targets + (size_t)b * T + first, sizeof(int) * (size_t)T_local);
-          }
+          for (int b = 0; b < o.chunk; b++)
+            for (int t = 0; t < T_local; t++) {
+              sp_tokens[(size_t)b * T_local + t] = tokens[(size_t)b * T + sp_positions[t]];
+              sp_targets[(size_t)b * T_local + t] = targets[(size_t)b * T + sp_positions[t]];
+            }
           my_tokens = sp_tokens, my_targets = sp_targets;
         }
         TRY(gpt_model_train_chunk(model, my_tokens, my_targets, scale, c + o.chunk >= local, ddp, &step_loss));
-        if (ulysses) TRY(gpt_ulysses_status(ulysses));
+        if (sequence) TRY(gpt_sequence_status(sequence));
       }
     }
     TRY(loom_ddp_finish(ddp));
@@ -376,12 +383,22 @@ int main(int argc, char **argv) {
   if (o.sample_only) TRY(evaluate(eval_model ? eval_model : model, &val, &o, eval_group, tokens, targets, &val_loss));
   if (rank == 0 && !stages && gpt_model_activation_bytes(model) > 0)
     printf("activations: %.1f MB per micro-batch on each rank\n", gpt_model_activation_bytes(model) / 1e6);
-  if (ulysses && rank == 0 && !o.sample_only) {
-    double forward, backward, passes = (double)steps_run * (local / o.chunk) * o.shape.layers;
-    gpt_ulysses_elements(ulysses, &forward, &backward);
-    if (passes > 0) printf("ulysses: %.0f elements through the all-to-alls per layer and micro-batch forward, "
-           "%.0f backward, on rank 0 (formula 4 N d / sp = %.0f)\n", forward / passes,
-           backward / passes, 4.0 * o.chunk * T * o.shape.width / shape.sp);
+  if (sequence && rank == 0 && !o.sample_only) {
+    gpt_sequence_traffic traffic;
+    gpt_sequence_traffic_get(sequence, &traffic);
+    double passes = (double)steps_run * (local / o.chunk) * o.shape.layers;
+    double n_d = (double)o.chunk * T * o.shape.width;
+    int r = sp_params.mode == GPT_SP_RING ? shape.sp : sp_params.mode == GPT_SP_ULYSSES ? 1 : sp_params.ring;
+    int u = shape.sp / r; /* Ulysses and ring degrees */
+    if (passes > 0 && u > 1)
+      printf("sequence: %.0f elements through the all-to-alls per layer and micro-batch forward, "
+             "%.0f backward, on rank 0 (formula 4 N d / sp = %.0f)\n", traffic.alltoall_forward / passes,
+             traffic.alltoall_backward / passes, 4.0 * n_d / shape.sp);
+    if (passes > 0 && r > 1)
+      printf("sequence: ring sent %.0f elements per layer and micro-batch (forward and backward; formula "
+             "(3 r - 2) 2 N d / sp = %.0f), %.3f s computing, %.3f s waiting, %.0f query-key pairs on rank 0\n",
+             traffic.ring.elements_sent / passes, (3 * r - 2) * 2 * n_d / shape.sp,
+             traffic.ring.compute_seconds, traffic.ring.wait_seconds, traffic.ring.pairs);
   }
   if (rank == 0) printf("final train_loss=%.10g val_loss=%.10g\n", step_loss, val_loss);
   if (rank == 0 && loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
@@ -401,8 +418,8 @@ done:
   loom_pipeline_schedule_destroy(pipeline);
   gpt_model_destroy(model);
   gpt_model_destroy(eval_model);
-  gpt_ulysses_destroy(ulysses);
-  free(sp_tokens), free(sp_targets);
+  gpt_sequence_destroy(sequence);
+  free(sp_tokens), free(sp_targets), free(sp_positions);
   loom_mesh_destroy(mesh);
   if (code != 0 && loom_ctx_size(ctx) > 1) MPI_Abort(MPI_COMM_WORLD, code);
   loom_finalize(ctx);

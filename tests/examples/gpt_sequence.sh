@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# train_gpt with Ulysses sequence parallelism on the CPU against sp 1: after one step the
+# train_gpt with sequence parallelism on the CPU against sp 1, every mode: after one step the
 # gradients (AdamW's first moment, 0.1 x the gradient, read from the checkpoints with h5py)
-# agree within 1e-5 relative per tensor, and the loss within 1e-6, at sp 2, sp 4 and sp 2 x
-# dp 2; three steps give the same losses to 1e-6. Not bit for bit: each rank's products sum
-# its own tokens' terms, then the ranks' sums are added. Bad layouts are refused with the
-# numbers.
+# agree within 1e-5 relative per tensor, and the loss within 1e-6: Ulysses at sp 2, sp 4 and
+# sp 2 x dp 2; the ring at sp 2 and 4 (zigzag), sp 4 contiguous, sp 2 x dp 2, and sp 3 on an
+# odd context (33, contiguous); the hybrid at sp 4 (ring 2 x Ulysses 2). Three steps give the
+# same losses to 1e-6 (Ulysses and ring at sp 4). Not bit for bit: each rank's products sum its
+# own tokens' terms, then the ranks' sums are added. Bad layouts are refused with the numbers.
 #   bash tests/examples/gpt_sequence.sh build/examples/train_gpt
 set -uo pipefail
 bin=$1
@@ -39,25 +40,40 @@ PY
 }
 
 run sp1 1 --steps 1 --ckpt-dir "$tmp/sp1"
-for cfg in "sp2 2 --sp 2" "sp4 4 --sp 4" "sp2dp2 4 --sp 2"; do
+run sp1odd 1 --steps 1 --ckpt-dir "$tmp/sp1odd" --context 33
+for cfg in "sp2 2 sp1 --sp 2" "sp4 4 sp1 --sp 4" "sp2dp2 4 sp1 --sp 2" \
+           "ring2 2 sp1 --sp 2 --sp-mode ring" "ring4 4 sp1 --sp 4 --sp-mode ring" \
+           "ring4contiguous 4 sp1 --sp 4 --sp-mode ring --sp-split contiguous" \
+           "ring2dp2 4 sp1 --sp 2 --sp-mode ring" \
+           "ring3odd 3 sp1odd --sp 3 --sp-mode ring --sp-split contiguous --context 33" \
+           "hybrid4 4 sp1 --sp 4 --sp-mode hybrid --sp-ring 2"; do
   set -- $cfg
-  name=$1 np=$2; shift 2
+  name=$1 np=$2 ref=$3; shift 3
   run "$name" "$np" --steps 1 --ckpt-dir "$tmp/$name" "$@"
-  check "$name: gradients within 1e-5 of sp 1's ($(gradients_close "$tmp/sp1" "$tmp/$name" 2>&1 | tail -1))" \
-    'gradients_close "$tmp/sp1" "$tmp/$name" >/dev/null 2>&1'
-  check "$name: step 1 losses within 1e-6 of sp 1's" 'close "$(final "$tmp/sp1.log")" "$(final "$tmp/$name.log")"'
+  check "$name: gradients within 1e-5 of sp 1's ($(gradients_close "$tmp/$ref" "$tmp/$name" 2>&1 | tail -1))" \
+    'gradients_close "$tmp/$ref" "$tmp/$name" >/dev/null 2>&1'
+  check "$name: step 1 losses within 1e-6 of sp 1's" 'close "$(final "$tmp/$ref.log")" "$(final "$tmp/$name.log")"'
 done
+check "ring4: traffic printed against its formula" 'grep -q "^sequence: ring sent" "$tmp/ring4.log"'
 run long1 1 --steps 3
-run long4 4 --steps 3 --sp 4
-check "sp 4: three steps' losses within 1e-6 of sp 1's ($(final "$tmp/long1.log") / $(final "$tmp/long4.log"))" \
-  'close "$(final "$tmp/long1.log")" "$(final "$tmp/long4.log")"'
+for mode in ulysses ring; do
+  run "long4$mode" 4 --steps 3 --sp 4 --sp-mode $mode
+  check "sp 4 $mode: three steps' losses within 1e-6 of sp 1's ($(final "$tmp/long1.log") / $(final "$tmp/long4$mode.log"))" \
+    'close "$(final "$tmp/long1.log")" "$(final "$tmp/long4$mode.log")"'
+done
 
 run heads 3 --steps 1 --sp 3 --context 33
 check "sp not dividing the heads refused" 'grep -q "sp=3 must divide the heads (4) and the context (33)" "$tmp/heads.log"'
 run context 4 --steps 1 --sp 4 --context 30
 check "sp not dividing the context refused" 'grep -q "sp=4 must divide the heads (4) and the context (30)" "$tmp/context.log"'
-run ring 2 --steps 1 --sp 2 --sp-mode ring
-check "ring mode refused (not built)" 'grep -q "sp-mode ring: only ulysses is built so far" "$tmp/ring.log"'
+run zigzag 4 --steps 1 --sp 4 --sp-mode ring --context 36
+check "zigzag context not a multiple of 2 sp refused" 'grep -q "the context (36) must be a multiple of 8" "$tmp/zigzag.log"'
+run toolong 4 --steps 1 --sp 4 --sp-mode ring --sp-split contiguous --context 2
+check "sp larger than the sequence refused" 'grep -q "the context (2) must be a multiple of 4" "$tmp/toolong.log"'
+run ringdeg 4 --steps 1 --sp 4 --sp-mode hybrid --sp-ring 3
+check "hybrid ring degree not dividing sp refused" 'grep -q "ring degree 3 must divide sp=4" "$tmp/ringdeg.log"'
+run mode 2 --steps 1 --sp 2 --sp-mode diagonal
+check "unknown mode refused" 'grep -q "sp-mode diagonal: ulysses, ring or hybrid" "$tmp/mode.log"'
 run both 4 --steps 1 --sp 2 --pp 2
 check "sp with pp refused (not built)" 'grep -q "do not compose in train_gpt yet" "$tmp/both.log"'
 [ $fail -eq 0 ] && echo "gpt-sequence: all checks passed"

@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
   gpt_attention_local.backward(NULL, dout, qkv, p_full, B, T, D, H, dqkv);
 
   gpt_ulysses *u;
-  CHECK_OK(&st, gpt_ulysses_create(world, &u));
+  CHECK_OK(&st, gpt_ulysses_create(world, NULL, &u));
   gpt_attention a = gpt_ulysses_attention(u);
   size_t local_qkv = (size_t)B * rows * 3 * D, local_out = (size_t)B * rows * D;
   float *my_qkv = malloc(sizeof(float) * local_qkv), *my_dout = malloc(sizeof(float) * local_out);
