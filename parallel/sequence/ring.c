@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "collectives/coll.h"
 #include "runtime/log.h"
@@ -119,6 +120,13 @@ int loom_ring_attention_position(const loom_ring_attention *r) { return r->posit
 int loom_ring_attention_size(const loom_ring_attention *r) { return r->size; }
 
 void loom_ring_attention_stats(const loom_ring_attention *r, loom_ring_stats *out) { *out = r->stats; }
+
+// This thread's CPU seconds: the block computation's cost even when ranks share cores.
+static double cpu_now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 static loom_status grow(float **buf, size_t *have, size_t floats) {
   if (floats <= *have) return LOOM_OK;
@@ -282,10 +290,12 @@ loom_status loom_ring_attention_forward(loom_ring_attention *r, int B, int T_loc
       r->stats.elements_sent += (double)block;
     }
     pass_shape p = shape_of(r, B, T_local, H, hd, (r->position - s + R) % R);
-    double start = loom_now();
+    double start = loom_now(), cpu_start = cpu_now();
     status = forward_block(r, &p, qkv, here, out, m, l, &req);
     double computed = loom_now();
     r->stats.compute_seconds += computed - start;
+    r->stats.compute_cpu_seconds += cpu_now() - cpu_start;
+    if (s + 1 < R) r->stats.transfers++, r->stats.transfers_hidden += req == NULL;
     loom_status waited = loom_wait(&req);
     if (status == LOOM_OK) status = waited;
     r->stats.wait_seconds += loom_now() - computed;
@@ -367,10 +377,13 @@ loom_status loom_ring_attention_backward(loom_ring_attention *r, int B, int T_lo
       break;
     memset(partial, 0, sizeof(float) * block);
     pass_shape p = shape_of(r, B, T_local, H, hd, (r->position - s + R) % R);
-    double start = loom_now();
+    double start = loom_now(), cpu_start = cpu_now();
     status = backward_block(r, &p, qkv, here, dout, lse, D, dqkv, partial, reqs, 3);
     double computed = loom_now();
     r->stats.compute_seconds += computed - start;
+    r->stats.compute_cpu_seconds += cpu_now() - cpu_start;
+    if (s + 1 < R) r->stats.transfers++, r->stats.transfers_hidden += reqs[KV] == NULL;
+    if (s > 0) r->stats.transfers++, r->stats.transfers_hidden += reqs[PARTIAL_IN] == NULL;
     loom_status waited = loom_wait(&reqs[PARTIAL_IN]);
     if (status == LOOM_OK) status = waited;
     if (s > 0 && status == LOOM_OK)

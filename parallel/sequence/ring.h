@@ -73,11 +73,14 @@ loom_status loom_ring_attention_backward(loom_ring_attention *ring, int B, int T
                                          int hd, const float *qkv, const float *out,
                                          const float *lse, const float *dout, float *dqkv);
 
-/* Since create: seconds computing blocks, seconds waiting for transfers after the computation
- * they overlapped (the part not hidden), elements sent, query-key pairs computed (the work the
- * causal balance evens out), forward and backward passes. */
+/* Since create: seconds computing blocks (wall, and this thread's CPU time, which ranks
+ * sharing cores do not inflate), seconds waiting for transfers after the computation they
+ * overlapped (the part not hidden), elements sent, query-key pairs computed (the work the
+ * causal balance evens out), forward and backward passes; incoming block transfers, and how
+ * many of them had completed before the computation they overlapped ended (hidden). */
 typedef struct {
-  double compute_seconds, wait_seconds, elements_sent, pairs;
+  double compute_seconds, compute_cpu_seconds, wait_seconds, elements_sent, pairs;
+  int64_t transfers, transfers_hidden;
   int64_t forwards, backwards;
 } loom_ring_stats;
 
