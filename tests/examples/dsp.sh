@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The DSP example (examples/dsp/dsp_video.c) at 1, 2, 3 and 4 ranks (3 leaves the frames and
 # space positions uneven): --verify checks each rank's output against the unsharded block bit
-# for bit, the gradients within 1e-6 and, against central differences, within 2 %; five steps'
+# for bit, the gradients within 1e-5 (float32 sums in another order) and, against central differences, within 2 %; five steps'
 # losses agree with the single rank's within 1e-6 relative; the elements resharded per block
 # equal 2 N C / p each way (even shards), a quarter of Ulysses' 8 N C / p.
 #   bash tests/examples/dsp.sh build/examples/dsp_video

@@ -53,5 +53,6 @@ int register_state_suite(void);
 int register_erasure_suite(void);
 int register_snapshot_sum_suite(void);
 int register_pipeline_suite(void);
+int register_mixed_suite(void);
 
 #endif

@@ -1,5 +1,5 @@
 /* Driver of the single-process unit tests of loom's pure parts (status, config, mesh, rng, dtype,
- * sparse plans, executor, pipeline schedules; no MPI, no loom_init): seed, shared CHECK helpers, suite registry.
+ * sparse plans, executor, pipeline schedules, mixed-length plans; no MPI, no loom_init): seed, shared CHECK helpers, suite registry.
  * Inputs come from a fresh seed per run, printed first; pass it back as argv[1] to replay. */
 #include <inttypes.h>
 #include <stdarg.h>
@@ -66,7 +66,7 @@ int main(int argc, char **argv) {
       register_status_suite, register_config_suite, register_mesh_suite,
       register_rng_suite,    register_dtype_suite,  register_sparse_suite,
       register_executor_suite, register_state_suite, register_erasure_suite, register_snapshot_sum_suite,
-      register_pipeline_suite};
+      register_pipeline_suite, register_mixed_suite};
 
   if (CU_initialize_registry() != CUE_SUCCESS) {
     fprintf(stderr, "test_unit: CUnit registry: %s\n", CU_get_error_msg());
