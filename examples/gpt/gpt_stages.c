@@ -41,6 +41,8 @@ struct gpt_stages {
   int first_rank, last_rank; /* pipeline ranks of stage 0 (owns wte) and of the last stage */
   local_stage *local;  /* (chunks) */
   size_t activation_bytes;
+  const gpt_attention *attention; /* sequence parallelism: across the SP group (else NULL) */
+  const int *positions;           /* (T) and the positions of this rank's tokens (else NULL) */
 };
 
 static int stage_first_block(const gpt_stages *g, int s) { return s * g->layout.shape.layers / g->S; }
@@ -82,7 +84,8 @@ static loom_status create_local(gpt_stages *g, local_stage *l) {
   for (int j = 0; j < g->m; j++) l->slot_of[j] = -1;
   for (int k = 0; k < l->slot_count; k++) {
     slot *sl = &l->slots[k];
-    LOOM_CHECK(gpt_cpu_create_part(&g->layout, g->B, g->T, NULL, l->first_block, l->blocks, l->head, &sl->model));
+    LOOM_CHECK(gpt_cpu_create_part(&g->layout, g->B, g->T, g->attention, l->first_block, l->blocks, l->head, &sl->model));
+    if (g->positions) LOOM_CHECK(gpt_cpu_set_positions(sl->model, g->positions));
     sl->x = malloc(sizeof(float) * ((size_t)l->blocks + 1) * g->N * g->d);
     sl->embed_dx = l->embed ? malloc(sizeof(float) * g->N * g->d) : NULL;
     if (!sl->x || (l->embed && !sl->embed_dx)) return loom_error_set(LOOM_ERR_NOMEM, "GPT stage residuals");
@@ -96,6 +99,7 @@ static loom_status create_local(gpt_stages *g, local_stage *l) {
 
 loom_status gpt_stages_create(loom_group *pp, const gpt_layout *layout,
                               const loom_pipeline_schedule *schedule, int B, int T, uint64_t seed,
+                              const gpt_attention *attention, const int *positions,
                               gpt_stages **out) {
   *out = NULL;
   int S = loom_pipeline_schedule_stages(schedule), L = layout->shape.layers;
@@ -120,6 +124,7 @@ loom_status gpt_stages_create(loom_group *pp, const gpt_layout *layout,
   g->S = S, g->m = loom_pipeline_schedule_microbatches(schedule);
   g->first_rank = loom_pipeline_stage_rank(schedule, 0), g->last_rank = loom_pipeline_stage_rank(schedule, S - 1);
   g->chunks = loom_pipeline_schedule_chunks(schedule), g->B = B, g->T = T;
+  g->attention = attention, g->positions = positions;
   g->N = (size_t)B * T, g->d = (size_t)layout->shape.width;
   size_t P = layout->total, wte = layout->tensor[0].count;
   g->params = malloc(sizeof(float) * P), g->grad32 = calloc(P, sizeof(float));

@@ -29,9 +29,14 @@
 typedef struct gpt_stages gpt_stages;
 
 /* This rank's stages of `schedule` (kept by pointer) over the PP group `pp`, for micro-batches
- * of B sequences of T tokens, parameters initialised from `seed` like gpt_model's. */
+ * of B sequences of T tokens, parameters initialised from `seed` like gpt_model's. With
+ * sequence parallelism, the T tokens are this rank's part, at `positions` (T of them), and
+ * attention goes through `attention` (gpt_sequence_attention); both are kept by pointer and
+ * may be NULL (whole sequences). The SP peers of a rank are at the same pipeline rank and run
+ * the same schedule, so their attention collectives meet in the same order. */
 loom_status gpt_stages_create(loom_group *pp, const gpt_layout *layout,
                               const loom_pipeline_schedule *schedule, int B, int T, uint64_t seed,
+                              const gpt_attention *attention, const int *positions,
                               gpt_stages **out);
 void gpt_stages_destroy(gpt_stages *stages);
 

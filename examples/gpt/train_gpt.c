@@ -115,6 +115,17 @@ static int parse_options(options *o, loom_config *config, int argc, char **argv)
   return -1;
 }
 
+/* Sequence parallelism: this rank's tokens and targets (B, T_local) at `positions` of each of
+ * the B sequences (B, T). */
+static void take_positions(const int *tokens, const int *targets, int B, int T, int T_local,
+                           const int *positions, int *my_tokens, int *my_targets) {
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T_local; t++) {
+      my_tokens[(size_t)b * T_local + t] = tokens[(size_t)b * T + positions[t]];
+      my_targets[(size_t)b * T_local + t] = targets[(size_t)b * T + positions[t]];
+    }
+}
+
 /* Mean validation loss over eval_batches batches of the validation data's first tiles
  * (gpt_data_tiles: batch b holds sequences [b B, (b + 1) B)), split over the data-parallel
  * group. */
@@ -185,6 +196,7 @@ int main(int argc, char **argv) {
   loom_group *sp_group = NULL;
   gpt_sequence *sequence = NULL; /* --sp > 1 */
   gpt_sp_params sp_params = {.ring = 1};
+  gpt_attention across; /* the SP plug-in, kept by pointer by the stages */
   int *sp_positions = NULL;
   int *sp_tokens = NULL, *sp_targets = NULL;
   loom_pipeline_schedule *pipeline = NULL; /* --pp > 1 */
@@ -204,9 +216,6 @@ int main(int argc, char **argv) {
     TRY(gpt_sp_mode_parse(o.sp_mode, &sp_params.mode));
     TRY(loom_sp_split_parse(o.sp_split, &sp_params.split));
     sp_params.ring = o.sp_ring;
-    if (shape.pp > 1)
-      TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "--sp %d with --pp %d: sequence and pipeline "
-                         "parallelism do not compose in train_gpt yet", shape.sp, shape.pp));
     if (loom_ctx_device(ctx).kind == LOOM_DEVICE_CUDA)
       TRY(loom_error_set(LOOM_ERR_UNSUPPORTED, "train_gpt --sp > 1 runs on the CPU for now "
                          "(--device cpu)"));
@@ -246,7 +255,7 @@ int main(int argc, char **argv) {
     eval_group = loom_mesh_group(mesh, LOOM_AXIS_DP);
     if (!sp_group || !eval_group) TRY(LOOM_ERR_INTERNAL); /* loom_mesh_group set the message */
     TRY(gpt_sequence_create(ctx, sp_group, &sp_params, &sequence));
-    gpt_attention across = gpt_sequence_attention(sequence);
+    across = gpt_sequence_attention(sequence);
     sp_positions = malloc(sizeof(int) * (size_t)T_local);
     if (!sp_positions) TRY(loom_error_set(LOOM_ERR_NOMEM, "sequence positions"));
     TRY(gpt_sequence_positions(sequence, T, sp_positions));
@@ -266,7 +275,8 @@ int main(int argc, char **argv) {
     TRY(loom_pipeline_schedule_create(kind, shape.pp, local / o.chunk, o.chunks, &pipeline));
     pp_group = loom_mesh_group(mesh, LOOM_AXIS_PP);
     if (!pp_group) TRY(LOOM_ERR_INTERNAL); /* loom_mesh_group set the message */
-    TRY(gpt_stages_create(pp_group, &layout, pipeline, o.chunk, T, config.seed, &stages));
+    TRY(gpt_stages_create(pp_group, &layout, pipeline, o.chunk, T_local, config.seed,
+                          sequence ? &across : NULL, sp_positions, &stages));
     loom_pipeline_executor_params ep = LOOM_PIPELINE_EXECUTOR_PARAMS_INIT;
     gpt_stages_executor_params(stages, &ep);
     TRY(loom_pipeline_executor_create(pp_group, &ep, &executor));
@@ -336,9 +346,12 @@ int main(int argc, char **argv) {
       for (int c = 0; c < local; c += o.chunk) {
         TRY(gpt_data_batch(&train, config.seed, step, loom_mesh_my_coords(mesh).dp * local + c,
                            o.chunk, T, tokens, targets));
-        TRY(gpt_stages_set_microbatch(stages, c / o.chunk, tokens, targets));
+        if (sp_group) take_positions(tokens, targets, o.chunk, T, T_local, sp_positions, sp_tokens, sp_targets);
+        TRY(gpt_stages_set_microbatch(stages, c / o.chunk, sp_group ? sp_tokens : tokens,
+                                      sp_group ? sp_targets : targets));
       }
       TRY(loom_pipeline_executor_step(executor));
+      if (sequence) TRY(gpt_sequence_status(sequence));
       TRY(gpt_stages_end_step(stages, &step_loss));
     } else {
       TRY(gpt_model_zero_grad(model));
@@ -346,12 +359,8 @@ int main(int argc, char **argv) {
         TRY(gpt_data_batch(&train, config.seed, step, loom_mesh_my_coords(mesh).dp * local + c,
                            o.chunk, T, tokens, targets));
         const int *my_tokens = tokens, *my_targets = targets;
-        if (sp_group) { /* this rank's tokens of each sequence */
-          for (int b = 0; b < o.chunk; b++)
-            for (int t = 0; t < T_local; t++) {
-              sp_tokens[(size_t)b * T_local + t] = tokens[(size_t)b * T + sp_positions[t]];
-              sp_targets[(size_t)b * T_local + t] = targets[(size_t)b * T + sp_positions[t]];
-            }
+        if (sp_group) {
+          take_positions(tokens, targets, o.chunk, T, T_local, sp_positions, sp_tokens, sp_targets);
           my_tokens = sp_tokens, my_targets = sp_targets;
         }
         TRY(gpt_model_train_chunk(model, my_tokens, my_targets, scale, c + o.chunk >= local, ddp, &step_loss));
