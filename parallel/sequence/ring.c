@@ -365,16 +365,18 @@ loom_status loom_ring_attention_backward(loom_ring_attention *r, int B, int T_lo
   for (int s = 0; s < R && status == LOOM_OK; s++) {
     float *here = r->kv[s & 1], *coming = r->kv[(s + 1) & 1];
     partial = r->dkv[s & 1]; /* its send of two steps ago was waited for at the last step */
+    /* the block's gradient summed over the ranks it visited before; posted before the next
+     * block's exchange so that each peer's messages are received in the order they are sent
+     * (kv 0, partial 0, kv 1, partial 1, ...), as transports matching by order need */
+    if (s > 0 && (status = loom_recv_async(r->group, loom_buf_host(r->incoming, block, LOOM_FLOAT32),
+                                           r->prev, r->tag + 1, &reqs[PARTIAL_IN])) != LOOM_OK)
+      break;
     if (s + 1 < R) {
       loom_p2p ops[2] = {{loom_buf_host(here, block, LOOM_FLOAT32), r->next, r->tag, 1},
                          {loom_buf_host(coming, block, LOOM_FLOAT32), r->prev, r->tag, 0}};
       if ((status = loom_p2p_batch(r->group, ops, 2, NULL, &reqs[KV])) != LOOM_OK) break;
       r->stats.elements_sent += (double)block;
     }
-    if (s > 0 && /* the block's gradient summed over the ranks it visited before */
-        (status = loom_recv_async(r->group, loom_buf_host(r->incoming, block, LOOM_FLOAT32),
-                                  r->prev, r->tag + 1, &reqs[PARTIAL_IN])) != LOOM_OK)
-      break;
     memset(partial, 0, sizeof(float) * block);
     pass_shape p = shape_of(r, B, T_local, H, hd, (r->position - s + R) % R);
     double start = loom_now(), cpu_start = cpu_now();
