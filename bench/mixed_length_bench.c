@@ -64,7 +64,7 @@ static void run_part(const batch *b, int i, loom_ring_attention *ring, float *dW
   float *x = malloc(sizeof(float) * (size_t)Tl * d * 9);
   float *qkv = x + (size_t)Tl * d, *out = qkv + (size_t)Tl * 3 * d, *dout = out + (size_t)Tl * d;
   float *dqkv = dout + (size_t)Tl * d, *lse = malloc(sizeof(float) * (size_t)b->H * Tl);
-  loom_sp_split_positions(LOOM_SP_ZIGZAG, L, R, loom_ring_attention_position(ring), pos);
+  loom_sp_split_positions(R > 1 ? LOOM_SP_ZIGZAG : LOOM_SP_CONTIGUOUS, L, R, loom_ring_attention_position(ring), pos);
   for (int t = 0; t < Tl; t++)
     for (int c = 0; c < d; c++) {
       x[(size_t)t * d + c] = value(0, i, pos[t], c);
@@ -112,6 +112,7 @@ static run_result run_plan(loom_group *world, const batch *b, const loom_mixed_p
     for (int k = 0; k < plan->count[i]; k++) order[k] = plan->first[i] + k;
     loom_ring_params rp = LOOM_RING_PARAMS_INIT;
     rp.group = world, rp.size = plan->count[i], rp.order = order;
+    if (plan->count[i] == 1) rp.split = LOOM_SP_CONTIGUOUS; /* whole: any length */
     loom_ring_attention *ring;
     BENCH_CHECK(loom_ring_attention_create(&rp, &ring));
     run_part(b, i, ring, dW, &linear);
@@ -175,7 +176,7 @@ int main(int argc, char **argv) {
     memset(want, 0, sizeof(float) * (size_t)d * 3 * d);
     int me = rank;
     loom_ring_params rp = LOOM_RING_PARAMS_INIT;
-    rp.group = world, rp.size = 1, rp.order = &me;
+    rp.group = world, rp.size = 1, rp.order = &me, rp.split = LOOM_SP_CONTIGUOUS;
     loom_ring_attention *ring;
     BENCH_CHECK(loom_ring_attention_create(&rp, &ring));
     double ignore = 0;

@@ -3,7 +3,8 @@
  *   balance   max / mean over ranks of the block computation's CPU time (thread CPU time, so
  *             ranks sharing the 2 cores do not inflate it) and of the query-key pairs;
  *   traffic   elements each rank sent per pass against (3R - 2) 2 N d / R (N = B T tokens,
- *             d = H hd): R - 1 key/value blocks forward, R - 1 and R gradient blocks backward;
+ *             d = H hd): R - 1 key/value blocks forward; R - 1 key/value blocks and R
+ *             gradient blocks backward;
  *   overlap   raw MPI's time for the same transfers with nothing to overlap (MPI_Sendrecv
  *             round the ring), loom's exposed wait per pass (after the computation; it also
  *             holds the time a neighbour was still computing, so an unbalanced split shows

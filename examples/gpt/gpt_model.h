@@ -32,7 +32,7 @@ loom_status gpt_model_add_params(gpt_model *model, loom_params *params, int deca
 loom_status gpt_model_zero_grad(gpt_model *model);
 /* Sequence parallelism (CPU): this rank's micro-batches hold the tokens at `positions` (T as
  * created) of each sequence, and attention goes through `attention` (gpt_ulysses_attention,
- * gpt_ring_attention), which gets what it needs from the other ranks. */
+ * gpt_sequence_attention), which gets what it needs from the other ranks. */
 loom_status gpt_model_split_sequence(gpt_model *model, const int *positions,
                                      const gpt_attention *attention);
 /* Bytes of activations the model keeps for one micro-batch (blocks and head; CPU models, 0 on

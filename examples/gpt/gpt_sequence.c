@@ -81,6 +81,10 @@ loom_status gpt_sequence_create(loom_ctx *ctx, loom_group *sp, const gpt_sp_para
                                 gpt_sequence **out) {
   *out = NULL;
   if (!sp || !p) return loom_error_set(LOOM_ERR_ARG, "gpt_sequence_create: the SP group and parameters are needed");
+  int sp_size = loom_group_size(sp);
+  if (p->mode == GPT_SP_HYBRID && (p->ring < 1 || sp_size % p->ring))
+    return loom_error_set(LOOM_ERR_ARG, "hybrid sequence parallelism: the ring degree %d must "
+                          "divide sp=%d", p->ring, sp_size);
   gpt_sequence *q = calloc(1, sizeof *q);
   if (!q) return loom_error_set(LOOM_ERR_NOMEM, "sequence parallelism");
   q->params = *p, q->sp = loom_group_size(sp), q->rank = loom_group_rank(sp);
@@ -144,6 +148,8 @@ loom_status gpt_sequence_positions(const gpt_sequence *q, int T, int *positions)
 
 void gpt_sequence_traffic_get(const gpt_sequence *q, gpt_sequence_traffic *out) {
   memset(out, 0, sizeof *out);
-  if (q->ulysses) gpt_ulysses_elements(q->ulysses, &out->alltoall_forward, &out->alltoall_backward);
+  out->ulysses_ranks = q->ulysses_ranks, out->ring_ranks = q->ring_ranks;
+  if (q->ulysses) gpt_ulysses_elements(q->ulysses, &out->alltoall_forward, &out->alltoall_backward, &out->passes);
   if (q->ring) loom_ring_attention_stats(q->ring, &out->ring);
+  if (!q->ulysses) out->passes = out->ring.forwards;
 }

@@ -41,17 +41,21 @@ loom_status gpt_sequence_create(loom_ctx *ctx, loom_group *sp, const gpt_sp_para
                                 gpt_sequence **out);
 void gpt_sequence_destroy(gpt_sequence *seq);
 /* The attention plug-in for gpt_cpu_create; valid while `seq` lives. Its calls cannot return
- * a status, so a failure is kept: check gpt_sequence_status after a pass. */
+ * a status, so a failure is kept: check gpt_sequence_status after a pass. A rank whose pass
+ * failed stops taking part, so its SP peers end in LOOM_ERR_TIMEOUT (LOOM_TIMEOUT) rather than
+ * learning the cause: the failing rank's message is the one to read. */
 gpt_attention gpt_sequence_attention(gpt_sequence *seq);
 /* LOOM_OK, or the first failure of a pass since the last call (then cleared). */
 loom_status gpt_sequence_status(gpt_sequence *seq);
 /* The positions in [0, T) of this rank's T / sp tokens of each sequence, in its order. */
 loom_status gpt_sequence_positions(const gpt_sequence *seq, int T, int *positions);
 
-/* Since create, on this rank: elements through the Ulysses all-to-alls (forward, backward),
- * elements the ring sent, its seconds computing and waiting (not hidden), its query-key
- * pairs. */
+/* Since create, on this rank: the degrees, attention forward passes (one per layer and
+ * micro-batch this rank computes), elements through the Ulysses all-to-alls (forward,
+ * backward), and the ring's figures (elements sent, seconds computing and waiting, pairs). */
 typedef struct {
+  int ulysses_ranks, ring_ranks;
+  int64_t passes;
   double alltoall_forward, alltoall_backward;
   loom_ring_stats ring;
 } gpt_sequence_traffic;

@@ -16,6 +16,7 @@ struct gpt_ulysses {
   float *scratch;      /* (B, T sp, 3 d / sp): head-split output or gradients */
   size_t scratch_floats;
   double forward_elements, backward_elements; /* this rank's shards through the all-to-alls */
+  int64_t forwards;                           /* forward passes */
 };
 
 loom_status gpt_ulysses_check(int sp, int heads, int context) {
@@ -95,6 +96,7 @@ static void ulysses_forward(void *user, const float *qkv, int B, int T_local, in
   float *qkv_heads = saved, *local = saved + (size_t)B * T * 3 * d / p;
   float *out_heads = scratch(u, (size_t)B * T * 3 * d / p);
   if (!out_heads || u->status != LOOM_OK) return;
+  u->forwards++;
   keep(u, move_qkv(u, B, T, H, hd, qkv, qkv_heads, 1));
   if (u->status != LOOM_OK) return;
   u->inner.forward(u->inner.user, qkv_heads, B, T, d / p, H / p, out_heads, local);
@@ -117,8 +119,8 @@ static void ulysses_backward(void *user, const float *dout, const float *qkv, co
   keep(u, move_qkv(u, B, T, H, hd, dqkv_heads, dqkv, 0));
 }
 
-void gpt_ulysses_elements(const gpt_ulysses *u, double *forward, double *backward) {
-  *forward = u->forward_elements, *backward = u->backward_elements;
+void gpt_ulysses_elements(const gpt_ulysses *u, double *forward, double *backward, int64_t *passes) {
+  *forward = u->forward_elements, *backward = u->backward_elements, *passes = u->forwards;
 }
 
 gpt_attention gpt_ulysses_attention(gpt_ulysses *u) {

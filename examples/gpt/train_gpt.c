@@ -395,10 +395,9 @@ int main(int argc, char **argv) {
   if (sequence && rank == 0 && !o.sample_only) {
     gpt_sequence_traffic traffic;
     gpt_sequence_traffic_get(sequence, &traffic);
-    double passes = (double)steps_run * (local / o.chunk) * o.shape.layers;
+    double passes = (double)traffic.passes; /* layers of this rank x micro-batches x steps */
     double n_d = (double)o.chunk * T * o.shape.width;
-    int r = sp_params.mode == GPT_SP_RING ? shape.sp : sp_params.mode == GPT_SP_ULYSSES ? 1 : sp_params.ring;
-    int u = shape.sp / r; /* Ulysses and ring degrees */
+    int r = traffic.ring_ranks, u = traffic.ulysses_ranks;
     if (passes > 0 && u > 1)
       printf("sequence: %.0f elements through the all-to-alls per layer and micro-batch forward, "
              "%.0f backward, on rank 0 (formula 4 N d / sp = %.0f)\n", traffic.alltoall_forward / passes,

@@ -9,7 +9,8 @@
  * Plans (loom_mixed_kind):
  *   BALANCED  the planner: sequences in decreasing cost; one whose cost c exceeds a rank's
  *             share s (1 / p of the total) gets the fewest ranks k >= f c / s that split it
- *             (L a multiple of `multiple` k), on the block of consecutive ranks where the
+ *             (L a multiple of `multiple` k; if no k up to p does, the largest k that does,
+ *             or 1: whole), on the block of consecutive ranks where the
  *             largest load stays smallest; the rest go, largest first, to the least loaded
  *             rank (longest-processing-time first). The degree factor f grows from 1 by 1.25
  *             until the estimated max / mean is within 1.05 (more ranks per long sequence,

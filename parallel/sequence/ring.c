@@ -9,6 +9,7 @@
  * of qkv side by side, as are the gradient messages. */
 #include "parallel/sequence/ring.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,9 @@ static loom_status prepare(loom_ring_attention *r, const char *call, int B, int 
   if (B < 1 || T_local < 1 || H < 1 || hd < 1 || !a || !b || !c)
     return loom_error_set(LOOM_ERR_ARG, "%s: B=%d T_local=%d H=%d hd=%d (each >= 1) and buffers "
                           "(none NULL)", call, B, T_local, H, hd);
+  if ((int64_t)T_local * r->size > INT_MAX || (int64_t)3 * H * hd > INT_MAX)
+    return loom_error_set(LOOM_ERR_ARG, "%s: %d tokens x %d ranks or %d heads x %d exceed 2^31 - 1",
+                          call, T_local, r->size, H, hd);
   LOOM_CHECK(loom_sp_split_check(r->split, T_local * r->size, r->size));
   size_t block = (size_t)B * T_local * 2 * H * hd;
   if (block > r->block_floats) { /* five blocks of one size */

@@ -72,7 +72,12 @@ for cfg in "sp2 2 sp1 --sp 2" "sp4 4 sp1 --sp 4" "sp2dp2 4 sp1 --sp 2" \
     'gradients_close "$tmp/$ref" "$tmp/$name" >/dev/null 2>&1'
   check "$name: step 1 losses within 1e-6 of sp 1's" 'close "$(final "$tmp/$ref.log")" "$(final "$tmp/$name.log")"'
 done
-check "ring4: traffic printed against its formula" 'grep -q "^sequence: ring sent" "$tmp/ring4.log"'
+sent_matches() { # log: the ring's elements per layer and micro-batch equal the formula's
+  sed -n 's/^sequence: ring sent \([0-9]*\) elements.* = \([0-9]*\)),.*/\1 \2/p' "$1" | awk 'NF == 2 && $1 == $2 { ok = 1 } END { exit !ok }'
+}
+for name in ring4 pp2ring2 hybrid4; do
+  check "$name: ring traffic per layer equals (3 r - 2) 2 N d / sp ($(grep -o 'ring sent [0-9]* elements' "$tmp/$name.log"))" 'sent_matches "$tmp/$name.log"'
+done
 if [ "$mode" = full ]; then
   run long1 1 --steps 3
   for spmode in ulysses ring; do

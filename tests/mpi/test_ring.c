@@ -1,9 +1,9 @@
 /* Ring attention (parallel/sequence/ring.h) against causal attention computed in double
  * precision on whole sequences: random shapes (odd contexts where the split allows them),
  * both splits, the ring in group order, in a shuffled order and as two rings over the even and
- * the odd ranks of one group (reversed). Each rank's output, log-sum-exp and gradients dQ,
- * dK, dV equal the reference rows of its positions within 1e-5 of the largest reference
- * element of the tensor (float32 sums over at most 40 keys of terms below 1 in magnitude).
+ * the odd ranks of one group (reversed), and one ring reused for a larger shape. Each rank's
+ * output, log-sum-exp and gradients dQ, dK, dV equal the reference rows of its positions within
+ * 1e-5 of the largest reference element of the tensor (float32 sums over at most 40 keys of terms below 1 in magnitude).
  * Bad shapes and rings are refused with their numbers. Inputs from the run's seed. */
 #include <math.h>
 #include <stdlib.h>
@@ -64,14 +64,15 @@ static double largest(const double *x, size_t n) {
   return m;
 }
 
-// One case: the ring of `order` (R group ranks, NULL: the world in order) over the world.
+// One case: the ring of `order` (R group ranks, NULL: the world in order) over the world, or
+// `reuse` (a ring that already ran other shapes: its buffers grow).
 static void run_case(check_state *st, const shape *s, loom_sp_split split, const int *order, int R,
-                     uint64_t seed, const char *label) {
+                     uint64_t seed, const char *label, loom_ring_attention *reuse) {
   loom_group *world = loom_ctx_world(st->ctx);
   loom_ring_params rp = LOOM_RING_PARAMS_INIT;
   rp.group = world, rp.size = R, rp.order = order, rp.split = split;
-  loom_ring_attention *ring = NULL;
-  CHECK_OK(st, loom_ring_attention_create(&rp, &ring));
+  loom_ring_attention *ring = reuse;
+  if (!ring) CHECK_OK(st, loom_ring_attention_create(&rp, &ring));
   int pos = loom_ring_attention_position(ring), Tl = s->T / R, d = s->H * s->hd;
   size_t n_qkv = (size_t)s->B * s->T * 3 * d, n_out = (size_t)s->B * s->T * d, n_lse = (size_t)s->B * s->H * s->T;
   double *qkv = malloc(sizeof(double) * n_qkv), *dout = malloc(sizeof(double) * n_out);
@@ -115,6 +116,7 @@ static void run_case(check_state *st, const shape *s, loom_sp_split split, const
     }
   loom_ring_stats stats;
   loom_ring_attention_stats(ring, &stats);
+  if (reuse) goto done; /* its counts hold the earlier calls */
   st->checks++;
   double block = (double)s->B * Tl * 2 * d; /* forward, (R-1) + R backward */
   double want_sent = R > 1 ? block * (3.0 * R - 2) : 0;
@@ -122,7 +124,12 @@ static void run_case(check_state *st, const shape *s, loom_sp_split split, const
     st->failures++, fprintf(stderr, "rank %d: FAIL %s: %.0f elements sent (want %.0f), %lld forwards, "
                             "%lld backwards\n", st->rank, label, stats.elements_sent, want_sent,
                             (long long)stats.forwards, (long long)stats.backwards);
+  st->checks++;
+  if (stats.transfers != (R > 1 ? 3 * (R - 1) : 0) || stats.transfers_hidden > stats.transfers)
+    st->failures++, fprintf(stderr, "rank %d: FAIL %s: %lld transfers (want %d), %lld hidden\n", st->rank,
+                            label, (long long)stats.transfers, R > 1 ? 3 * (R - 1) : 0, (long long)stats.transfers_hidden);
   loom_ring_attention_destroy(ring);
+done:
   free(qkv), free(dout), free(out), free(lse), free(dqkv), free(positions), free(my_qkv);
   free(my_dout), free(my_out), free(my_lse), free(my_dqkv);
 }
@@ -153,21 +160,21 @@ int main(int argc, char **argv) {
     const char *name = split == LOOM_SP_ZIGZAG ? "zigzag" : "contiguous";
     char label[96];
     snprintf(label, sizeof label, "%s ring in order (B %d T %d H %d hd %d)", name, s.B, s.T, s.H, s.hd);
-    run_case(&st, &s, split, NULL, p, st.seed + (uint64_t)c, label);
+    run_case(&st, &s, split, NULL, p, st.seed + (uint64_t)c, label, NULL);
     for (int i = 0; i < p; i++) shuffled[i] = i; /* the same permutation on every rank */
     for (int i = p - 1; i > 0; i--) {
       int j = (int)loom_rng_below(&rng, (uint64_t)(i + 1)), keep = shuffled[i];
       shuffled[i] = shuffled[j], shuffled[j] = keep;
     }
     snprintf(label, sizeof label, "%s ring shuffled (T %d)", name, s.T);
-    run_case(&st, &s, split, shuffled, p, st.seed + 100u + (uint64_t)c, label);
+    run_case(&st, &s, split, shuffled, p, st.seed + 100u + (uint64_t)c, label, NULL);
     if (p >= 4 && p % 2 == 0) { /* two rings: the even ranks, and the odd ones reversed */
       int R = p / 2, odd = st.rank % 2;
       for (int i = 0; i < R; i++) half[i] = odd ? p - 1 - 2 * i : 2 * i;
       shape hs = s;
       hs.T = (split == LOOM_SP_ZIGZAG ? 2 * R : R) * 2;
       snprintf(label, sizeof label, "%s ring of the %s ranks (T %d)", name, odd ? "odd" : "even", hs.T);
-      run_case(&st, &hs, split, half, R, st.seed + 200u + (uint64_t)c, label);
+      run_case(&st, &hs, split, half, R, st.seed + 200u + (uint64_t)c, label, NULL);
     }
   }
   loom_group *world = loom_ctx_world(st.ctx);
@@ -175,6 +182,9 @@ int main(int argc, char **argv) {
   rp.group = world;
   loom_ring_attention *ring = NULL;
   CHECK_OK(&st, loom_ring_attention_create(&rp, &ring));
+  shape small = {.B = 1, .T = 2 * p, .H = 1, .hd = 3}, large = {.B = 2, .T = 6 * p, .H = 3, .hd = 5};
+  run_case(&st, &small, LOOM_SP_ZIGZAG, NULL, p, st.seed + 300u, "one ring, a small shape", ring);
+  run_case(&st, &large, LOOM_SP_ZIGZAG, NULL, p, st.seed + 301u, "the same ring, a larger shape", ring);
   float x[64] = {0};
   expect_refused(&st, loom_ring_attention_forward(ring, 1, 3, 1, 1, x, x + 16, x + 32),
                  "must be a multiple of", "zigzag with an odd T_local");
